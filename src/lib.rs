@@ -1,0 +1,1 @@
+//! chat-server (work in progress)
