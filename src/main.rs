@@ -58,30 +58,34 @@ async fn main() -> std::io::Result<()> {
         heartbeat_interval: cli.heartbeat_interval,
         ..Config::default()
     };
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&cli.bind).await?;
-    chat_server::run(listener, config, shutdown_signal()).await
+    chat_server::run(listener, config, shutdown).await
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM, the signals a terminal or a service manager sends.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+/// Listens for SIGINT (Ctrl-C) and SIGTERM, the signals a terminal or a service manager sends,
+/// and returns a future that completes when either arrives.
+///
+/// The handlers are installed here, before the server starts, not when the future is first
+/// polled: a signal that arrives in between would otherwise kill the process the default way,
+/// without closing any connection.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

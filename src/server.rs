@@ -486,3 +486,171 @@ fn unix_millis() -> u64 {
         .unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use tokio::time::Instant;
+
+    /// A client of the actor without a socket: its id and the receiving end of its queue.
+    struct Peer {
+        id: ClientId,
+        inbox: mpsc::Receiver<Utf8Bytes>,
+    }
+
+    impl Peer {
+        /// The next queued message, which must be there already.
+        fn next(&mut self) -> Value {
+            let frame = self.inbox.try_recv().expect("a queued message");
+            serde_json::from_str(&frame).expect("JSON")
+        }
+
+        /// The next message, waiting for it.
+        async fn wait(&mut self) -> Value {
+            let frame = self.inbox.recv().await.expect("the queue is open");
+            serde_json::from_str(&frame).expect("JSON")
+        }
+
+        fn is_idle(&mut self) -> bool {
+            self.inbox.try_recv().is_err()
+        }
+    }
+
+    fn actor(config: Config) -> (ChatServer, ChatServerHandle) {
+        ChatServer::new(&config, Arc::new(Metrics::new()))
+    }
+
+    fn connect(server: &mut ChatServer, name: &str) -> Peer {
+        let (outbound, inbox) = mpsc::channel(server.outbound_queue());
+        let id = ClientId::new();
+        server.handle(ServerCommand::Connect {
+            client_id: id,
+            outbound,
+        });
+        let mut peer = Peer { id, inbox };
+        assert_eq!(peer.next()["type"], "connected");
+        request(
+            server,
+            &peer,
+            ClientMessage::SetUsername {
+                username: name.into(),
+            },
+        );
+        assert_eq!(peer.next()["type"], "username_set");
+        peer
+    }
+
+    fn request(server: &mut ChatServer, peer: &Peer, request: ClientMessage) {
+        server.handle(ServerCommand::Request {
+            client_id: peer.id,
+            request,
+        });
+    }
+
+    /// Two clients in one room; returns (host, guest, code).
+    fn pair(server: &mut ChatServer) -> (Peer, Peer, String) {
+        let mut host = connect(server, "ada");
+        request(server, &host, ClientMessage::CreateRoom);
+        let code = host.next()["room_code"].as_str().expect("code").to_string();
+        let mut guest = connect(server, "grace");
+        request(
+            server,
+            &guest,
+            ClientMessage::JoinRoom {
+                room_code: code.clone(),
+            },
+        );
+        assert_eq!(guest.next()["type"], "room_joined");
+        assert_eq!(host.next()["type"], "peer_joined");
+        (host, guest, code)
+    }
+
+    /// Rooms come and go with their members: the last one out deletes the room, and a
+    /// disconnect forgets the client.
+    #[test]
+    fn rooms_and_clients_are_forgotten_when_empty() {
+        let (mut server, _handle) = actor(Config::default());
+        let (host, guest, _) = pair(&mut server);
+        assert_eq!((server.client_count(), server.room_count()), (2, 1));
+        server.handle(ServerCommand::Disconnect { client_id: host.id });
+        assert_eq!((server.client_count(), server.room_count()), (1, 1));
+        server.handle(ServerCommand::Disconnect {
+            client_id: guest.id,
+        });
+        assert_eq!((server.client_count(), server.room_count()), (0, 0));
+    }
+
+    /// A second `Disconnect` for the same client, or requests from a forgotten client, change
+    /// nothing and send nothing.
+    #[test]
+    fn a_forgotten_client_is_ignored() {
+        let (mut server, _handle) = actor(Config::default());
+        let (host, mut guest, _) = pair(&mut server);
+        server.handle(ServerCommand::Disconnect { client_id: host.id });
+        assert_eq!(guest.next()["reason"], "disconnected");
+        server.handle(ServerCommand::Disconnect { client_id: host.id });
+        request(
+            &mut server,
+            &host,
+            ClientMessage::Chat {
+                content: "ghost".into(),
+            },
+        );
+        assert!(guest.is_idle());
+        assert_eq!((server.client_count(), server.room_count()), (1, 1));
+    }
+
+    /// A member whose queue is full is disconnected after the event that filled it, and its
+    /// peer is told; the peer's own messages are unaffected.
+    #[test]
+    fn a_full_queue_disconnects_the_slow_member_only() {
+        let (mut server, _handle) = actor(Config {
+            outbound_queue: 2,
+            ..Config::default()
+        });
+        let (mut host, guest, _) = pair(&mut server);
+        // The guest never reads. Two messages fill its queue; the third overflows it.
+        for n in 0..3 {
+            request(
+                &mut server,
+                &host,
+                ClientMessage::Chat {
+                    content: format!("m{n}"),
+                },
+            );
+            server.disconnect_slow_consumers();
+            assert_eq!(host.next()["type"], "chat");
+        }
+        assert_eq!(host.next()["reason"], "disconnected");
+        assert_eq!((server.client_count(), server.room_count()), (1, 1));
+        drop(guest);
+    }
+
+    /// A typing member produces `stop_typing` for the peer exactly one typing timeout after its
+    /// last `typing`; a repeated `typing` pushes the deadline back.
+    #[tokio::test(start_paused = true)]
+    async fn typing_expires_one_timeout_after_the_last_typing() {
+        let timeout = Duration::from_secs(5);
+        let (mut server, handle) = actor(Config {
+            typing_timeout: timeout,
+            ..Config::default()
+        });
+        let (host, mut guest, _) = pair(&mut server);
+        tokio::spawn(server.run());
+
+        let started = Instant::now();
+        let typing = |id| ServerCommand::Request {
+            client_id: id,
+            request: ClientMessage::Typing,
+        };
+        handle.send(typing(host.id)).await.expect("actor runs");
+        assert_eq!(guest.wait().await["type"], "typing");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        handle.send(typing(host.id)).await.expect("actor runs");
+
+        // Time is paused: it jumps straight to the next timer, which must be the renewed one.
+        assert_eq!(guest.wait().await["type"], "stop_typing");
+        assert_eq!(started.elapsed(), Duration::from_secs(9));
+    }
+}
