@@ -4,6 +4,7 @@
 //! cannot exist anywhere else in the server.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand::RngExt;
 use serde::{Serialize, Serializer};
@@ -99,9 +100,11 @@ impl Serialize for RoomCode {
 }
 
 /// A person's display name: trimmed, 1 to 32 Unicode scalar values, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Username(Box<str>);
+///
+/// Shared (`Arc<str>`) because the actor copies the sender's name into every chat message it
+/// records: a clone is then a reference-count increment, not an allocation per message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Username(Arc<str>);
 
 impl Username {
     /// The longest name, counted in Unicode scalar values (`char`s), not bytes.
@@ -120,6 +123,12 @@ impl Username {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for Username {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
