@@ -225,7 +225,9 @@ function onPeerJoined(message) {
 }
 
 function onChat(message) {
-  if (message.from !== state.name) {
+  if (message.from === state.name) {
+    state.lastSent = null; // Accepted: nothing to give back any more.
+  } else {
     // The server sends `stop_typing` before the chat that ends typing; hide it anyway in
     // case the order ever changes, a typing indicator above the message it became is odd.
     hidePeerTyping();

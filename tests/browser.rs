@@ -66,10 +66,10 @@ const PHONE: Screen = Screen::Phone {
     height: 680,
 };
 
-/// Two people find each other with a room code and talk: names, create, join, messages both
-/// ways with one's own messages set apart, the typing indicator appearing and going away
-/// (input cleared, idle, message sent), a message that looks like HTML shown as text, and one
-/// person leaving while the other sees it.
+/// Two people find each other with a room code and talk: names, create, a mistyped code
+/// explained next to its field, join, messages both ways with one's own messages set apart,
+/// the typing indicator appearing and going away (input cleared, idle, message sent), a
+/// message that looks like HTML shown as text, and one person leaving while the other sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_through_the_web_client() {
     if !browser_available() {
@@ -108,6 +108,13 @@ async fn conversation(base: &str, alice: &Page, bob: &Page) {
     assert_eq!(invite, format!("{base}?room={code}"), "the invite link");
 
     bob.choose_name().await;
+    bob.try_join_room("nope").await;
+    bob.wait_for_text(
+        "#join-error",
+        "A room code is 6 letters and digits",
+        "a refused code is explained under the code field",
+    )
+    .await;
     bob.join_room(&code).await;
     alice
         .wait_for_text("#messages", "Bob joined", "Alice sees Bob join")
@@ -336,12 +343,18 @@ impl Page {
         .await
     }
 
-    async fn join_room(&self, code: &str) {
+    /// Types `code` into the join form (replacing what was there) and presses Enter.
+    async fn try_join_room(&self, code: &str) {
         let input = self.find("#join-code").await;
+        input.clear().await.unwrap();
         input
             .send_keys(&format!("{code}{}", Key::Enter))
             .await
             .unwrap();
+    }
+
+    async fn join_room(&self, code: &str) {
+        self.try_join_room(code).await;
         self.wait_for_text("#room-code", code, "the joiner is in the room")
             .await;
     }
