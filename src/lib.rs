@@ -17,6 +17,7 @@
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`).
 //! - [`error`]: error codes sent to clients, and the server's own errors.
 //! - [`config`]: the settings an operator can tune.
+//! - [`limits`]: rate limits, connection caps and the `Origin` check.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
 pub mod client;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod room;
@@ -35,8 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use crate::config::Config;
@@ -64,13 +64,7 @@ pub async fn run(
     // connection handlers. So it outlives every connection and stops on its own after them.
     tokio::spawn(server.run());
 
-    let app = Arc::new(App {
-        server: handle,
-        config,
-        metrics,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    });
+    let app = Arc::new(App::new(handle, config, metrics));
 
     let address = listener.local_addr()?;
     info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");

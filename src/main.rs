@@ -32,6 +32,54 @@ struct Cli {
     /// disconnected.
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = duration, value_name = "DURATION")]
     heartbeat_interval: Duration,
+
+    /// Messages per second one connection may send on average; more are refused with
+    /// RATE_LIMITED, and a client that keeps sending at over twice this rate is disconnected
+    /// (close code 1008). 0 turns rate limiting off.
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = Config::DEFAULT_RATE_LIMIT, value_name = "N")]
+    rate_limit: u32,
+
+    /// How many messages one connection may send at once before --rate-limit applies.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = Config::DEFAULT_RATE_BURST, value_name = "N")]
+    rate_burst: u32,
+
+    /// Most WebSocket connections at once; further upgrades get HTTP 503. Keep it under the
+    /// process's open-file limit. 0 turns the cap off.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = Config::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
+
+    /// Most WebSocket connections at once from one IPv4 address or IPv6 /64; further upgrades
+    /// get HTTP 429. Behind a reverse proxy every client has the proxy's address: use 0 there.
+    /// 0 turns the cap off.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_IP, value_name = "N")]
+    max_connections_per_ip: usize,
+
+    /// Failed join_room attempts (no such room, room full, name taken) allowed per minute, per
+    /// connection and per address; more get RATE_LIMITED. 0 turns the limit off.
+    #[arg(long, env = "CHAT_MAX_FAILED_JOINS", default_value_t = Config::DEFAULT_MAX_FAILED_JOINS, value_name = "N")]
+    max_failed_joins: u32,
+
+    /// Time a new connection has to send its HTTP request and complete the WebSocket handshake;
+    /// slower connections are dropped. Plain HTTP connections are closed after it too.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    handshake_timeout: Duration,
+
+    /// Time a WebSocket client has to set a valid username; an unnamed connection is then closed
+    /// with code 1008.
+    #[arg(long, env = "CHAT_USERNAME_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    username_timeout: Duration,
+
+    /// An origin (scheme://host[:port]) whose web pages may open a WebSocket, besides the
+    /// server's own; repeat it for several, or give * to allow any. Clients that send no Origin
+    /// header are always allowed; other origins get HTTP 403. In the environment, separate
+    /// origins with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    allowed_origins: Vec<String>,
 }
 
 /// Parses a duration such as `400ms`, `5s` or `1m`; zero is refused, because every duration here
@@ -56,6 +104,14 @@ async fn main() -> std::io::Result<()> {
     let config = Config {
         typing_timeout: cli.typing_timeout,
         heartbeat_interval: cli.heartbeat_interval,
+        rate_limit: cli.rate_limit,
+        rate_burst: cli.rate_burst,
+        max_connections: cli.max_connections,
+        max_connections_per_ip: cli.max_connections_per_ip,
+        max_failed_joins: cli.max_failed_joins,
+        handshake_timeout: cli.handshake_timeout,
+        username_timeout: cli.username_timeout,
+        allowed_origins: cli.allowed_origins,
         ..Config::default()
     };
     let shutdown = shutdown_signal()?;

@@ -142,9 +142,10 @@ async fn a_silent_client_is_disconnected() {
 /// (close code 1008), its peer is told, and the peer's own connection carries on.
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected() {
+    // The host sends far faster than a person: rate limiting off.
     let config = Config {
         outbound_queue: 8,
-        ..Config::default()
+        ..Config::default().unlimited()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
