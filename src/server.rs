@@ -878,4 +878,55 @@ mod tests {
         assert_eq!(guest.wait().await["type"], "stop_typing");
         assert_eq!(started.elapsed(), Duration::from_secs(9));
     }
+
+    /// The rate limit refills with time: once the burst is spent a message is refused with
+    /// `RATE_LIMITED`, and one token later the next is handled again.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_refills_with_time() {
+        let (mut server, _handle) = actor(Config {
+            rate_limit: 2,
+            rate_burst: 2,
+            ..Config::default()
+        });
+        // `set_username` takes the first token.
+        let mut ada = connect(&mut server, "ada");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        assert!(ada.is_idle());
+    }
+
+    /// Failed joins are allowed at `max_failed_joins` a minute: the allowance comes back a
+    /// little at a time, not all at once at the end of the minute.
+    #[tokio::test(start_paused = true)]
+    async fn failed_joins_come_back_over_a_minute() {
+        let (mut server, _handle) = actor(Config {
+            max_failed_joins: 2,
+            ..Config::default().unlimited()
+        });
+        let mut ada = connect(&mut server, "ada");
+        let mut join = |ada: &mut Peer| {
+            request(
+                &mut server,
+                ada,
+                ClientMessage::JoinRoom {
+                    room_code: "ABCDEF".into(),
+                },
+            );
+            ada.next()["code"].clone()
+        };
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
+    }
 }
