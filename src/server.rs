@@ -197,8 +197,15 @@ impl ChatServer {
         debug!("all handles dropped; chat server actor stopped");
     }
 
-    /// Applies one command to the state. Public so that the rules can be tested without sockets.
+    /// Handles one command as [`ChatServer::run`] does: applies it to the state, then
+    /// disconnects whoever it found too slow. Public so that the rules can be tested without
+    /// sockets.
     pub fn handle(&mut self, command: ServerCommand) {
+        self.apply(command);
+        self.disconnect_slow_consumers();
+    }
+
+    fn apply(&mut self, command: ServerCommand) {
         match command {
             ServerCommand::Connect {
                 client_id,
@@ -269,6 +276,105 @@ impl ChatServer {
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// A copy of who is where, for tests that hold the actor to a model of the protocol.
+    #[doc(hidden)]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            clients: self
+                .clients
+                .iter()
+                .map(|(id, client)| {
+                    let view = ClientView {
+                        username: client.username.as_ref().map(|name| name.to_string()),
+                        room: client.room,
+                        typing: client.typing.is_some(),
+                    };
+                    (*id, view)
+                })
+                .collect(),
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(code, room)| {
+                    let view = RoomView {
+                        host: room.host(),
+                        guest: room.peer_of(room.host()),
+                        history: room.history().iter().map(|message| message.id).collect(),
+                    };
+                    (*code, view)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the rules that must hold between any two events, and says which one is broken:
+    /// every room has one or two members, who are known clients that agree they are in it;
+    /// every client in a room is one of its members and has a name; only members type; a
+    /// named client has no naming deadline; and the gauges match the maps.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (code, room) in &self.rooms {
+            if room.code() != *code {
+                return Err(format!("room {code} is filed under another code"));
+            }
+            let members: Vec<ClientId> = room.members().collect();
+            if members.len() == 2 && members[0] == members[1] {
+                return Err(format!("room {code} has the same client in both seats"));
+            }
+            for member in &members {
+                let Some(client) = self.clients.get(member) else {
+                    return Err(format!("room {code} has a member that is not connected"));
+                };
+                if client.room != Some(*code) {
+                    return Err(format!(
+                        "a member of {code} thinks it is in {:?}",
+                        client.room
+                    ));
+                }
+                if client.username.is_none() {
+                    return Err(format!("a member of {code} has no name"));
+                }
+            }
+        }
+        for (id, client) in &self.clients {
+            if client.id != *id {
+                return Err(format!("client {id} is filed under another id"));
+            }
+            if let Some(code) = client.room {
+                let Some(room) = self.rooms.get(&code) else {
+                    return Err(format!("client {id} is in {code}, which does not exist"));
+                };
+                if !room.members().any(|member| member == *id) {
+                    return Err(format!("client {id} is in {code}, which does not list it"));
+                }
+            } else if client.typing.is_some() {
+                return Err(format!("client {id} types outside a room"));
+            }
+            if client.username.is_some() && client.naming_deadline.is_some() {
+                return Err(format!(
+                    "client {id} is named but still has a naming deadline"
+                ));
+            }
+        }
+        if self.typing_timers.len() != self.clients.values().filter(|c| c.typing.is_some()).count()
+        {
+            return Err("typing timers and typing members differ".into());
+        }
+        if self.naming_timers.len()
+            != self
+                .clients
+                .values()
+                .filter(|c| c.naming_deadline.is_some())
+                .count()
+        {
+            return Err("naming timers and unnamed clients differ".into());
+        }
+        if !self.too_slow.is_empty() {
+            return Err("slow consumers are left over after an event".into());
+        }
+        Ok(())
     }
 
     fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
@@ -694,6 +800,40 @@ impl ChatServer {
             }
         }
     }
+}
+
+/// Who is where in the actor, copied out for tests ([`ChatServer::snapshot`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every connected client.
+    pub clients: HashMap<ClientId, ClientView>,
+    /// Every live room.
+    pub rooms: HashMap<RoomCode, RoomView>,
+}
+
+/// One client in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// Its name, if it has set one.
+    pub username: Option<String>,
+    /// Its room, if it is in one.
+    pub room: Option<RoomCode>,
+    /// Whether it is typing.
+    pub typing: bool,
+}
+
+/// One room in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomView {
+    /// The host.
+    pub host: ClientId,
+    /// The guest, if there is one.
+    pub guest: Option<ClientId>,
+    /// The ids of the messages in its history, oldest first.
+    pub history: Vec<u64>,
 }
 
 /// Now, in milliseconds since the Unix epoch, as chat timestamps are.
