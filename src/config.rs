@@ -1,6 +1,9 @@
 //! Settings a server runs with.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_rustls::rustls::ServerConfig;
 
 /// What an operator can tune. The binary fills it from the command line and `CHAT_…`
 /// environment variables; tests build it directly.
@@ -44,6 +47,9 @@ pub struct Config {
     /// Origins, besides the server's own, whose pages may open a WebSocket (`--allowed-origin`);
     /// `*` allows any. Clients that send no `Origin` (programs, not browsers) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// TLS settings (`--tls-cert`, `--tls-key`, loaded by [`crate::tls::server_config`]): when
+    /// set, every connection is TLS, serving `wss://` and `https://` on the one port.
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 impl Config {
@@ -88,6 +94,7 @@ impl Default for Config {
             handshake_timeout: Config::DEFAULT_HANDSHAKE_TIMEOUT,
             username_timeout: Config::DEFAULT_USERNAME_TIMEOUT,
             allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -169,6 +169,10 @@ pub enum AppError {
     /// client, or the socket closing under it).
     #[error("websocket error: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The TLS certificate or key could not be loaded, or do not fit together. Fatal at
+    /// startup: the operator asked for TLS, so serving without it would be wrong.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The chat server actor is no longer running. Only happens during shutdown, or after a bug
     /// made the actor panic.
     #[error("the chat server actor has stopped")]

@@ -19,7 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -77,8 +80,35 @@ impl App {
 
 type Body = Full<Bytes>;
 
-/// Serves HTTP/1.1 on one accepted TCP connection until it closes or is upgraded.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+/// Serves one accepted TCP connection: first its TLS handshake when TLS is on, then HTTP.
+pub async fn serve_tcp(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+    // Everything before the WebSocket exists, the TLS handshake included, must be over by then.
+    let deadline = Instant::now() + app.config.handshake_timeout;
+    let Some(tls) = app.config.tls.clone() else {
+        return serve_connection(stream, peer, deadline, app).await;
+    };
+    // Runs in this connection's task, not in the accept loop: a client that is slow to
+    // negotiate TLS holds up only itself.
+    let handshake = tokio::select! {
+        handshake = timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)) => handshake,
+        () = app.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_connection(stream, peer, deadline, app).await,
+        Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        Err(_) => {
+            debug!(%peer, "connection dropped: TLS handshake timeout");
+            app.metrics.refused_by_limit.handshake_timeout.increment(1);
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain TCP, or TLS over it) until it closes or is
+/// upgraded, or until `deadline` if it has not been upgraded by then.
+pub async fn serve_connection<S>(stream: S, peer: SocketAddr, deadline: Instant, app: Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let service = {
         let app = Arc::clone(&app);
@@ -100,7 +130,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>
     // after its 101, handing the socket to its WebSocket task, which the deadline does not
     // touch. A plain HTTP connection kept alive past the deadline is closed: browsers and
     // scrapers open a new one when they need it.
-    let deadline = tokio::time::sleep(handshake_timeout);
+    let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
 
     let result = tokio::select! {

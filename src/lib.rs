@@ -14,6 +14,7 @@
 //! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol.
 //! - [`client`] and [`room`]: the actor's records of one client and one room.
 //! - [`message`]: the JSON wire messages, client to server and server to client.
+//! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`).
 //! - [`error`]: error codes sent to clients, and the server's own errors.
 //! - [`config`]: the settings an operator can tune.
@@ -30,6 +31,7 @@ pub mod message;
 pub mod metrics;
 pub mod room;
 pub mod server;
+pub mod tls;
 pub mod types;
 
 use std::future::Future;
@@ -64,10 +66,15 @@ pub async fn run(
     // connection handlers. So it outlives every connection and stops on its own after them.
     tokio::spawn(server.run());
 
+    let serves_tls = config.tls.is_some();
     let app = Arc::new(App::new(handle, config, metrics));
 
     let address = listener.local_addr()?;
-    info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");
+    if serves_tls {
+        info!(%address, "chat server listening on https://{address}/ (WebSocket at /ws, TLS)");
+    } else {
+        info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");
+    }
 
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
@@ -85,7 +92,7 @@ pub async fn run(
                     warn!(cause = %err, "failed to set TCP_NODELAY");
                 }
                 app.tasks
-                    .spawn(http::serve_connection(stream, peer, Arc::clone(&app)));
+                    .spawn(http::serve_tcp(stream, peer, Arc::clone(&app)));
             }
             Err(err) => {
                 // Usually EMFILE: out of file descriptors. Spinning on `accept` would not help;

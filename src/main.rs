@@ -1,5 +1,6 @@
 //! The `chat-server` binary: reads the command line, sets up logging, binds, and runs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -80,6 +81,15 @@ struct Cli {
         value_name = "ORIGIN"
     )]
     allowed_origins: Vec<String>,
+
+    /// Serve TLS (wss:// and https://) with this certificate chain, PEM, the server's own
+    /// certificate first. Needs --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Parses a duration such as `400ms`, `5s` or `1m`; zero is refused, because every duration here
@@ -101,6 +111,18 @@ async fn main() -> std::io::Result<()> {
         )
         .init();
 
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match chat_server::tls::server_config(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                // Nothing is running yet, so exiting here leaves nothing half done.
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        },
+        // clap's `requires` lets only both or neither through.
+        _ => None,
+    };
     let config = Config {
         typing_timeout: cli.typing_timeout,
         heartbeat_interval: cli.heartbeat_interval,
@@ -112,6 +134,7 @@ async fn main() -> std::io::Result<()> {
         handshake_timeout: cli.handshake_timeout,
         username_timeout: cli.username_timeout,
         allowed_origins: cli.allowed_origins,
+        tls,
         ..Config::default()
     };
     let shutdown = shutdown_signal()?;

@@ -275,6 +275,8 @@ fn the_command_line_documents_its_flags() {
         "--handshake-timeout",
         "--username-timeout",
         "--allowed-origin",
+        "--tls-cert",
+        "--tls-key",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -290,6 +292,8 @@ fn the_command_line_documents_its_flags() {
         "CHAT_HANDSHAKE_TIMEOUT",
         "CHAT_USERNAME_TIMEOUT",
         "CHAT_ALLOWED_ORIGIN",
+        "CHAT_TLS_CERT",
+        "CHAT_TLS_KEY",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
