@@ -137,9 +137,42 @@ async fn main() -> std::io::Result<()> {
         tls,
         ..Config::default()
     };
+    warn_if_over_open_file_limit(config.max_connections);
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&cli.bind).await?;
     chat_server::run(listener, config, shutdown).await
+}
+
+/// File descriptors the server needs besides one per WebSocket: the listener, connections still
+/// in their HTTP handshake, logging, and some slack.
+const SPARE_FILES: u64 = 256;
+
+/// Warns when `--max-connections` does not fit under the process's open-file limit (or is off):
+/// past that limit `accept` fails with "too many open files" before the cap can refuse anyone
+/// with a clear 503. Linux only, where the limit can be read without `unsafe` from /proc.
+fn warn_if_over_open_file_limit(max_connections: usize) {
+    let Some(soft_limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    else {
+        return; // Not Linux, or "unlimited": nothing to compare with.
+    };
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX);
+    if max_connections == 0 || wanted.saturating_add(SPARE_FILES) > soft_limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft_limit,
+            "--max-connections is off or above the open-file limit less {SPARE_FILES}: \
+             past the limit, connections fail at accept instead of getting a 503"
+        );
+    }
 }
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM, the signals a terminal or a service manager sends,
