@@ -1,11 +1,14 @@
 //! What the actor knows about one connected client.
 
+use std::net::IpAddr;
+
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::delay_queue;
 
 use crate::error::SendError;
+use crate::limits::TokenBucket;
 use crate::types::{ClientId, RoomCode, Username};
 
 /// One connected client, as the [`ChatServer`](crate::server::ChatServer) actor sees it.
@@ -24,6 +27,22 @@ pub struct Client {
     /// While the client is typing: its entry in the actor's typing timers, so that a repeated
     /// `typing` can push the deadline back and `stop_typing` can cancel it.
     pub typing: Option<delay_queue::Key>,
+    /// The address the client connected from, as per-address limits count it
+    /// ([`limit_key`](crate::limits::limit_key)): failed joins are counted per address too.
+    pub address: IpAddr,
+    /// Until the client has set a valid username: its entry in the actor's naming timers. A
+    /// client that is still unnamed when it fires is closed, so idle sockets cannot be hoarded.
+    pub naming_deadline: Option<delay_queue::Key>,
+    /// One token per message the client may send (`--rate-limit`, `--rate-burst`); `None`
+    /// when rate limiting is off.
+    pub message_tokens: Option<TokenBucket>,
+    /// One token per message the client may have *refused* for going over the rate limit,
+    /// refilled at the same rate. A client that empties this one too is not a person typing
+    /// fast but a program flooding, and is disconnected. `None` when rate limiting is off.
+    pub refusal_tokens: Option<TokenBucket>,
+    /// One token per failed `join_room` the client may make (`--max-failed-joins` a minute);
+    /// `None` when that limit is off.
+    pub failed_join_tokens: Option<TokenBucket>,
     /// The client's outbound queue, drained by its connection's write task. Bounded, and only
     /// ever used with `try_send`: the actor must never wait for one client, or a client that
     /// stops reading would stall everyone else.
@@ -31,13 +50,19 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client that has just connected: no name, no room.
-    pub fn new(id: ClientId, outbound: mpsc::Sender<Utf8Bytes>) -> Self {
+    /// A client that has just connected from `address`: no name, no room, and no limits until
+    /// the actor sets them.
+    pub fn new(id: ClientId, address: IpAddr, outbound: mpsc::Sender<Utf8Bytes>) -> Self {
         Client {
             id,
             username: None,
             room: None,
             typing: None,
+            address,
+            naming_deadline: None,
+            message_tokens: None,
+            refusal_tokens: None,
+            failed_join_tokens: None,
             outbound,
         }
     }

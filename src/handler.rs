@@ -9,6 +9,7 @@
 //! the actor's. The read loop runs in the connection's own task and the write loop in a task it
 //! spawns, so a client that stops reading never keeps us from reading it, and the other way round.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,7 +71,8 @@ enum Ending {
     ProtocolViolation(CloseCode),
     /// The server is shutting down.
     Shutdown,
-    /// The write task ended first: the actor dropped the client as too slow, or writing failed.
+    /// The write task ended first: the actor dropped the client (too slow, flooding, or unnamed
+    /// for too long), or writing failed.
     WriterEnded,
     /// The actor is gone; only in a shutdown or after a bug.
     ActorStopped,
@@ -105,9 +107,11 @@ impl From<WsError> for Ending {
     }
 }
 
-/// Serves one client from the completed handshake until the connection ends.
+/// Serves one client, connected from `address`, from the completed handshake until the
+/// connection ends.
 pub async fn serve<S>(
     socket: WebSocketStream<S>,
+    address: IpAddr,
     server: ChatServerHandle,
     config: &Config,
     shutdown: CancellationToken,
@@ -120,6 +124,7 @@ pub async fn serve<S>(
     // arrives. The actor answers with `connected`.
     let connect = ServerCommand::Connect {
         client_id,
+        address,
         outbound: outbound_tx,
     };
     if server.send(connect).await.is_err() {
@@ -143,7 +148,7 @@ pub async fn serve<S>(
     debug!(client = %client_id, ?ending, "connection ending");
 
     // Ask the writer for a close frame *before* telling the actor: the actor then drops our
-    // outbound queue, and the writer must not mistake that for being dropped as too slow.
+    // outbound queue, and the writer must not mistake that for being dropped by the actor.
     match ending.close_frame() {
         Some(frame) => {
             let _ = close_tx.send(frame);
@@ -241,9 +246,13 @@ where
             }
             text = outbound.recv() => {
                 let Some(text) = text else {
-                    // Only the actor holds the sender, and it only lets go of a live client when
-                    // the client fell too far behind (see `ChatServer::send`).
-                    let frame = CloseFrame { code: CloseCode::Policy, reason: "too slow".into() };
+                    // Only the actor holds the sender, and it only lets go of a live client that
+                    // broke a rule of the server: it fell too far behind (see
+                    // `ChatServer::send`), kept sending far over the rate limit, or set no
+                    // username in time. All three are policy violations, close code 1008; in the
+                    // last two the actor queued an `error` saying why, which `recv` has already
+                    // handed us, because a closed channel still yields what was queued first.
+                    let frame = CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() };
                     timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
                     return Ok(());
                 };

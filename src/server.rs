@@ -7,11 +7,13 @@
 //! channel, never by waiting for a client.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
@@ -19,6 +21,7 @@ use tracing::{debug, warn};
 use crate::client::Client;
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
+use crate::limits::{TokenBucket, limit_key};
 use crate::message::{ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
 use crate::room::Room;
@@ -31,12 +34,21 @@ const COMMAND_QUEUE: usize = 1024;
 /// The longest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 4096;
 
+/// The period of `--max-failed-joins`: that many failures are allowed per minute.
+const FAILED_JOINS_PERIOD: Duration = Duration::from_secs(60);
+
+/// The per-address failed-join buckets are swept for forgettable entries when the map reaches
+/// this size, and then whenever it has doubled since the last sweep.
+const MIN_FAILED_JOINS_SWEEP: usize = 1024;
+
 /// What a connection handler can ask of the actor.
 #[derive(Debug)]
 pub enum ServerCommand {
-    /// A WebSocket connection was established. The actor greets it with `connected` on `outbound`.
+    /// A WebSocket connection was established from `address`. The actor greets it with
+    /// `connected` on `outbound`. The address is needed for the per-address failed-join limit.
     Connect {
         client_id: ClientId,
+        address: IpAddr,
         outbound: mpsc::Sender<Utf8Bytes>,
     },
     /// The connection ended, however it ended. The actor tells the peer and forgets the client.
@@ -90,6 +102,26 @@ pub struct ChatServer {
     typing_timeout: Duration,
     /// Capacity of each client's outbound queue.
     outbound_queue: usize,
+    /// `--rate-limit` and `--rate-burst`: the messages per second and the burst each client
+    /// gets, or `None` when rate limiting is off.
+    rate: Option<(u32, u32)>,
+    /// What a client over the rate limit is told; made once, since it names the limit.
+    rate_refusal: Refusal,
+    /// `--max-failed-joins`: failed `join_room`s allowed per minute per client and per address,
+    /// or `None` when that limit is off.
+    max_failed_joins: Option<u32>,
+    /// Failed joins per address ([`limit_key`]), so that a guesser cannot get a fresh allowance
+    /// by reconnecting. Entries whose bucket has refilled are swept out now and then
+    /// (see [`ChatServer::count_failed_join`]), which keeps the map as small as the set of
+    /// addresses that failed recently.
+    failed_joins_by_address: HashMap<IpAddr, TokenBucket>,
+    /// The size of [`ChatServer::failed_joins_by_address`] at which it is next swept.
+    failed_joins_sweep_at: usize,
+    /// How long a client may stay without a username, or `None` for no limit.
+    username_timeout: Option<Duration>,
+    /// One timer per unnamed client, firing `username_timeout` after it connected. Like the
+    /// typing timers: one `DelayQueue` polled by the actor's loop, no task per timer.
+    naming_timers: DelayQueue<ClientId>,
     /// Clients whose queue was found full while handling the current event. They are
     /// disconnected once the event is done, not in the middle of it, so a rule that is sending
     /// to a room never sees that room change under it.
@@ -102,7 +134,23 @@ impl ChatServer {
     /// Creates the actor and its first handle. The caller spawns [`ChatServer::run`].
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> (ChatServer, ChatServerHandle) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let rate = (config.rate_limit > 0).then_some((config.rate_limit, config.rate_burst.max(1)));
+        let rate_refusal = Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Too many messages: at most {} a second. This one was dropped.",
+                config.rate_limit
+            ),
+        );
         let server = ChatServer {
+            rate,
+            rate_refusal,
+            max_failed_joins: (config.max_failed_joins > 0).then_some(config.max_failed_joins),
+            failed_joins_by_address: HashMap::new(),
+            failed_joins_sweep_at: MIN_FAILED_JOINS_SWEEP,
+            username_timeout: (!config.username_timeout.is_zero())
+                .then_some(config.username_timeout),
+            naming_timers: DelayQueue::new(),
             commands: commands_rx,
             clients: HashMap::new(),
             rooms: HashMap::new(),
@@ -128,9 +176,10 @@ impl ChatServer {
     /// Handles commands and typing timeouts until every handle has been dropped.
     pub async fn run(mut self) {
         loop {
-            // Two event sources, one at a time: a command from a handler, or a typing timer
-            // running out. `DelayQueue::next` yields `None` when no timer is set; the pattern
-            // then disables that branch for this turn and we wait for commands alone.
+            // Three event sources, one at a time: a command from a handler, a typing timer
+            // running out, or a client's time to choose a name running out. `DelayQueue::next`
+            // yields `None` when no timer is set; the pattern then disables that branch for
+            // this turn and we wait for the other sources alone.
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command),
@@ -139,31 +188,84 @@ impl ChatServer {
                 Some(expired) = self.typing_timers.next() => {
                     self.typing_expired(expired.into_inner());
                 }
+                Some(expired) = self.naming_timers.next() => {
+                    self.username_overdue(expired.into_inner());
+                }
             }
             self.disconnect_slow_consumers();
         }
         debug!("all handles dropped; chat server actor stopped");
     }
 
-    /// Applies one command to the state. Public so that the rules can be tested without sockets.
+    /// Handles one command as [`ChatServer::run`] does: applies it to the state, then
+    /// disconnects whoever it found too slow. Public so that the rules can be tested without
+    /// sockets.
     pub fn handle(&mut self, command: ServerCommand) {
+        self.apply(command);
+        self.disconnect_slow_consumers();
+    }
+
+    fn apply(&mut self, command: ServerCommand) {
         match command {
             ServerCommand::Connect {
                 client_id,
+                address,
                 outbound,
-            } => self.connect(client_id, outbound),
+            } => self.connect(client_id, address, outbound),
             ServerCommand::Disconnect { client_id } => self.disconnect(client_id),
             ServerCommand::Request { client_id, request } => {
-                // A client dropped as a slow consumer may still have requests on their way.
-                if !self.clients.contains_key(&client_id) {
+                // A forgotten client (dropped as too slow, say) may still have requests on
+                // their way: `admit` ignores them.
+                if !self.admit(client_id) {
                     return;
                 }
                 if let Err(refusal) = self.handle_request(client_id, request) {
                     self.refuse(client_id, &refusal);
                 }
             }
-            ServerCommand::Reject { client_id, refusal } => self.refuse(client_id, &refusal),
+            ServerCommand::Reject { client_id, refusal } => {
+                if self.admit(client_id) {
+                    self.refuse(client_id, &refusal);
+                }
+            }
         }
+    }
+
+    /// Whether a message from `id` is to be handled: the client is known and under its rate
+    /// limit. Every message counts, requests and garbage alike.
+    ///
+    /// Over the limit, the message is dropped with `RATE_LIMITED`. A client that keeps going
+    /// also empties its second bucket, of refusals, and is then disconnected: its write task
+    /// sends what is queued, the last `RATE_LIMITED` included, then closes with 1008.
+    fn admit(&mut self, id: ClientId) -> bool {
+        let now = Instant::now();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        let Some(tokens) = &mut client.message_tokens else {
+            return true;
+        };
+        if tokens.try_take(now) {
+            return true;
+        }
+        let flooding = client
+            .refusal_tokens
+            .as_mut()
+            .is_some_and(|refusals| !refusals.try_take(now));
+        if flooding {
+            warn!(client = %id, "disconnecting a client that keeps sending over the rate limit");
+            self.metrics.flooders_disconnected.increment(1);
+            let refusal = Refusal::new(
+                ErrorCode::RateLimited,
+                "Far too many messages, for too long: closing the connection.",
+            );
+            self.refuse(id, &refusal);
+            self.disconnect(id);
+        } else {
+            let refusal = self.rate_refusal.clone();
+            self.refuse(id, &refusal);
+        }
+        false
     }
 
     /// How many clients are connected (for tests and the soak check).
@@ -174,6 +276,105 @@ impl ChatServer {
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// A copy of who is where, for tests that hold the actor to a model of the protocol.
+    #[doc(hidden)]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            clients: self
+                .clients
+                .iter()
+                .map(|(id, client)| {
+                    let view = ClientView {
+                        username: client.username.as_ref().map(|name| name.to_string()),
+                        room: client.room,
+                        typing: client.typing.is_some(),
+                    };
+                    (*id, view)
+                })
+                .collect(),
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(code, room)| {
+                    let view = RoomView {
+                        host: room.host(),
+                        guest: room.peer_of(room.host()),
+                        history: room.history().iter().map(|message| message.id).collect(),
+                    };
+                    (*code, view)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the rules that must hold between any two events, and says which one is broken:
+    /// every room has one or two members, who are known clients that agree they are in it;
+    /// every client in a room is one of its members and has a name; only members type; a
+    /// named client has no naming deadline; and the gauges match the maps.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (code, room) in &self.rooms {
+            if room.code() != *code {
+                return Err(format!("room {code} is filed under another code"));
+            }
+            let members: Vec<ClientId> = room.members().collect();
+            if members.len() == 2 && members[0] == members[1] {
+                return Err(format!("room {code} has the same client in both seats"));
+            }
+            for member in &members {
+                let Some(client) = self.clients.get(member) else {
+                    return Err(format!("room {code} has a member that is not connected"));
+                };
+                if client.room != Some(*code) {
+                    return Err(format!(
+                        "a member of {code} thinks it is in {:?}",
+                        client.room
+                    ));
+                }
+                if client.username.is_none() {
+                    return Err(format!("a member of {code} has no name"));
+                }
+            }
+        }
+        for (id, client) in &self.clients {
+            if client.id != *id {
+                return Err(format!("client {id} is filed under another id"));
+            }
+            if let Some(code) = client.room {
+                let Some(room) = self.rooms.get(&code) else {
+                    return Err(format!("client {id} is in {code}, which does not exist"));
+                };
+                if !room.members().any(|member| member == *id) {
+                    return Err(format!("client {id} is in {code}, which does not list it"));
+                }
+            } else if client.typing.is_some() {
+                return Err(format!("client {id} types outside a room"));
+            }
+            if client.username.is_some() && client.naming_deadline.is_some() {
+                return Err(format!(
+                    "client {id} is named but still has a naming deadline"
+                ));
+            }
+        }
+        if self.typing_timers.len() != self.clients.values().filter(|c| c.typing.is_some()).count()
+        {
+            return Err("typing timers and typing members differ".into());
+        }
+        if self.naming_timers.len()
+            != self
+                .clients
+                .values()
+                .filter(|c| c.naming_deadline.is_some())
+                .count()
+        {
+            return Err("naming timers and unnamed clients differ".into());
+        }
+        if !self.too_slow.is_empty() {
+            return Err("slow consumers are left over after an event".into());
+        }
+        Ok(())
     }
 
     fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
@@ -188,9 +389,22 @@ impl ChatServer {
         }
     }
 
-    fn connect(&mut self, id: ClientId, outbound: mpsc::Sender<Utf8Bytes>) {
+    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: mpsc::Sender<Utf8Bytes>) {
         debug!(client = %id, "client connected");
-        self.clients.insert(id, Client::new(id, outbound));
+        let now = Instant::now();
+        let mut client = Client::new(id, limit_key(address), outbound);
+        if let Some((per_second, burst)) = self.rate {
+            client.message_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
+            client.refusal_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
+        }
+        if let Some(max) = self.max_failed_joins {
+            client.failed_join_tokens =
+                Some(TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now));
+        }
+        if let Some(timeout) = self.username_timeout {
+            client.naming_deadline = Some(self.naming_timers.insert(id, timeout));
+        }
+        self.clients.insert(id, client);
         self.metrics.connections.increment(1.0);
         self.send(id, ServerMessage::Connected { client_id: id }.encode());
     }
@@ -201,7 +415,15 @@ impl ChatServer {
             return; // Already gone: a slow consumer's handler reports its end later.
         }
         self.leave(id, LeaveReason::Disconnected);
-        self.clients.remove(&id);
+        if let Some(key) = self
+            .clients
+            .remove(&id)
+            .and_then(|client| client.naming_deadline)
+        {
+            // Still pending (an expired key is taken out of the client before anything else),
+            // so it is there to remove.
+            self.naming_timers.remove(&key);
+        }
         self.metrics.connections.decrement(1.0);
         debug!(client = %id, "client disconnected");
     }
@@ -217,6 +439,10 @@ impl ChatServer {
         }
         .encode();
         client.username = Some(username);
+        // Named in time: the client may now stay as long as it answers the heartbeat.
+        if let Some(key) = client.naming_deadline.take() {
+            self.naming_timers.remove(&key);
+        }
         self.send(id, reply);
         Ok(())
     }
@@ -238,16 +464,93 @@ impl ChatServer {
         Ok(())
     }
 
+    /// Joins a room, counting the attempts that probe a code in vain against the failed-join
+    /// limit: `ROOM_NOT_FOUND`, `ROOM_FULL` and `USERNAME_TAKEN`. A malformed code
+    /// (`INVALID_ROOM_CODE`) probes nothing and is not counted, nor are the refusals that do not
+    /// depend on the code at all (`USERNAME_REQUIRED`, `ALREADY_IN_ROOM`).
     fn join_room(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
         let joiner_name = self.check_can_enter_room(id)?;
         let code = RoomCode::parse(input)?;
+        // Refused before the code is looked at, so that an attempt over the limit reveals
+        // nothing about whether the room exists.
+        self.check_failed_joins(id)?;
+        let joined = self.join_existing_room(id, code, &joiner_name);
+        if let Err(refusal) = &joined
+            && matches!(
+                refusal.code,
+                ErrorCode::RoomNotFound | ErrorCode::RoomFull | ErrorCode::UsernameTaken
+            )
+        {
+            self.count_failed_join(id);
+        }
+        joined
+    }
+
+    /// `RATE_LIMITED` if `id`, or its address, has used up its failed joins for now.
+    fn check_failed_joins(&mut self, id: ClientId) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let client = self.clients.get_mut(&id).ok_or(ErrorCode::InternalError)?;
+        let address = client.address;
+        let client_may = client
+            .failed_join_tokens
+            .as_mut()
+            .is_none_or(|tokens| tokens.has_token(now));
+        let address_may = self
+            .failed_joins_by_address
+            .get_mut(&address)
+            .is_none_or(|tokens| tokens.has_token(now));
+        if client_may && address_may {
+            Ok(())
+        } else {
+            debug!(client = %id, "too many failed joins");
+            Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "Too many room codes that did not work: wait a minute before trying again.",
+            ))
+        }
+    }
+
+    /// Takes one failed join from `id`'s allowance and from its address's.
+    fn count_failed_join(&mut self, id: ClientId) {
+        let (Some(max), Some(client)) = (self.max_failed_joins, self.clients.get_mut(&id)) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(tokens) = &mut client.failed_join_tokens {
+            tokens.try_take(now);
+        }
+        let address = client.address;
+        if !self.failed_joins_by_address.contains_key(&address)
+            && self.failed_joins_by_address.len() >= self.failed_joins_sweep_at
+        {
+            // A full bucket remembers nothing: forgetting it changes no decision. Sweeping only
+            // when the map has doubled keeps the cost per failed join constant on average.
+            self.failed_joins_by_address
+                .retain(|_, tokens| !tokens.is_full(now));
+            self.failed_joins_sweep_at =
+                (self.failed_joins_by_address.len() * 2).max(MIN_FAILED_JOINS_SWEEP);
+        }
+        self.failed_joins_by_address
+            .entry(address)
+            .or_insert_with(|| TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now))
+            .try_take(now);
+    }
+
+    /// The part of `join_room` that depends on the room: whether it exists, has a free seat,
+    /// and a host with another name.
+    fn join_existing_room(
+        &mut self,
+        id: ClientId,
+        code: RoomCode,
+        joiner_name: &Username,
+    ) -> Result<(), Refusal> {
         let room = self.rooms.get(&code).ok_or(ErrorCode::RoomNotFound)?;
         if room.is_full() {
             return Err(ErrorCode::RoomFull.into());
         }
         let host = room.host();
         let host_name = self.username(host)?;
-        if host_name == joiner_name {
+        if host_name == *joiner_name {
             return Err(ErrorCode::UsernameTaken.into());
         }
 
@@ -258,7 +561,7 @@ impl ChatServer {
         }
         .encode();
         let announcement = ServerMessage::PeerJoined {
-            username: &joiner_name,
+            username: joiner_name,
         }
         .encode();
         self.room_mut(code)?.admit(id);
@@ -345,6 +648,27 @@ impl ChatServer {
                 .encode(),
             );
         }
+    }
+
+    /// A client's time to choose a name ran out: it is told why and closed (code 1008, sent by
+    /// its write task when it finds its queue closed).
+    fn username_overdue(&mut self, id: ClientId) {
+        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        client.naming_deadline = None;
+        if client.username.is_some() {
+            return; // Cannot happen: naming removes the timer. Nothing to do if it did.
+        }
+        debug!(client = %id, "closing a connection that set no username in time");
+        self.metrics.username_timeouts.increment(1);
+        let refusal = Refusal::new(
+            ErrorCode::UsernameRequired,
+            "No username was chosen in time: closing the connection.",
+        );
+        self.refuse(id, &refusal);
+        self.disconnect(id);
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
@@ -478,6 +802,40 @@ impl ChatServer {
     }
 }
 
+/// Who is where in the actor, copied out for tests ([`ChatServer::snapshot`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every connected client.
+    pub clients: HashMap<ClientId, ClientView>,
+    /// Every live room.
+    pub rooms: HashMap<RoomCode, RoomView>,
+}
+
+/// One client in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// Its name, if it has set one.
+    pub username: Option<String>,
+    /// Its room, if it is in one.
+    pub room: Option<RoomCode>,
+    /// Whether it is typing.
+    pub typing: bool,
+}
+
+/// One room in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomView {
+    /// The host.
+    pub host: ClientId,
+    /// The guest, if there is one.
+    pub guest: Option<ClientId>,
+    /// The ids of the messages in its history, oldest first.
+    pub history: Vec<u64>,
+}
+
 /// Now, in milliseconds since the Unix epoch, as chat timestamps are.
 fn unix_millis() -> u64 {
     // A clock set before 1970 is not worth failing a chat message for: it reads as 0.
@@ -492,6 +850,9 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use tokio::time::Instant;
+
+    /// The address every test client connects from.
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// A client of the actor without a socket: its id and the receiving end of its queue.
     struct Peer {
@@ -526,6 +887,7 @@ mod tests {
         let id = ClientId::new();
         server.handle(ServerCommand::Connect {
             client_id: id,
+            address: LOCALHOST,
             outbound,
         });
         let mut peer = Peer { id, inbox };
@@ -568,8 +930,9 @@ mod tests {
 
     /// Rooms come and go with their members: the last one out deletes the room, and a
     /// disconnect forgets the client.
-    #[test]
-    fn rooms_and_clients_are_forgotten_when_empty() {
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn rooms_and_clients_are_forgotten_when_empty() {
         let (mut server, _handle) = actor(Config::default());
         let (host, guest, _) = pair(&mut server);
         assert_eq!((server.client_count(), server.room_count()), (2, 1));
@@ -583,8 +946,9 @@ mod tests {
 
     /// A second `Disconnect` for the same client, or requests from a forgotten client, change
     /// nothing and send nothing.
-    #[test]
-    fn a_forgotten_client_is_ignored() {
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn a_forgotten_client_is_ignored() {
         let (mut server, _handle) = actor(Config::default());
         let (host, mut guest, _) = pair(&mut server);
         server.handle(ServerCommand::Disconnect { client_id: host.id });
@@ -603,8 +967,9 @@ mod tests {
 
     /// A member whose queue is full is disconnected after the event that filled it, and its
     /// peer is told; the peer's own messages are unaffected.
-    #[test]
-    fn a_full_queue_disconnects_the_slow_member_only() {
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn a_full_queue_disconnects_the_slow_member_only() {
         let (mut server, _handle) = actor(Config {
             outbound_queue: 2,
             ..Config::default()
@@ -652,5 +1017,56 @@ mod tests {
         // Time is paused: it jumps straight to the next timer, which must be the renewed one.
         assert_eq!(guest.wait().await["type"], "stop_typing");
         assert_eq!(started.elapsed(), Duration::from_secs(9));
+    }
+
+    /// The rate limit refills with time: once the burst is spent a message is refused with
+    /// `RATE_LIMITED`, and one token later the next is handled again.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_refills_with_time() {
+        let (mut server, _handle) = actor(Config {
+            rate_limit: 2,
+            rate_burst: 2,
+            ..Config::default()
+        });
+        // `set_username` takes the first token.
+        let mut ada = connect(&mut server, "ada");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        assert!(ada.is_idle());
+    }
+
+    /// Failed joins are allowed at `max_failed_joins` a minute: the allowance comes back a
+    /// little at a time, not all at once at the end of the minute.
+    #[tokio::test(start_paused = true)]
+    async fn failed_joins_come_back_over_a_minute() {
+        let (mut server, _handle) = actor(Config {
+            max_failed_joins: 2,
+            ..Config::default().unlimited()
+        });
+        let mut ada = connect(&mut server, "ada");
+        let mut join = |ada: &mut Peer| {
+            request(
+                &mut server,
+                ada,
+                ClientMessage::JoinRoom {
+                    room_code: "ABCDEF".into(),
+                },
+            );
+            ada.next()["code"].clone()
+        };
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
     }
 }

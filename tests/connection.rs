@@ -142,9 +142,10 @@ async fn a_silent_client_is_disconnected() {
 /// (close code 1008), its peer is told, and the peer's own connection carries on.
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected() {
+    // The host sends far faster than a person: rate limiting off.
     let config = Config {
         outbound_queue: 8,
-        ..Config::default()
+        ..Config::default().unlimited()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
@@ -262,13 +263,37 @@ fn the_command_line_documents_its_flags() {
         .output()
         .expect("run");
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--bind", "--typing-timeout", "--heartbeat-interval"] {
+    for flag in [
+        "--bind",
+        "--typing-timeout",
+        "--heartbeat-interval",
+        "--rate-limit",
+        "--rate-burst",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--max-failed-joins",
+        "--handshake-timeout",
+        "--username-timeout",
+        "--allowed-origin",
+        "--tls-cert",
+        "--tls-key",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     for variable in [
         "CHAT_BIND",
         "CHAT_TYPING_TIMEOUT",
         "CHAT_HEARTBEAT_INTERVAL",
+        "CHAT_RATE_LIMIT",
+        "CHAT_RATE_BURST",
+        "CHAT_MAX_CONNECTIONS",
+        "CHAT_MAX_CONNECTIONS_PER_IP",
+        "CHAT_MAX_FAILED_JOINS",
+        "CHAT_HANDSHAKE_TIMEOUT",
+        "CHAT_USERNAME_TIMEOUT",
+        "CHAT_ALLOWED_ORIGIN",
+        "CHAT_TLS_CERT",
+        "CHAT_TLS_KEY",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
@@ -278,4 +303,10 @@ fn the_command_line_documents_its_flags() {
         .expect("run");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("typing-timeout"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .env("CHAT_RATE_LIMIT", "lots")
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rate-limit"));
 }
