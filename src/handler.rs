@@ -158,7 +158,10 @@ pub async fn serve<S>(
     }
     // Whatever happened to the socket, the peer hears about it now.
     let _ = server.send(ServerCommand::Disconnect { client_id }).await;
-    if timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+    // Wait for the writer to send its close frame, unless it has already finished: the
+    // `select!` above polled its `JoinHandle` to completion in that case, and polling a
+    // finished `JoinHandle` again panics.
+    if ending != Ending::WriterEnded && timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
         // The client is not reading; dropping the task drops the socket.
         writer.abort();
     }

@@ -338,7 +338,8 @@ impl ChatServer {
     /// Checks the rules that must hold between any two events, and says which one is broken:
     /// every room has one or two members, who are known clients that agree they are in it;
     /// every client in a room is one of its members and has a name; only members type; a
-    /// named client has no naming deadline; and the gauges match the maps.
+    /// named client has no naming deadline; each timer queue holds one entry per client that
+    /// needs one; and no slow consumer is left waiting to be dropped.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         for (code, room) in &self.rooms {
