@@ -44,6 +44,19 @@ use crate::server::ChatServerHandle;
 /// the middle of, before it is dropped.
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
+/// The web client (`static/`), embedded in the binary so that the server alone is all a
+/// person needs to try it: `cargo run`, then open the address in two tabs.
+const INDEX_HTML: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE_CSS: &str = include_str!("../static/style.css");
+
+/// What the page may load and connect to: its own script and stylesheet, and connections to its
+/// own origin (`'self'` covers `ws:`/`wss:` to the same host). Nothing inline and no `eval`, so
+/// even if some text ever slipped into the page as markup, the browser would not run it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
 /// What every connection task needs, shared behind one `Arc`.
 #[derive(Debug)]
 pub struct App {
@@ -170,6 +183,13 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
     let wants_websocket = header_has_token(request.headers(), header::UPGRADE, "websocket");
     match (request.method(), request.uri().path()) {
         (_, "/ws") => upgrade(request, peer, app),
+        (&Method::GET | &Method::HEAD, "/") => web_file("text/html; charset=utf-8", INDEX_HTML),
+        (&Method::GET | &Method::HEAD, "/app.js") => {
+            web_file("text/javascript; charset=utf-8", APP_JS)
+        }
+        (&Method::GET | &Method::HEAD, "/style.css") => {
+            web_file("text/css; charset=utf-8", STYLE_CSS)
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
         }
@@ -322,6 +342,24 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// One file of the web client, with the headers that keep the page locked down.
+fn web_file(content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut response = respond(StatusCode::OK, content_type, body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    // Never guess a type other than the one we declare (a script must be served as one).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Revalidate on every load, so a restarted server with a new page is picked up at once.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 fn not_found() -> Response<Body> {

@@ -4,6 +4,7 @@
 //! cannot exist anywhere else in the server.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand::RngExt;
 use serde::{Serialize, Serializer};
@@ -32,6 +33,47 @@ impl Default for ClientId {
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// The secret that lets a new connection take over a session after a network drop (`resume`).
+///
+/// 128 bits from the operating system's CSPRNG, written as 32 lowercase hex digits: URL-safe,
+/// and unguessable even by someone who has seen every other token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionToken(Box<str>);
+
+impl SessionToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        let bits: u128 = rand::rng().random();
+        SessionToken(format!("{bits:032x}").into())
+    }
+
+    /// The token as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SessionToken {
+    /// A token as a client presents it. Any text will do: one that was never issued simply
+    /// matches no session.
+    fn from(text: &str) -> Self {
+        SessionToken(text.into())
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    /// Never prints the secret itself, so a token cannot leak into logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(…)")
+    }
+}
+
+impl Serialize for SessionToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -99,9 +141,11 @@ impl Serialize for RoomCode {
 }
 
 /// A person's display name: trimmed, 1 to 32 Unicode scalar values, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Username(Box<str>);
+///
+/// Shared (`Arc<str>`) because the actor copies the sender's name into every chat message it
+/// records: a clone is then a reference-count increment, not an allocation per message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Username(Arc<str>);
 
 impl Username {
     /// The longest name, counted in Unicode scalar values (`char`s), not bytes.
@@ -120,6 +164,12 @@ impl Username {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for Username {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -162,6 +212,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Session tokens are 128 random bits in URL-safe text, and differ every time.
+    #[test]
+    fn session_tokens_are_long_random_and_url_safe() {
+        let a = SessionToken::random();
+        let b = SessionToken::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            !format!("{a:?}").contains(a.as_str()),
+            "tokens stay out of debug output"
+        );
     }
 
     /// Names are trimmed; length is counted in characters, not bytes.

@@ -35,9 +35,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use chat_server::Config;
+use chat_server::client::Outbound;
 use chat_server::error::{ErrorCode, Refusal};
 use chat_server::limits::TokenBucket;
 use chat_server::message::ClientMessage;
@@ -254,7 +254,7 @@ impl Msg {
 /// One connection: its end of the queue, and what the model knows of it.
 struct Conn {
     id: ClientId,
-    inbox: mpsc::Receiver<Utf8Bytes>,
+    inbox: mpsc::Receiver<Outbound>,
     capacity: usize,
     slow: bool,
     /// Still known to the actor: not dropped as a slow consumer.
@@ -628,23 +628,31 @@ impl Model {
     }
 }
 
-/// Drives one sequence of operations through the actor and the model, checking after each step.
-///
-/// With `limited`, the actor runs with small limits the sequences reach often (see
-/// [`RATE_LIMIT`]); otherwise with none.
-async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
-    let config = if limited {
+/// Protocol v1: no resume grace (a lost connection is `peer_left` at once, as the model says).
+/// Without `limited`, no limits either, so that they do not get in the way of random traffic;
+/// with it, small limits the sequences reach often (see [`RATE_LIMIT`]).
+fn v1_config(limited: bool) -> Config {
+    let config = Config {
+        resume_grace: Duration::ZERO,
+        ..Config::default()
+    };
+    if limited {
         Config {
             rate_limit: RATE_LIMIT,
             rate_burst: RATE_BURST,
             max_failed_joins: MAX_FAILED_JOINS,
-            ..Config::default()
+            ..config
         }
     } else {
-        Config::default().unlimited()
-    };
+        config.unlimited()
+    }
+}
+
+/// Drives one sequence of operations through the actor and the model, checking after each step,
+/// with the limits on or off (see [`v1_config`]).
+async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
     let metrics = Arc::new(Metrics::new());
-    let (mut server, _handle) = ChatServer::new(&config, metrics);
+    let (mut server, _handle) = ChatServer::new(&v1_config(limited), metrics);
     let mut model = Model {
         slots: (0..SLOTS).map(|_| None).collect(),
         ..Model::default()
@@ -780,7 +788,10 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
 fn read_all(conn: &mut Conn) -> Result<(), String> {
     loop {
         match conn.inbox.try_recv() {
-            Ok(frame) => {
+            Ok(Outbound::Close(code, reason)) => {
+                return Err(format!("unexpected close {code} {reason}"));
+            }
+            Ok(Outbound::Message(frame)) => {
                 let got = Msg::parse(&frame);
                 match conn.expected.pop_front() {
                     Some(want) if want == got => {}
