@@ -332,3 +332,4 @@ impl TestClient {
         self.send(json!({"type": "chat", "content": content})).await;
     }
 }
+pub mod browser;
