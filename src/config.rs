@@ -20,6 +20,11 @@ pub struct Config {
     /// How many encoded messages may wait for one client's socket. A client that falls this far
     /// behind is disconnected as a slow consumer instead of holding memory or the actor.
     pub outbound_queue: usize,
+    /// How long a room member whose connection dropped keeps its seat, waiting for a new
+    /// connection to `resume` its session (`--resume-grace`). The peer gets `peer_disconnected`
+    /// at once and `peer_left` only when this runs out. Zero turns resuming off: the server then
+    /// behaves exactly as protocol v1 says.
+    pub resume_grace: Duration,
     /// Messages per second one connection may send, on average (`--rate-limit`). Every message
     /// counts, whatever its type: a flood of `set_username` or of bad JSON costs the actor as
     /// much as a flood of chat. Over it, a message is refused with `RATE_LIMITED`.
@@ -59,6 +64,9 @@ impl Config {
     pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
     /// Default for [`Config::outbound_queue`]: far more than a conversation ever has in flight.
     pub const DEFAULT_OUTBOUND_QUEUE: usize = 128;
+    /// Default for [`Config::resume_grace`]: long enough for a phone to switch networks or a
+    /// laptop lid to be opened again.
+    pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(30);
     /// Default for [`Config::rate_limit`]: no typist sends 20 messages a second for long.
     pub const DEFAULT_RATE_LIMIT: u32 = 20;
     /// Default for [`Config::rate_burst`]: two seconds' worth. Kept well under
@@ -86,6 +94,7 @@ impl Default for Config {
             typing_timeout: Config::DEFAULT_TYPING_TIMEOUT,
             heartbeat_interval: Config::DEFAULT_HEARTBEAT_INTERVAL,
             outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
+            resume_grace: Config::DEFAULT_RESUME_GRACE,
             rate_limit: Config::DEFAULT_RATE_LIMIT,
             rate_burst: Config::DEFAULT_RATE_BURST,
             max_connections: Config::DEFAULT_MAX_CONNECTIONS,

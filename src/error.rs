@@ -44,13 +44,16 @@ pub enum ErrorCode {
     /// Too many messages too fast (`--rate-limit`), or too many failed `join_room` attempts
     /// (`--max-failed-joins`). Expected from scripts and guessers, never from a person typing.
     RateLimited,
+    /// A `resume` with a session token that is unknown, or whose grace period has ended. The
+    /// connection carries on as a new client.
+    SessionExpired,
     /// A bug on the server's side: should never be sent.
     InternalError,
 }
 
 impl ErrorCode {
     /// Every code, for registering one metrics counter per code up front.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UsernameRequired,
         ErrorCode::InvalidUsername,
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::EmptyMessage,
         ErrorCode::MessageTooLong,
         ErrorCode::RateLimited,
+        ErrorCode::SessionExpired,
         ErrorCode::InternalError,
     ];
 
@@ -81,6 +85,7 @@ impl ErrorCode {
             ErrorCode::EmptyMessage => "EMPTY_MESSAGE",
             ErrorCode::MessageTooLong => "MESSAGE_TOO_LONG",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::SessionExpired => "SESSION_EXPIRED",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -104,6 +109,7 @@ impl ErrorCode {
             ErrorCode::EmptyMessage => "A message cannot be empty.",
             ErrorCode::MessageTooLong => "A message can be at most 4096 characters long.",
             ErrorCode::RateLimited => "Too many messages: slow down.",
+            ErrorCode::SessionExpired => "That session has ended: start again with a username.",
             ErrorCode::InternalError => "Something went wrong on the server.",
         }
     }

@@ -22,10 +22,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::client::Outbound;
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
@@ -157,7 +158,10 @@ pub async fn serve<S>(
     }
     // Whatever happened to the socket, the peer hears about it now.
     let _ = server.send(ServerCommand::Disconnect { client_id }).await;
-    if timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+    // Wait for the writer to send its close frame, unless it has already finished: the
+    // `select!` above polled its `JoinHandle` to completion in that case, and polling a
+    // finished `JoinHandle` again panics.
+    if ending != Ending::WriterEnded && timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
         // The client is not reading; dropping the task drops the socket.
         writer.abort();
     }
@@ -222,7 +226,7 @@ where
 /// queue.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Utf8Bytes>,
+    mut outbound: mpsc::Receiver<Outbound>,
     mut close: oneshot::Receiver<CloseFrame>,
     heartbeat_interval: Duration,
 ) -> Result<(), WsError>
@@ -244,28 +248,43 @@ where
                 }
                 return Ok(());
             }
-            text = outbound.recv() => {
-                let Some(text) = text else {
+            item = outbound.recv() => {
+                let closing = match item {
                     // Only the actor holds the sender, and it only lets go of a live client that
                     // broke a rule of the server: it fell too far behind (see
                     // `ChatServer::send`), kept sending far over the rate limit, or set no
                     // username in time. All three are policy violations, close code 1008; in the
                     // last two the actor queued an `error` saying why, which `recv` has already
                     // handed us, because a closed channel still yields what was queued first.
-                    let frame = CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() };
+                    None => Some(CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() }),
+                    Some(Outbound::Close(code, reason)) => {
+                        Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })
+                    }
+                    Some(Outbound::Message(text)) => {
+                        let batch = async {
+                            // Everything already queued goes out with one flush: one write to
+                            // the socket for many messages when the client is busy.
+                            sink.feed(Message::Text(text)).await?;
+                            while let Ok(item) = outbound.try_recv() {
+                                match item {
+                                    Outbound::Message(text) => sink.feed(Message::Text(text)).await?,
+                                    Outbound::Close(code, reason) => {
+                                        sink.flush().await?;
+                                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                                        return Ok(Some(frame));
+                                    }
+                                }
+                            }
+                            sink.flush().await?;
+                            Ok::<_, WsError>(None)
+                        };
+                        timeout(stall_limit, batch).await.map_err(|_| stalled())??
+                    }
+                };
+                if let Some(frame) = closing {
                     timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
                     return Ok(());
-                };
-                let batch = async {
-                    // Everything already queued goes out with one flush: one write to the socket
-                    // for many messages when the client is busy.
-                    sink.feed(Message::Text(text)).await?;
-                    while let Ok(text) = outbound.try_recv() {
-                        sink.feed(Message::Text(text)).await?;
-                    }
-                    sink.flush().await
-                };
-                timeout(stall_limit, batch).await.map_err(|_| stalled())??;
+                }
             }
             _ = heartbeat.tick() => {
                 timeout(stall_limit, sink.send(Message::Ping(Bytes::new())))

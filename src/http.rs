@@ -5,6 +5,10 @@
 //! a valid WebSocket upgrade on `/ws` gets `101 Switching Protocols`, after which hyper hands us
 //! the raw socket and [`handler::serve`] takes over. Doing the handshake here, rather than with
 //! tungstenite's own `accept`, is what lets one port serve pages and WebSockets alike.
+//!
+//! This is also where the limits that come before a WebSocket exists are enforced: the handshake
+//! deadline (`--handshake-timeout`), the `Origin` check (`--allowed-origin`) and the connection
+//! caps (`--max-connections`, `--max-connections-per-ip`). See docs/architecture.md, "Limits".
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -34,6 +34,12 @@ struct Cli {
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = duration, value_name = "DURATION")]
     heartbeat_interval: Duration,
 
+    /// How long a room member whose connection dropped keeps its seat for a new connection to
+    /// resume the session, e.g. 30s; the peer sees peer_disconnected meanwhile. 0s turns
+    /// resuming off (protocol v1: peer_left at once).
+    #[arg(long, env = "CHAT_RESUME_GRACE", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    resume_grace: Duration,
+
     /// Messages per second one connection may send on average; more are refused with
     /// RATE_LIMITED, and a client that keeps sending at over twice this rate is disconnected
     /// (close code 1008). 0 turns rate limiting off.
@@ -126,6 +132,7 @@ async fn main() -> std::io::Result<()> {
     let config = Config {
         typing_timeout: cli.typing_timeout,
         heartbeat_interval: cli.heartbeat_interval,
+        resume_grace: cli.resume_grace,
         rate_limit: cli.rate_limit,
         rate_burst: cli.rate_burst,
         max_connections: cli.max_connections,

@@ -6,7 +6,7 @@
 //! without a single lock. It answers by queueing encoded messages on each client's own outbound
 //! channel, never by waiting for a client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,14 +18,14 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
 
-use crate::client::Client;
+use crate::client::{Client, Outbound};
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
 use crate::limits::{TokenBucket, limit_key};
-use crate::message::{ClientMessage, LeaveReason, ServerMessage};
+use crate::message::{ChatHistory, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
 use crate::room::Room;
-use crate::types::{ClientId, RoomCode, Username};
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// How many commands may wait for the actor. When it is full, handlers wait to send, which in
 /// turn stops them reading their sockets: back-pressure reaches the clients that send the most.
@@ -49,9 +49,10 @@ pub enum ServerCommand {
     Connect {
         client_id: ClientId,
         address: IpAddr,
-        outbound: mpsc::Sender<Utf8Bytes>,
+        outbound: mpsc::Sender<Outbound>,
     },
-    /// The connection ended, however it ended. The actor tells the peer and forgets the client.
+    /// The connection ended, however it ended. The actor tells the peer, and forgets the client
+    /// or, if it is in a room, holds its seat for the resume grace period.
     Disconnect { client_id: ClientId },
     /// The client sent a well-formed request (`set_username`, `create_room`, `join_room`, `chat`,
     /// `typing`, `stop_typing` or `leave_room`: the seed design's commands, one per message type).
@@ -126,6 +127,18 @@ pub struct ChatServer {
     /// disconnected once the event is done, not in the middle of it, so a rule that is sending
     /// to a room never sees that room change under it.
     too_slow: Vec<ClientId>,
+    /// Which client holds each session: the token a `resume` presents, to the client it names.
+    sessions: HashMap<SessionToken, ClientId>,
+    /// `--resume-grace`: how long a room member whose connection dropped keeps its seat. Zero
+    /// means no grace at all: protocol v1's immediate `peer_left`.
+    resume_grace: Duration,
+    /// One timer per held session, firing when its grace period is over. Like the typing
+    /// timers: one `DelayQueue` polled by the actor's loop, no task per timer.
+    grace_timers: DelayQueue<ClientId>,
+    /// Messages a held member missed that are no longer in its room's history, because the
+    /// other member left meanwhile and took the conversation with it (a newcomer must never read
+    /// it). Given to the member on `resume`, dropped when its grace ends.
+    replays: HashMap<ClientId, VecDeque<ChatMessage>>,
     /// Counters for `/metrics`.
     metrics: Arc<Metrics>,
 }
@@ -158,6 +171,10 @@ impl ChatServer {
             typing_timeout: config.typing_timeout,
             outbound_queue: config.outbound_queue.max(1),
             too_slow: Vec::new(),
+            sessions: HashMap::new(),
+            resume_grace: config.resume_grace,
+            grace_timers: DelayQueue::new(),
+            replays: HashMap::new(),
             metrics,
         };
         (
@@ -176,8 +193,9 @@ impl ChatServer {
     /// Handles commands and typing timeouts until every handle has been dropped.
     pub async fn run(mut self) {
         loop {
-            // Three event sources, one at a time: a command from a handler, a typing timer
-            // running out, or a client's time to choose a name running out. `DelayQueue::next`
+            // Four event sources, one at a time: a command from a handler, a typing timer
+            // running out, a client's time to choose a name running out, or a held session's
+            // grace period ending. `DelayQueue::next`
             // yields `None` when no timer is set; the pattern then disables that branch for
             // this turn and we wait for the other sources alone.
             tokio::select! {
@@ -190,6 +208,9 @@ impl ChatServer {
                 }
                 Some(expired) = self.naming_timers.next() => {
                     self.username_overdue(expired.into_inner());
+                }
+                Some(expired) = self.grace_timers.next() => {
+                    self.grace_expired(expired.into_inner());
                 }
             }
             self.disconnect_slow_consumers();
@@ -212,7 +233,7 @@ impl ChatServer {
                 address,
                 outbound,
             } => self.connect(client_id, address, outbound),
-            ServerCommand::Disconnect { client_id } => self.disconnect(client_id),
+            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id),
             ServerCommand::Request { client_id, request } => {
                 // A forgotten client (dropped as too slow, say) may still have requests on
                 // their way: `admit` ignores them.
@@ -224,6 +245,7 @@ impl ChatServer {
                 }
             }
             ServerCommand::Reject { client_id, refusal } => {
+                // Counted against the rate limit like any message: garbage costs us too.
                 if self.admit(client_id) {
                     self.refuse(client_id, &refusal);
                 }
@@ -242,6 +264,10 @@ impl ChatServer {
         let Some(client) = self.clients.get_mut(&id) else {
             return false;
         };
+        if !client.is_connected() {
+            // Its connection was dropped (too slow) but its reader had more on the way.
+            return false;
+        }
         let Some(tokens) = &mut client.message_tokens else {
             return true;
         };
@@ -260,7 +286,7 @@ impl ChatServer {
                 "Far too many messages, for too long: closing the connection.",
             );
             self.refuse(id, &refusal);
-            self.disconnect(id);
+            self.forget(id);
         } else {
             let refusal = self.rate_refusal.clone();
             self.refuse(id, &refusal);
@@ -312,7 +338,8 @@ impl ChatServer {
     /// Checks the rules that must hold between any two events, and says which one is broken:
     /// every room has one or two members, who are known clients that agree they are in it;
     /// every client in a room is one of its members and has a name; only members type; a
-    /// named client has no naming deadline; and the gauges match the maps.
+    /// named client has no naming deadline; each timer queue holds one entry per client that
+    /// needs one; and no slow consumer is left waiting to be dropped.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         for (code, room) in &self.rooms {
@@ -386,10 +413,15 @@ impl ChatServer {
             ClientMessage::Typing => self.typing(id),
             ClientMessage::StopTyping => self.stop_typing(id),
             ClientMessage::LeaveRoom => self.leave_room(id),
+            ClientMessage::Resume {
+                session_token,
+                last_id,
+            } => self.resume(id, &session_token, last_id),
+            ClientMessage::Read { up_to } => self.read(id, up_to),
         }
     }
 
-    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: mpsc::Sender<Utf8Bytes>) {
+    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: mpsc::Sender<Outbound>) {
         debug!(client = %id, "client connected");
         let now = Instant::now();
         let mut client = Client::new(id, limit_key(address), outbound);
@@ -404,28 +436,81 @@ impl ChatServer {
         if let Some(timeout) = self.username_timeout {
             client.naming_deadline = Some(self.naming_timers.insert(id, timeout));
         }
+        let greeting = ServerMessage::Connected {
+            client_id: id,
+            session_token: &client.session_token,
+        }
+        .encode();
+        self.sessions.insert(client.session_token.clone(), id);
         self.clients.insert(id, client);
         self.metrics.connections.increment(1.0);
-        self.send(id, ServerMessage::Connected { client_id: id }.encode());
+        self.send(id, greeting);
     }
 
-    /// Forgets a client whose connection ended (or that was too slow): its peer is told first.
-    fn disconnect(&mut self, id: ClientId) {
-        if !self.clients.contains_key(&id) {
-            return; // Already gone: a slow consumer's handler reports its end later.
+    /// A client's connection ended. A room member keeps its seat for the grace period, so that
+    /// a new connection can `resume` the session; anyone else is forgotten at once.
+    fn connection_lost(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get(&id) else {
+            return; // Already forgotten (dropped as a flooder, or its session resumed elsewhere).
+        };
+        if !client.is_connected() {
+            return; // Already held: it was dropped as too slow, and its handler has now ended.
         }
-        self.leave(id, LeaveReason::Disconnected);
-        if let Some(key) = self
-            .clients
-            .remove(&id)
-            .and_then(|client| client.naming_deadline)
-        {
-            // Still pending (an expired key is taken out of the client before anything else),
-            // so it is there to remove.
-            self.naming_timers.remove(&key);
+        if self.resume_grace.is_zero() || client.room.is_none() {
+            self.forget(id);
+            return;
+        }
+        // The peer sees typing end before it sees the member go.
+        self.end_typing(id);
+        let grace = self.grace_timers.insert(id, self.resume_grace);
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.detach();
+            client.grace = Some(grace);
         }
         self.metrics.connections.decrement(1.0);
-        debug!(client = %id, "client disconnected");
+        debug!(client = %id, "connection lost; seat held for a resume");
+        if let Ok((code, username)) = self.membership(id) {
+            let notice = ServerMessage::PeerDisconnected {
+                username: &username,
+            };
+            self.send_to_peer(code, id, notice.encode());
+        }
+    }
+
+    /// A held session's grace period ended without a resume: the member is gone for good.
+    fn grace_expired(&mut self, id: ClientId) {
+        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.grace = None;
+            debug!(client = %id, "resume grace period over");
+            self.forget(id);
+        }
+    }
+
+    /// Forgets a client for good: it leaves its room (the peer gets `peer_left` with
+    /// `"disconnected"`), its session can no longer be resumed, and its connection, if it still
+    /// has one, is dropped.
+    fn forget(&mut self, id: ClientId) {
+        let Some(connected) = self.clients.get(&id).map(Client::is_connected) else {
+            return; // Already gone.
+        };
+        self.leave(id, LeaveReason::Disconnected);
+        if let Some(client) = self.clients.remove(&id) {
+            // Timer keys still in the client are pending (an expired key is taken out of the
+            // client before anything else), so they are there to remove.
+            if let Some(key) = client.naming_deadline {
+                self.naming_timers.remove(&key);
+            }
+            if let Some(key) = client.grace {
+                self.grace_timers.remove(&key);
+            }
+            self.sessions.remove(&client.session_token);
+        }
+        self.replays.remove(&id);
+        if connected {
+            self.metrics.connections.decrement(1.0);
+        }
+        debug!(client = %id, "client forgotten");
     }
 
     fn set_username(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
@@ -557,18 +642,27 @@ impl ChatServer {
         let welcome = ServerMessage::RoomJoined {
             room_code: code,
             peer: &host_name,
-            history: room.history(),
+            history: ChatHistory::all(room.history()),
         }
         .encode();
         let announcement = ServerMessage::PeerJoined {
             username: joiner_name,
         }
         .encode();
+        let host_away = !self.clients.get(&host).is_some_and(Client::is_connected);
         self.room_mut(code)?.admit(id);
         self.client_mut(id)?.room = Some(code);
         debug!(client = %id, room = %code, "room joined");
         self.send(id, welcome);
         self.send(host, announcement);
+        if host_away {
+            // The host's connection dropped and it may still resume: say so, as its peer would
+            // have heard had it been here.
+            let notice = ServerMessage::PeerDisconnected {
+                username: &host_name,
+            };
+            self.send(id, notice.encode());
+        }
         Ok(())
     }
 
@@ -584,8 +678,15 @@ impl ChatServer {
         // The peer must see the typing indicator go away before the message it turned into.
         self.end_typing(id);
 
+        // While a member is away, the room remembers more, so that it can be given everything it
+        // missed when it resumes.
+        let keep = if self.member_away(code) {
+            Room::REPLAY_LEN
+        } else {
+            Room::HISTORY_LEN
+        };
         let room = self.room_mut(code)?;
-        let message = room.record(from, content, unix_millis());
+        let message = room.record(from, content, unix_millis(), keep);
         let frame = ServerMessage::Chat(message).encode();
         let members = room.members();
         // Encoded once above; each member's queue gets a reference-counted copy of the bytes.
@@ -622,6 +723,136 @@ impl ChatServer {
         self.membership(id)?;
         self.end_typing(id);
         Ok(())
+    }
+
+    /// Takes over the session `token` names, for the new connection `id` (see
+    /// [`ClientMessage::Resume`]). The session keeps everything but its connection: name, room,
+    /// seat, read receipt and limits; `id`'s own fresh session is dropped.
+    fn resume(&mut self, id: ClientId, token: &str, last_id: u64) -> Result<(), Refusal> {
+        let fresh = self.clients.get(&id).ok_or(ErrorCode::InternalError)?;
+        if fresh.username.is_some() || fresh.room.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "`resume` must be the first message on a new connection.",
+            ));
+        }
+        let token = SessionToken::from(token);
+        let old_id = match self.sessions.get(&token) {
+            Some(&old_id) if old_id != id => old_id,
+            _ => return Err(ErrorCode::SessionExpired.into()),
+        };
+        // A session that never chose a name holds nothing worth resuming.
+        if self
+            .clients
+            .get(&old_id)
+            .is_none_or(|old| old.username.is_none())
+        {
+            return Err(ErrorCode::SessionExpired.into());
+        }
+        // If the old connection is still open, its typing ends with it.
+        self.end_typing(old_id);
+
+        let (Some(mut fresh), Some(mut session)) =
+            (self.clients.remove(&id), self.clients.remove(&old_id))
+        else {
+            return Err(ErrorCode::InternalError.into());
+        };
+        if let Some(key) = fresh.naming_deadline.take() {
+            self.naming_timers.remove(&key);
+        }
+        if let Some(key) = session.grace.take() {
+            self.grace_timers.remove(&key);
+        }
+        self.sessions.remove(&fresh.session_token);
+        self.sessions.insert(token, id);
+        let old_connection = session.attach(fresh.take_queue());
+        session.id = id;
+        if let Some(code) = session.room
+            && let Some(room) = self.rooms.get_mut(&code)
+        {
+            room.replace(old_id, id);
+        }
+        let replay = self.replays.remove(&old_id).unwrap_or_default();
+        let username = session.username.clone();
+        let room_code = session.room;
+        self.clients.insert(id, session);
+
+        if let Some(old_connection) = old_connection {
+            // Still open: another device or tab, or a connection that is dead but not yet
+            // noticed. Ask its write task to close it; if its queue is full, dropping the
+            // sender below closes it anyway.
+            let _ = old_connection.try_send(Outbound::Close(4000, "session resumed elsewhere"));
+            self.metrics.connections.decrement(1.0);
+        }
+        debug!(client = %id, previous = %old_id, "session resumed");
+
+        // The reply: where the session stands, and every message it may have missed.
+        let room = room_code.and_then(|code| self.rooms.get(&code));
+        let peer = room
+            .and_then(|room| room.peer_of(id))
+            .and_then(|peer| self.clients.get(&peer));
+        let peer_name = peer.and_then(|peer| peer.username.clone());
+        let peer_read = peer.map_or(0, |peer| peer.read_up_to);
+        let reply = ServerMessage::Resumed {
+            client_id: id,
+            username: username.as_ref(),
+            room_code,
+            peer: peer_name.as_ref(),
+            peer_connected: peer.is_some_and(Client::is_connected),
+            missed: ChatHistory::after(&replay, room.map(Room::history), last_id),
+        }
+        .encode();
+        self.send(id, reply);
+        if let (Some(peer_name), true) = (&peer_name, peer_read > 0) {
+            let receipt = ServerMessage::Read {
+                username: peer_name,
+                up_to: peer_read,
+            };
+            self.send(id, receipt.encode());
+        }
+        if let (Some(code), Some(username)) = (room_code, &username) {
+            // Back to normal: the history no longer needs to hold more than a joiner sees.
+            if !self.member_away(code)
+                && let Some(room) = self.rooms.get_mut(&code)
+            {
+                room.trim_history(Room::HISTORY_LEN);
+            }
+            let notice = ServerMessage::PeerReconnected { username };
+            self.send_to_peer(code, id, notice.encode());
+        }
+        Ok(())
+    }
+
+    /// A read receipt: tells the peer how far this member has read. Receipts only move
+    /// forward: one that is not past the last is ignored.
+    fn read(&mut self, id: ClientId, up_to: u64) -> Result<(), Refusal> {
+        let (code, username) = self.membership(id)?;
+        let last_id = self.rooms.get(&code).map_or(0, Room::last_id);
+        if up_to > last_id {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                format!("`up_to` is {up_to}, but the last message in this room is {last_id}."),
+            ));
+        }
+        let client = self.client_mut(id)?;
+        if up_to <= client.read_up_to {
+            return Ok(());
+        }
+        client.read_up_to = up_to;
+        let receipt = ServerMessage::Read {
+            username: &username,
+            up_to,
+        };
+        self.send_to_peer(code, id, receipt.encode());
+        Ok(())
+    }
+
+    /// Whether a member of room `code` is away: its connection dropped and its seat is held.
+    fn member_away(&self, code: RoomCode) -> bool {
+        self.rooms.get(&code).is_some_and(|room| {
+            room.members()
+                .any(|member| self.clients.get(&member).is_some_and(|c| !c.is_connected()))
+        })
     }
 
     fn leave_room(&mut self, id: ClientId) -> Result<(), Refusal> {
@@ -668,7 +899,7 @@ impl ChatServer {
             "No username was chosen in time: closing the connection.",
         );
         self.refuse(id, &refusal);
-        self.disconnect(id);
+        self.forget(id);
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
@@ -702,12 +933,19 @@ impl ChatServer {
         self.end_typing(id);
         if let Some(client) = self.clients.get_mut(&id) {
             client.room = None;
+            client.read_up_to = 0;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
             return;
         };
-        match room.remove(id) {
+        let (stays, history) = room.remove(id);
+        match stays {
             Some(stays) => {
+                if self.clients.get(&stays).is_some_and(|c| !c.is_connected()) {
+                    // The member who stays is away: keep what was said for its resume, outside
+                    // the room, where the next joiner cannot read it.
+                    self.replays.entry(stays).or_default().extend(history);
+                }
                 let notice = ServerMessage::PeerLeft {
                     username: &username,
                     reason,
@@ -791,12 +1029,12 @@ impl ChatServer {
     /// Disconnects every client found too slow. Telling their peers may find more, so loop.
     fn disconnect_slow_consumers(&mut self) {
         while let Some(id) = self.too_slow.pop() {
-            if self.clients.contains_key(&id) {
+            if self.clients.get(&id).is_some_and(Client::is_connected) {
                 warn!(client = %id, "disconnecting a slow consumer: its outbound queue is full");
                 self.metrics.slow_consumers.increment(1);
-                // Dropping the client drops the queue's sender: its write task sees the queue
-                // close and ends the connection.
-                self.disconnect(id);
+                // Dropping the client's queue ends its connection: the write task sees the queue
+                // close. Like any lost connection, a room member may still `resume`.
+                self.connection_lost(id);
             }
         }
     }
@@ -857,24 +1095,38 @@ mod tests {
     /// A client of the actor without a socket: its id and the receiving end of its queue.
     struct Peer {
         id: ClientId,
-        inbox: mpsc::Receiver<Utf8Bytes>,
+        inbox: mpsc::Receiver<Outbound>,
     }
 
     impl Peer {
         /// The next queued message, which must be there already.
         fn next(&mut self) -> Value {
-            let frame = self.inbox.try_recv().expect("a queued message");
-            serde_json::from_str(&frame).expect("JSON")
+            decode(self.inbox.try_recv().expect("a queued message"))
         }
 
         /// The next message, waiting for it.
         async fn wait(&mut self) -> Value {
-            let frame = self.inbox.recv().await.expect("the queue is open");
-            serde_json::from_str(&frame).expect("JSON")
+            decode(self.inbox.recv().await.expect("the queue is open"))
         }
 
         fn is_idle(&mut self) -> bool {
             self.inbox.try_recv().is_err()
+        }
+    }
+
+    /// A queued message as JSON; a close request as `{"close": code}`.
+    fn decode(item: Outbound) -> Value {
+        match item {
+            Outbound::Message(frame) => serde_json::from_str(&frame).expect("JSON"),
+            Outbound::Close(code, _) => serde_json::json!({ "close": code }),
+        }
+    }
+
+    /// Protocol v1: no resume grace, so a lost connection is `peer_left` at once.
+    fn v1() -> Config {
+        Config {
+            resume_grace: Duration::ZERO,
+            ..Config::default()
         }
     }
 
@@ -933,7 +1185,7 @@ mod tests {
     // A runtime, because the actor's timers need one even when nothing awaits them.
     #[tokio::test]
     async fn rooms_and_clients_are_forgotten_when_empty() {
-        let (mut server, _handle) = actor(Config::default());
+        let (mut server, _handle) = actor(v1());
         let (host, guest, _) = pair(&mut server);
         assert_eq!((server.client_count(), server.room_count()), (2, 1));
         server.handle(ServerCommand::Disconnect { client_id: host.id });
@@ -949,7 +1201,7 @@ mod tests {
     // A runtime, because the actor's timers need one even when nothing awaits them.
     #[tokio::test]
     async fn a_forgotten_client_is_ignored() {
-        let (mut server, _handle) = actor(Config::default());
+        let (mut server, _handle) = actor(v1());
         let (host, mut guest, _) = pair(&mut server);
         server.handle(ServerCommand::Disconnect { client_id: host.id });
         assert_eq!(guest.next()["reason"], "disconnected");
@@ -972,7 +1224,7 @@ mod tests {
     async fn a_full_queue_disconnects_the_slow_member_only() {
         let (mut server, _handle) = actor(Config {
             outbound_queue: 2,
-            ..Config::default()
+            ..v1()
         });
         let (mut host, guest, _) = pair(&mut server);
         // The guest never reads. Two messages fill its queue; the third overflows it.
@@ -990,6 +1242,31 @@ mod tests {
         assert_eq!(host.next()["reason"], "disconnected");
         assert_eq!((server.client_count(), server.room_count()), (1, 1));
         drop(guest);
+    }
+
+    /// A member whose connection drops keeps its seat for exactly the grace period: the peer
+    /// hears `peer_disconnected` at once and `peer_left` when the grace ends, and the session
+    /// is then forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_seat_is_given_up_when_the_grace_ends() {
+        let grace = Duration::from_secs(30);
+        let (mut server, handle) = actor(Config {
+            resume_grace: grace,
+            ..Config::default()
+        });
+        let (host, mut guest, _) = pair(&mut server);
+        tokio::spawn(server.run());
+
+        let started = Instant::now();
+        let lost = ServerCommand::Disconnect { client_id: host.id };
+        handle.send(lost).await.expect("actor runs");
+        assert_eq!(guest.wait().await["type"], "peer_disconnected");
+        let left = guest.wait().await;
+        assert_eq!(
+            (left["type"].as_str(), left["reason"].as_str()),
+            (Some("peer_left"), Some("disconnected"))
+        );
+        assert_eq!(started.elapsed(), grace);
     }
 
     /// A typing member produces `stop_typing` for the peer exactly one typing timeout after its

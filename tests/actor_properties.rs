@@ -27,9 +27,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use chat_server::Config;
+use chat_server::client::Outbound;
 use chat_server::error::{ErrorCode, Refusal};
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
@@ -220,7 +220,7 @@ impl Msg {
 /// One connection: its end of the queue, and what the model knows of it.
 struct Conn {
     id: ClientId,
-    inbox: mpsc::Receiver<Utf8Bytes>,
+    inbox: mpsc::Receiver<Outbound>,
     capacity: usize,
     slow: bool,
     /// Still known to the actor: not dropped as a slow consumer.
@@ -520,10 +520,20 @@ impl Model {
     }
 }
 
+/// Protocol v1 without limits: no resume grace (a lost connection is `peer_left` at once, as
+/// the model says), and no rate limits to get in the way of random traffic.
+fn v1_config() -> Config {
+    Config {
+        resume_grace: std::time::Duration::ZERO,
+        ..Config::default()
+    }
+    .unlimited()
+}
+
 /// Drives one sequence of operations through the actor and the model, checking after each step.
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let metrics = Arc::new(Metrics::new());
-    let (mut server, _handle) = ChatServer::new(&Config::default().unlimited(), metrics);
+    let (mut server, _handle) = ChatServer::new(&v1_config(), metrics);
     let mut model = Model {
         slots: (0..SLOTS).map(|_| None).collect(),
         ..Model::default()
@@ -654,7 +664,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 fn read_all(conn: &mut Conn) -> Result<(), String> {
     loop {
         match conn.inbox.try_recv() {
-            Ok(frame) => {
+            Ok(Outbound::Close(code, reason)) => {
+                return Err(format!("unexpected close {code} {reason}"));
+            }
+            Ok(Outbound::Message(frame)) => {
                 let got = Msg::parse(&frame);
                 match conn.expected.pop_front() {
                     Some(want) if want == got => {}

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use chat_server::Config;
-use common::{PATIENCE, TestClient, TestServer, http_request};
+use common::{PATIENCE, TestClient, TestServer, http_request, v1_config};
 
 /// `GET /ws` without an upgrade is answered with a 4xx (426 Upgrade Required).
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn healthz_and_not_found() {
 /// `/metrics` is Prometheus text, and its counters move as messages flow.
 #[tokio::test]
 async fn metrics_follow_the_traffic() {
-    let server = TestServer::start().await;
+    let server = TestServer::v1().await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     host.chat("one").await;
     host.chat("two").await;
@@ -120,7 +120,7 @@ async fn the_server_pings_and_a_live_client_stays() {
 async fn a_silent_client_is_disconnected() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(150),
-        ..Config::default()
+        ..v1_config()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, guest, _) = server.pair("ada", "grace").await;
@@ -145,7 +145,7 @@ async fn a_slow_consumer_is_disconnected() {
     // The host sends far faster than a person: rate limiting off.
     let config = Config {
         outbound_queue: 8,
-        ..Config::default().unlimited()
+        ..v1_config().unlimited()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;

@@ -384,13 +384,14 @@ async fn failed_joins_are_limited_per_connection_and_address() {
 }
 
 /// At the default log level, and with the server's own debug logs on, the log shows neither
-/// what people say nor their names.
+/// what people say nor their names. And nothing panics along the way, including when the
+/// server closes a connection itself (an unnamed client at its username timeout).
 #[tokio::test]
 async fn logs_do_not_contain_message_content() {
     for log_filter in [None, Some("chat_server=debug")] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
         command
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", "127.0.0.1:0", "--username-timeout", "300ms"])
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -420,6 +421,7 @@ async fn logs_do_not_contain_message_content() {
         };
 
         let url = format!("ws://{addr}/ws");
+        let mut unnamed = TestClient::connect(&url).await;
         let mut ada = TestClient::connect(&url).await;
         ada.set_username("Secret Name").await;
         let code = ada.create_room().await;
@@ -437,6 +439,10 @@ async fn logs_do_not_contain_message_content() {
         ada.send(json!({"type": "join_room", "room_code": "SECRET-CODE"}))
             .await;
         ada.expect_error("ALREADY_IN_ROOM").await;
+        unnamed.expect_error("USERNAME_REQUIRED").await;
+        let close = unnamed.expect_close().await.expect("a close frame");
+        assert_eq!(u16::from(close.code), 1008);
+        unnamed.expect_end().await;
         drop((ada, grace));
 
         let status = Command::new("kill")
@@ -451,6 +457,7 @@ async fn logs_do_not_contain_message_content() {
         let mut log = reader.join().expect("the reader thread");
         stderr.read_to_string(&mut log).expect("read stderr");
         assert!(log.contains("listening"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
         for secret in ["SECRET", "Secret Name"] {
             assert!(
                 !log.contains(secret),

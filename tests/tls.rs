@@ -113,7 +113,8 @@ impl SecureClient {
     }
 }
 
-/// Two clients chat over `wss://` with a self-signed certificate, from names to `peer_left`.
+/// Two clients chat over `wss://` with a self-signed certificate, from names to one of them
+/// dropping off.
 #[tokio::test]
 async fn two_clients_chat_over_wss() {
     let certificate = SelfSigned::new("chat");
@@ -148,7 +149,7 @@ async fn two_clients_chat_over_wss() {
     assert_eq!(grace.expect("chat").await["content"], "over TLS");
     assert_eq!(ada.expect("chat").await["content"], "over TLS");
     drop(grace);
-    assert_eq!(ada.expect("peer_left").await["reason"], "disconnected");
+    assert_eq!(ada.expect("peer_disconnected").await["username"], "grace");
 }
 
 /// The same port answers `https://` requests, and refuses plain-text clients.

@@ -20,6 +20,14 @@ use chat_server::Config;
 /// a failing test ever waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The default settings with `--resume-grace 0s`: protocol v1 to the letter.
+pub fn v1_config() -> Config {
+    Config {
+        resume_grace: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
 /// A chat server running in this process on 127.0.0.1 and a free port.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -31,6 +39,12 @@ impl TestServer {
     /// Starts a server with the default settings.
     pub async fn start() -> Self {
         Self::with_config(Config::default()).await
+    }
+
+    /// Starts a server that behaves exactly as protocol v1 says: no resume grace, so a lost
+    /// connection is `peer_left` at once (`--resume-grace 0s`).
+    pub async fn v1() -> Self {
+        Self::with_config(v1_config()).await
     }
 
     /// Starts a server with `config`.
@@ -183,6 +197,8 @@ pub async fn try_connect(
 pub struct TestClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub client_id: String,
+    /// The token `connected` gave, for a later `resume`.
+    pub session_token: String,
 }
 
 impl TestClient {
@@ -199,12 +215,17 @@ impl TestClient {
         let mut client = TestClient {
             ws,
             client_id: String::new(),
+            session_token: String::new(),
         };
         let greeting = client.expect("connected").await;
-        client.client_id = greeting["client_id"]
-            .as_str()
-            .expect("client_id is a string")
-            .into();
+        let text = |field: &str| {
+            greeting[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} is a string in {greeting}"))
+                .to_string()
+        };
+        client.client_id = text("client_id");
+        client.session_token = text("session_token");
         client
     }
 
