@@ -336,9 +336,17 @@ function onResumed(message) {
 
   if (message.room_code) {
     const sameRoom = $('messages').dataset.room === message.room_code;
+    const peerBefore = state.peer;
     enterRoom(message.room_code, message.peer);
     if (sameRoom) {
       addEvent('Reconnected.');
+      // The room may have changed while we were away: say so before what was said.
+      if (peerBefore !== null && peerBefore !== message.peer) {
+        addEvent(`${peerBefore} left while you were away.`);
+      }
+      if (message.peer !== null && peerBefore !== message.peer) {
+        addEvent(`${message.peer} joined while you were away.`);
+      }
     } else if (message.missed.length > 0) {
       addEvent('Earlier in this room'); // A reload: the page starts empty.
     }
