@@ -42,6 +42,10 @@ const CLOSE_RESUMED_ELSEWHERE = 4000;
 /** Close code "policy violation": the server closed us on purpose (no name for too long). */
 const CLOSE_POLICY = 1008;
 
+/** Said when the server no longer holds our session and the page had to start over. */
+const NOT_RESUMED =
+  'Your session could not be resumed (away too long, or the server restarted), so you started afresh.';
+
 /** A sentence for people for every error code of the protocol. */
 const ERROR_TEXT = {
   INVALID_MESSAGE: 'The server did not understand that request. Reloading the page should fix it.',
@@ -399,8 +403,7 @@ function onUsernameSet(message) {
     state.pendingJoin = null;
     if (state.rejoining) {
       // Shown in the lobby only if getting back in fails (entering the room clears it).
-      $('lobby-note').textContent =
-        `You were away too long to resume, so you started afresh. You were in room ${code}.`;
+      $('lobby-note').textContent = `${NOT_RESUMED} You were in room ${code}.`;
     }
     $('join-code').value = code;
     send({ type: 'join_room', room_code: code }, 'join');
@@ -417,10 +420,10 @@ function onRoomJoined(message) {
     // The server emptied the room's history when our seat went, so what it sends now was all
     // said after that; what was said before it is gone.
     addEvent(
-      `You were away too long to resume, so you joined again: you are back with ${message.peer}. ` +
-        'Messages sent while you were away may be missing.',
+      `${NOT_RESUMED} You are back with ${message.peer}; ` +
+        'messages sent while you were away may be missing.',
     );
-    message.history.forEach(addChat);
+    message.history.forEach(onChat);
     return;
   }
   if (message.history.length > 0) {
