@@ -10,6 +10,7 @@ use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
@@ -21,6 +22,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -49,6 +51,17 @@ pub const PHONE: Screen = Screen::Phone {
     width: 390,
     height: 680,
 };
+
+/// Held by each browser test of a test binary while it runs, so that they run one after the
+/// other: libtest runs a binary's tests in parallel, and two sets of Chromium processes on a
+/// small machine slow each other down enough to look like a bug. (A tokio `Mutex`, because it is
+/// held across `.await`s, and each test has its own runtime.)
+static ONE_BROWSER_TEST_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Waits until no other browser test of this binary runs; the guard lets the next one start.
+pub async fn one_browser_test_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_BROWSER_TEST_AT_A_TIME.lock().await
+}
 
 /// Runs `scenario`, then closes `pages` whether it passed or panicked, and passes a panic on:
 /// a WebDriver session left open would leave its Chromium running after chromedriver is killed.
@@ -373,7 +386,10 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        // The process id keeps test binaries apart, the counter the pages of one binary.
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        let count = CREATED.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{count}", std::process::id()));
         // A leftover from a crashed run with the same pid would not be empty.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create a browser profile directory");
