@@ -17,6 +17,7 @@ use std::time::Duration;
 use chat_server::Config;
 use common::browser::{
     ChromeDriver, LAPTOP, PHONE, Page, browser_available, closing_pages_after, eventually,
+    one_browser_test_at_a_time,
 };
 use common::{TestClient, TestServer};
 use serde_json::json;
@@ -27,6 +28,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 /// away, so a slow machine cannot turn the resume into an expired session.
 const RESUME_GRACE: Duration = Duration::from_secs(120);
 
+/// The grace period of the test where Bob's session expires: short, so the test is quick.
+const SHORT_GRACE: Duration = Duration::from_secs(1);
+
 /// The page's first automatic retry comes within 0.75 s (0.5 s ± 50% jitter). A page that was
 /// told its session moved elsewhere is watched this long to show that it does not retry.
 const NO_RETRY_WINDOW: Duration = Duration::from_secs(3);
@@ -36,13 +40,15 @@ const NO_RETRY_WINDOW: Duration = Duration::from_secs(3);
 /// the network is back, Bob's page reconnects and resumes without anyone clicking anything, and
 /// shows exactly the messages it missed, once each and in order, after the ones it had. Alice
 /// sees Bob back; Bob's page, being in view, sends a read receipt and Alice sees "Seen" under
-/// her last message. Finally, another connection resumes Bob's session: his page then says the
-/// chat was opened elsewhere and does not take the session back by itself.
+/// her last message. A reload of Bob's page resumes too, with the whole conversation shown once.
+/// Finally, another connection resumes Bob's session: his page then says the chat was opened
+/// elsewhere and does not take the session back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_reconnects_by_itself_and_misses_nothing() {
     if !browser_available("the_page_reconnects_by_itself_and_misses_nothing") {
         return;
     }
+    let _turn = one_browser_test_at_a_time().await;
     let server = TestServer::with_config(Config {
         resume_grace: RESUME_GRACE,
         ..Config::default()
@@ -175,6 +181,29 @@ async fn scenario(server: &TestServer, proxy: &Proxy, alice: &Page, bob: &Page) 
         .wait_for_message("Bob", "Sorry, tunnel. 8 is perfect")
         .await;
 
+    // A reload starts with an empty page; the session kept in sessionStorage brings the room
+    // and its whole conversation back, each message once.
+    bob.client.refresh().await.unwrap();
+    let reloaded = bob
+        .wait_for_message("Bob", "Sorry, tunnel. 8 is perfect")
+        .await;
+    let texts: Vec<_> = reloaded.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "Are you on the train yet?",
+            "Just got on. The tunnel is coming up",
+            said_meanwhile[0],
+            said_meanwhile[1],
+            said_meanwhile[2],
+            "Sorry, tunnel. 8 is perfect",
+        ],
+        "after a reload Bob's page shows the conversation once"
+    );
+    assert_eq!(bob.text("#room-code").await, code, "still in the room");
+    bob.wait_for_text("#conn-status", "Connected", "connected after the reload")
+        .await;
+
     // The same session is resumed elsewhere (another tab, say): Bob's page is closed with 4000
     // and must leave the session to the other connection rather than take it back.
     let token = bob.session_token().await;
@@ -205,6 +234,77 @@ async fn scenario(server: &TestServer, proxy: &Proxy, alice: &Page, bob: &Page) 
             break;
         }
     }
+}
+
+/// Bob is away longer than the grace period, so Alice sees him gone and his session expires.
+/// When his network is back, his page finds the session expired, starts afresh by itself (his
+/// name again, and back into the same room, which Alice kept open), says that messages from
+/// while he was away may be missing, and shows what Alice said after he was gone for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_starts_afresh_in_the_same_room() {
+    if !browser_available("an_expired_session_starts_afresh_in_the_same_room") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::with_config(Config {
+        resume_grace: SHORT_GRACE,
+        ..Config::default()
+    })
+    .await;
+    let proxy = Proxy::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+
+    let alice = Page::open(&driver, "Alice", LAPTOP).await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    closing_pages_after(&[&alice, &bob], async {
+        alice.goto(&format!("http://{}/", server.addr)).await;
+        bob.goto(&format!("http://{}/", proxy.addr)).await;
+        alice.choose_name().await;
+        let code = alice.create_room().await;
+        bob.choose_name().await;
+        bob.join_room(&code).await;
+        alice.send_message("See you in a bit").await;
+        bob.wait_for_message("Alice", "See you in a bit").await;
+
+        proxy.go_offline();
+        alice
+            .wait_for_text(
+                "#messages",
+                "Bob lost their connection",
+                "Bob's seat goes when the grace period ends",
+            )
+            .await;
+        alice.send_message("Ping me when you're back").await;
+        alice
+            .wait_for_message("Alice", "Ping me when you're back")
+            .await;
+
+        proxy.go_online();
+        bob.wait_for_text(
+            "#messages",
+            "could not be resumed",
+            "Bob's page says it started afresh",
+        )
+        .await;
+        let shown = bob
+            .wait_for_message("Alice", "Ping me when you're back")
+            .await;
+        let texts: Vec<_> = shown.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["See you in a bit", "Ping me when you're back"],
+            "Bob keeps what he had and gets what was said since he was gone for good"
+        );
+        assert_eq!(
+            bob.text("#room-code").await,
+            code,
+            "Bob is back in the room"
+        );
+        alice
+            .wait_for_text("#room-peer", "with Bob", "Alice is with Bob again")
+            .await;
+    })
+    .await;
 }
 
 /// Page reads the reconnection test needs beyond the shared harness.
