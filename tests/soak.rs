@@ -74,6 +74,9 @@ impl Server {
             .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", heartbeat])
             // One address for every client here, and their joins fail often by design.
             .args(["--max-connections-per-ip", "0", "--max-failed-joins", "0"])
+            // Dropped members keep their seats for a second: held sessions come and go during
+            // the soak too, and all have expired a second after the last client is gone.
+            .args(["--resume-grace", "1s"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
