@@ -78,14 +78,20 @@ pub fn drive_actor(data: &[u8]) {
                 if clients[slot].is_none() {
                     let (outbound, inbox) = mpsc::channel(config.outbound_queue);
                     let id = ClientId::new();
-                    server.handle(ServerCommand::Connect { client_id: id, address, outbound });
+                    server.handle(ServerCommand::Connect {
+                        client_id: id,
+                        address,
+                        outbound,
+                    });
                     clients[slot] = Some(Connection { id, inbox });
                 }
                 None
             }
             1 => {
                 if let Some(connection) = clients[slot].take() {
-                    server.handle(ServerCommand::Disconnect { client_id: connection.id });
+                    server.handle(ServerCommand::Disconnect {
+                        client_id: connection.id,
+                    });
                 }
                 None
             }
@@ -95,7 +101,9 @@ pub fn drive_actor(data: &[u8]) {
                 Some(ClientMessage::SetUsername { username })
             }
             3 => Some(ClientMessage::CreateRoom),
-            4 => Some(ClientMessage::JoinRoom { room_code: pick(&codes, "abc23o") }),
+            4 => Some(ClientMessage::JoinRoom {
+                room_code: pick(&codes, "abc23o"),
+            }),
             5 => {
                 let contents = ["hi", "", " \n", "ü"];
                 let content = match arg % 5 {
@@ -111,15 +119,23 @@ pub fn drive_actor(data: &[u8]) {
                 session_token: pick(&tokens, "not a token"),
                 last_id: u64::from(arg & 0x0f),
             }),
-            10 => Some(ClientMessage::Read { up_to: u64::from(arg) }),
+            10 => Some(ClientMessage::Read {
+                up_to: u64::from(arg),
+            }),
             11 => {
                 // A raw frame: the next `arg` bytes of input, as text.
                 let frame: Vec<u8> = bytes.by_ref().take(usize::from(arg)).collect();
                 if let Some(connection) = &clients[slot] {
                     let text = String::from_utf8_lossy(&frame);
                     let command = match ClientMessage::decode(&text) {
-                        Ok(request) => ServerCommand::Request { client_id: connection.id, request },
-                        Err(refusal) => ServerCommand::Reject { client_id: connection.id, refusal },
+                        Ok(request) => ServerCommand::Request {
+                            client_id: connection.id,
+                            request,
+                        },
+                        Err(refusal) => ServerCommand::Reject {
+                            client_id: connection.id,
+                            refusal,
+                        },
                     };
                     server.handle(command);
                 }
@@ -128,7 +144,10 @@ pub fn drive_actor(data: &[u8]) {
             _ => None,
         };
         if let (Some(request), Some(connection)) = (request, &clients[slot]) {
-            server.handle(ServerCommand::Request { client_id: connection.id, request });
+            server.handle(ServerCommand::Request {
+                client_id: connection.id,
+                request,
+            });
         }
         if let Err(broken) = server.check_invariants() {
             panic!("after action {action} of client {slot}: {broken}");
@@ -140,8 +159,11 @@ pub fn drive_actor(data: &[u8]) {
             let reads = index % 2 == 0 || (action == 12 && index == slot);
             if let (true, Some(connection)) = (reads, connection) {
                 while let Ok(item) = connection.inbox.try_recv() {
-                    let Outbound::Message(frame) = item else { continue };
-                    let message: Value = serde_json::from_str(&frame).expect("the server sends JSON");
+                    let Outbound::Message(frame) = item else {
+                        continue;
+                    };
+                    let message: Value =
+                        serde_json::from_str(&frame).expect("the server sends JSON");
                     if let Some(code) = message["room_code"].as_str() {
                         codes.push(code.to_string());
                     }

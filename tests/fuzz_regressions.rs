@@ -9,7 +9,9 @@ use std::path::Path;
 
 /// Runs `check` on every file in `fuzz/regressions/<target>`, and returns how many there were.
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&folder).expect("the regressions folder") {
         let path = entry.expect("a folder entry").path();
