@@ -29,6 +29,7 @@ pub mod http;
 pub mod limits;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod room;
 pub mod server;
 pub mod tls;

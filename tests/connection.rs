@@ -189,6 +189,17 @@ async fn a_slow_consumer_is_disconnected() {
     );
 }
 
+/// A client that closes the connection gets the server's close reply: the close handshake
+/// completes instead of the socket just going away.
+#[tokio::test]
+async fn a_client_close_is_answered() {
+    let server = TestServer::start().await;
+    let mut client = server.named("ada").await;
+    client.ws.close(None).await.expect("send a close frame");
+    // `expect_close` fails on a stream that ends or errors without a close frame.
+    client.expect_close().await;
+}
+
 /// On shutdown every WebSocket is closed with 1001 and `run` returns.
 #[tokio::test]
 async fn shutdown_closes_every_connection_with_1001() {
