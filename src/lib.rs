@@ -1,1 +1,117 @@
-//! chat-server (work in progress)
+//! A 1:1 WebSocket chat server: one person creates a private room and gets a short code, the
+//! other joins with the code, and they chat in real time with a typing indicator.
+//!
+//! All state lives in one actor, [`server::ChatServer`], which receives commands over a bounded
+//! mpsc channel. Each WebSocket connection is served by a read loop and a write task
+//! ([`handler`]) that only move bytes between the socket and the actor. docs/architecture.md
+//! follows one message through all of it; docs/protocol.md is the wire protocol.
+//!
+//! # Layout
+//!
+//! - [`run`] (this file): accepts connections and shuts everything down in order.
+//! - [`http`]: HTTP/1.1 on each connection; routes requests and upgrades `/ws` to WebSocket.
+//! - [`handler`]: one WebSocket connection: a read loop, a write task, the heartbeat.
+//! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol.
+//! - [`client`] and [`room`]: the actor's records of one client and one room.
+//! - [`message`]: the JSON wire messages, client to server and server to client.
+//! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`).
+//! - [`error`]: error codes sent to clients, and the server's own errors.
+//! - [`config`]: the settings an operator can tune.
+//! - [`metrics`]: counters and gauges for `/metrics`.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod room;
+pub mod server;
+pub mod types;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use crate::config::Config;
+use crate::http::App;
+use crate::metrics::Metrics;
+use crate::server::ChatServer;
+
+/// How long shutdown waits for connections to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest pause after a failed `accept`, such as when the process is out of file
+/// descriptors. Pauses start at 10 ms and double up to this.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serves chat on `listener` until `shutdown` completes, then closes every WebSocket with code
+/// 1001 ("going away") and returns once they are closed, or after a few seconds at most.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let (server, handle) = ChatServer::new(&config, Arc::clone(&metrics));
+    // The actor runs until the last handle is dropped: the one in `app`, and the clones held by
+    // connection handlers. So it outlives every connection and stops on its own after them.
+    tokio::spawn(server.run());
+
+    let app = Arc::new(App {
+        server: handle,
+        config,
+        metrics,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+
+    let address = listener.local_addr()?;
+    info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");
+
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                // Chat messages are small and latency matters more than packet count; our write
+                // task already batches what is queued, so Nagle's algorithm would only add delay.
+                if let Err(err) = stream.set_nodelay(true) {
+                    warn!(cause = %err, "failed to set TCP_NODELAY");
+                }
+                app.tasks
+                    .spawn(http::serve_connection(stream, peer, Arc::clone(&app)));
+            }
+            Err(err) => {
+                // Usually EMFILE: out of file descriptors. Spinning on `accept` would not help;
+                // waiting a little lets connections close and free some.
+                error!(cause = %err, backoff_ms = backoff.as_millis(), "failed to accept");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+
+    info!("shutting down");
+    drop(listener);
+    app.shutdown.cancel();
+    app.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close in time");
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Errors, split by who caused them.
+//!
+//! - [`ErrorCode`] and [`Refusal`]: a client asked for something the rules do not allow. This is
+//!   *expected*: the client gets an `error` message and the connection carries on.
+//! - [`SendError`]: the actor could not hand a message to a client's queue. Expected too: the
+//!   client is gone or too slow, and the actor disconnects it.
+//! - [`AppError`]: the server itself could not do its job (bind, accept, an HTTP or WebSocket
+//!   failure on one connection). Logged, never sent to a client.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Serialize;
+
+/// The `code` of an `error` message: what kind of request was refused.
+///
+/// Serialised in `SCREAMING_SNAKE_CASE` (`ErrorCode::RoomFull` is `"ROOM_FULL"`), the exact names
+/// of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, an unknown `type`, a missing or mistyped field, or a binary frame.
+    InvalidMessage,
+    /// `create_room` or `join_room` before `set_username`.
+    UsernameRequired,
+    /// A name that is empty after trimming, longer than 32 characters, or holds control characters.
+    InvalidUsername,
+    /// The member already in the room has the name the joiner uses.
+    UsernameTaken,
+    /// `create_room`, `join_room` or `set_username` while in a room.
+    AlreadyInRoom,
+    /// `chat`, `typing`, `stop_typing` or `leave_room` outside a room.
+    NotInRoom,
+    /// A room code that is not 6 characters of the code alphabet.
+    InvalidRoomCode,
+    /// A well-formed room code with no live room behind it.
+    RoomNotFound,
+    /// The room already has two members.
+    RoomFull,
+    /// Chat content that is empty or only whitespace.
+    EmptyMessage,
+    /// Chat content over 4096 characters.
+    MessageTooLong,
+    /// A bug on the server's side: should never be sent.
+    InternalError,
+}
+
+impl ErrorCode {
+    /// Every code, for registering one metrics counter per code up front.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidMessage,
+        ErrorCode::UsernameRequired,
+        ErrorCode::InvalidUsername,
+        ErrorCode::UsernameTaken,
+        ErrorCode::AlreadyInRoom,
+        ErrorCode::NotInRoom,
+        ErrorCode::InvalidRoomCode,
+        ErrorCode::RoomNotFound,
+        ErrorCode::RoomFull,
+        ErrorCode::EmptyMessage,
+        ErrorCode::MessageTooLong,
+        ErrorCode::InternalError,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
+            ErrorCode::UsernameRequired => "USERNAME_REQUIRED",
+            ErrorCode::InvalidUsername => "INVALID_USERNAME",
+            ErrorCode::UsernameTaken => "USERNAME_TAKEN",
+            ErrorCode::AlreadyInRoom => "ALREADY_IN_ROOM",
+            ErrorCode::NotInRoom => "NOT_IN_ROOM",
+            ErrorCode::InvalidRoomCode => "INVALID_ROOM_CODE",
+            ErrorCode::RoomNotFound => "ROOM_NOT_FOUND",
+            ErrorCode::RoomFull => "ROOM_FULL",
+            ErrorCode::EmptyMessage => "EMPTY_MESSAGE",
+            ErrorCode::MessageTooLong => "MESSAGE_TOO_LONG",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The sentence a person reads when this code needs no more detail.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "That message is not one this server understands.",
+            ErrorCode::UsernameRequired => "Choose a username first.",
+            ErrorCode::InvalidUsername => {
+                "A username is 1 to 32 characters, without control characters."
+            }
+            ErrorCode::UsernameTaken => "The other person in that room already uses this name.",
+            ErrorCode::AlreadyInRoom => "Leave the room you are in first.",
+            ErrorCode::NotInRoom => "You are not in a room.",
+            ErrorCode::InvalidRoomCode => {
+                "A room code is 6 letters and digits (no 0, O, 1, I or L)."
+            }
+            ErrorCode::RoomNotFound => "There is no room with that code.",
+            ErrorCode::RoomFull => "That room already has two people in it.",
+            ErrorCode::EmptyMessage => "A message cannot be empty.",
+            ErrorCode::MessageTooLong => "A message can be at most 4096 characters long.",
+            ErrorCode::InternalError => "Something went wrong on the server.",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: becomes an `error` message to the one client that made it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// What kind of refusal, for programs.
+    pub code: ErrorCode,
+    /// Why, for people.
+    pub message: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// A refusal with a message more specific than the code's default one.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal::new(code, code.default_message())
+    }
+}
+
+/// Why the actor could not queue a message for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The client's outbound queue is full: it reads slower than its peer writes. Expected under
+    /// load or abuse; the actor disconnects the client rather than wait for it.
+    #[error("the client's outbound queue is full")]
+    QueueFull,
+    /// The client's connection task has ended and dropped its receiver. Expected: it is about to
+    /// tell the actor, which then forgets the client.
+    #[error("the client's connection is gone")]
+    Disconnected,
+}
+
+/// A failure of the server itself or of one connection's transport. Logged, never sent to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Socket IO failed: binding, accepting, or a connection reset. Resets are routine on the
+    /// internet; a failed bind at startup is fatal.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP exchange before the upgrade failed, usually because the client went away or sent
+    /// something that is not HTTP/1.1.
+    #[error("http error: {0}")]
+    Http(#[from] hyper::Error),
+    /// The WebSocket layer failed on an established connection (a protocol violation by the
+    /// client, or the socket closing under it).
+    #[error("websocket error: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The chat server actor is no longer running. Only happens during shutdown, or after a bug
+    /// made the actor panic.
+    #[error("the chat server actor has stopped")]
+    ActorStopped,
+}

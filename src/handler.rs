@@ -1,0 +1,276 @@
+//! One WebSocket connection: a read task and a write task around one client of the actor.
+//!
+//! ```text
+//!   socket ──► read loop ──ServerCommand──► ChatServer actor
+//!   socket ◄── write task ◄──encoded JSON── outbound queue (bounded, filled with try_send)
+//! ```
+//!
+//! The two halves only move bytes; every decision (what a request means, who hears about it) is
+//! the actor's. The read loop runs in the connection's own task and the write loop in a task it
+//! spawns, so a client that stops reading never keeps us from reading it, and the other way round.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::error::{ErrorCode, Refusal};
+use crate::message::ClientMessage;
+use crate::server::{ChatServerHandle, ServerCommand};
+use crate::types::ClientId;
+
+/// The largest message a client may send. Chat content is at most 4096 characters, which is at
+/// most 16 KiB of UTF-8 before JSON escaping; 64 KiB leaves room for that and nothing silly.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How long the write task may take to hand a close frame to a client that is going away. A
+/// client that does not read must not hold up shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The tungstenite settings of every connection, chosen for many mostly idle connections.
+///
+/// tungstenite allocates `read_buffer_size` bytes eagerly for each connection and defaults to
+/// 128 KiB, which would be 1.2 GiB for 10,000 idle people. Chat frames are small, so 1 KiB
+/// holds a typical one; the buffer grows on demand for the rare large message, up to the
+/// 64 KiB message cap. The write side buffers up to 4 KiB before it writes to the socket, and we
+/// flush after each batch anyway, so that number only bounds how much one `write` carries.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(MAX_MESSAGE_BYTES * 4)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// Why a connection is ending, as far as the read side can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client sent a close frame; tungstenite has already answered it.
+    ClientClosed,
+    /// The socket ended or failed without a close handshake.
+    Dropped,
+    /// Nothing at all arrived for two heartbeat intervals.
+    Silent,
+    /// A message over [`MAX_MESSAGE_BYTES`].
+    TooBig,
+    /// A frame that breaks the WebSocket protocol (bad UTF-8 in a text frame, bad framing).
+    ProtocolViolation(CloseCode),
+    /// The server is shutting down.
+    Shutdown,
+    /// The write task ended first: the actor dropped the client as too slow, or writing failed.
+    WriterEnded,
+    /// The actor is gone; only in a shutdown or after a bug.
+    ActorStopped,
+}
+
+impl Ending {
+    /// The close frame to send, if the client can still be told anything.
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Ending::ClientClosed | Ending::Dropped | Ending::WriterEnded => return None,
+            Ending::Silent => (CloseCode::Away, "no heartbeat"),
+            Ending::TooBig => (CloseCode::Size, "message too big"),
+            Ending::ProtocolViolation(code) => (code, "protocol violation"),
+            Ending::Shutdown => (CloseCode::Away, "server shutting down"),
+            Ending::ActorStopped => (CloseCode::Error, "internal error"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+impl From<WsError> for Ending {
+    fn from(err: WsError) -> Self {
+        match err {
+            WsError::Capacity(_) => Ending::TooBig,
+            WsError::Utf8(_) => Ending::ProtocolViolation(CloseCode::Invalid),
+            WsError::Protocol(_) => Ending::ProtocolViolation(CloseCode::Protocol),
+            _ => Ending::Dropped,
+        }
+    }
+}
+
+/// Serves one client from the completed handshake until the connection ends.
+pub async fn serve<S>(
+    socket: WebSocketStream<S>,
+    server: ChatServerHandle,
+    config: &Config,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client_id = ClientId::new();
+    let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue.max(1));
+    // Register before reading anything, so the actor knows the client when its first request
+    // arrives. The actor answers with `connected`.
+    let connect = ServerCommand::Connect {
+        client_id,
+        outbound: outbound_tx,
+    };
+    if server.send(connect).await.is_err() {
+        return;
+    }
+
+    let (sink, stream) = socket.split();
+    let (close_tx, close_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        outbound_rx,
+        close_rx,
+        config.heartbeat_interval,
+    ));
+
+    let ending = tokio::select! {
+        ending = read_loop(stream, client_id, &server, config.heartbeat_interval * 2) => ending,
+        () = shutdown.cancelled() => Ending::Shutdown,
+        _ = &mut writer => Ending::WriterEnded,
+    };
+    debug!(client = %client_id, ?ending, "connection ending");
+
+    // Ask the writer for a close frame *before* telling the actor: the actor then drops our
+    // outbound queue, and the writer must not mistake that for being dropped as too slow.
+    match ending.close_frame() {
+        Some(frame) => {
+            let _ = close_tx.send(frame);
+        }
+        None => writer.abort(),
+    }
+    // Whatever happened to the socket, the peer hears about it now.
+    let _ = server.send(ServerCommand::Disconnect { client_id }).await;
+    if timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+        // The client is not reading; dropping the task drops the socket.
+        writer.abort();
+    }
+}
+
+/// Reads frames and turns them into commands for the actor, until the connection ends.
+async fn read_loop<S>(
+    mut stream: SplitStream<WebSocketStream<S>>,
+    client_id: ClientId,
+    server: &ChatServerHandle,
+    silence_limit: Duration,
+) -> Ending
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The heartbeat check, done lazily: rather than reset a timer on every frame, remember when
+    // we last heard anything, and when the timer fires see whether that is long enough ago.
+    let mut last_heard = Instant::now();
+    let deadline = tokio::time::sleep(silence_limit);
+    tokio::pin!(deadline);
+
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            () = &mut deadline => {
+                if last_heard.elapsed() >= silence_limit {
+                    return Ending::Silent;
+                }
+                deadline.as_mut().reset(last_heard + silence_limit);
+                continue;
+            }
+        };
+        last_heard = Instant::now();
+
+        let command = match frame {
+            None => return Ending::Dropped,
+            Some(Err(err)) => return Ending::from(err),
+            Some(Ok(Message::Text(text))) => match ClientMessage::decode(&text) {
+                Ok(request) => ServerCommand::Request { client_id, request },
+                Err(refusal) => ServerCommand::Reject { client_id, refusal },
+            },
+            Some(Ok(Message::Binary(_))) => {
+                let refusal = Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "Binary frames are not supported: send JSON in text frames.",
+                );
+                ServerCommand::Reject { client_id, refusal }
+            }
+            Some(Ok(Message::Close(_))) => return Ending::ClientClosed,
+            // Pings are answered by tungstenite itself; pongs only prove the client is alive,
+            // which `last_heard` has already noted.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+        };
+        // Waits while the actor's queue is full: a client that floods is slowed down here.
+        if server.send(command).await.is_err() {
+            return Ending::ActorStopped;
+        }
+    }
+}
+
+/// Writes queued messages and heartbeat pings until asked to close or until the actor drops the
+/// queue.
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut outbound: mpsc::Receiver<Utf8Bytes>,
+    mut close: oneshot::Receiver<CloseFrame>,
+    heartbeat_interval: Duration,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
+    // A writer that stalls for longer than a heartbeat interval is talking to a dead peer.
+    let stall_limit = heartbeat_interval;
+
+    loop {
+        tokio::select! {
+            // A close request wins over anything still queued: the connection is over.
+            biased;
+            frame = &mut close => {
+                if let Ok(frame) = frame {
+                    timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
+                }
+                return Ok(());
+            }
+            text = outbound.recv() => {
+                let Some(text) = text else {
+                    // Only the actor holds the sender, and it only lets go of a live client when
+                    // the client fell too far behind (see `ChatServer::send`).
+                    let frame = CloseFrame { code: CloseCode::Policy, reason: "too slow".into() };
+                    timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
+                    return Ok(());
+                };
+                let batch = async {
+                    // Everything already queued goes out with one flush: one write to the socket
+                    // for many messages when the client is busy.
+                    sink.feed(Message::Text(text)).await?;
+                    while let Ok(text) = outbound.try_recv() {
+                        sink.feed(Message::Text(text)).await?;
+                    }
+                    sink.flush().await
+                };
+                timeout(stall_limit, batch).await.map_err(|_| stalled())??;
+            }
+            _ = heartbeat.tick() => {
+                timeout(stall_limit, sink.send(Message::Ping(Bytes::new())))
+                    .await
+                    .map_err(|_| stalled())??;
+            }
+        }
+    }
+}
+
+/// The error a write task ends with when the socket would not take data for too long.
+fn stalled() -> WsError {
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "socket write stalled",
+    ))
+}

@@ -1,0 +1,270 @@
+//! Shared helpers for the integration tests: a real server on an ephemeral port and a
+//! WebSocket client that speaks the protocol's JSON.
+#![allow(dead_code)] // Each test binary uses a different part of these helpers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use chat_server::Config;
+
+/// How long a test waits for something the server must send before calling it a failure. Only
+/// a failing test ever waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A chat server running in this process on 127.0.0.1 and a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default settings.
+    pub async fn start() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    /// Starts a server with `config`.
+    pub async fn with_config(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run(listener, config, async {
+            let _ = shutdown_rx.await;
+        }));
+        TestServer {
+            addr,
+            shutdown: Some(shutdown_tx),
+            task: Some(task),
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Asks the server to shut down and waits until `run` returns.
+    pub async fn shut_down(mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let task = self.task.take().expect("server task");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the server stops within the patience period")
+            .expect("the server task does not panic")
+    }
+
+    /// A connected client, after `connected`.
+    pub async fn client(&self) -> TestClient {
+        TestClient::connect(&self.ws_url()).await
+    }
+
+    /// A connected client that has set `name`.
+    pub async fn named(&self, name: &str) -> TestClient {
+        let mut client = self.client().await;
+        client.set_username(name).await;
+        client
+    }
+
+    /// Two named clients in one room: (host, guest, room code).
+    pub async fn pair(&self, host: &str, guest: &str) -> (TestClient, TestClient, String) {
+        let mut host_client = self.named(host).await;
+        let code = host_client.create_room().await;
+        let mut guest_client = self.named(guest).await;
+        let joined = guest_client.join(&code).await;
+        assert_eq!(joined["peer"], host);
+        let announced = host_client.expect("peer_joined").await;
+        assert_eq!(announced["username"], guest);
+        (host_client, guest_client, code)
+    }
+
+    /// Fetches `path` with a plain HTTP/1.1 GET and returns (status, headers, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String, String) {
+        http_request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Sends a raw HTTP request and reads the whole response: (status, head, body).
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("a response within the patience period")
+        .expect("read response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {head}"));
+    (status, head.to_string(), body.to_string())
+}
+
+/// A WebSocket client that speaks the chat protocol's JSON.
+pub struct TestClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub client_id: String,
+}
+
+impl TestClient {
+    /// Connects and reads the `connected` greeting.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket handshake");
+        let mut client = TestClient {
+            ws,
+            client_id: String::new(),
+        };
+        let greeting = client.expect("connected").await;
+        client.client_id = greeting["client_id"]
+            .as_str()
+            .expect("client_id is a string")
+            .into();
+        client
+    }
+
+    /// Sends one JSON value as a text frame.
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends raw text as a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send a frame");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+            .await
+            .expect("send a frame");
+    }
+
+    /// The next JSON message from the server. Control frames are skipped (and pings answered by
+    /// tungstenite as we read). Panics on a close, an error, or nothing within [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message within the patience period")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            match frame {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message, which must have `"type": kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let message = self.recv().await;
+        assert_eq!(message["type"], kind, "unexpected message: {message}");
+        message
+    }
+
+    /// The next message, which must be an `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let message = self.expect("error").await;
+        assert_eq!(message["code"], code, "unexpected error: {message}");
+        assert!(
+            message["message"]
+                .as_str()
+                .is_some_and(|text| !text.is_empty()),
+            "{message}"
+        );
+        message
+    }
+
+    /// Proves that nothing else is queued for this client: sends a request whose only answer is
+    /// a known error and checks that this answer is the very next message.
+    pub async fn expect_nothing_pending(&mut self) {
+        self.send(json!({"type": "__sync__"})).await;
+        let message = self.recv().await;
+        assert_eq!(
+            message["type"], "error",
+            "expected nothing pending, got {message}"
+        );
+        assert_eq!(
+            message["code"], "INVALID_MESSAGE",
+            "expected nothing pending, got {message}"
+        );
+    }
+
+    /// Reads until the server closes the connection and returns its close frame.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the server closes within the patience period");
+            match frame {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn set_username(&mut self, name: &str) -> Value {
+        self.send(json!({"type": "set_username", "username": name}))
+            .await;
+        self.expect("username_set").await
+    }
+
+    pub async fn create_room(&mut self) -> String {
+        self.send(json!({"type": "create_room"})).await;
+        let created = self.expect("room_created").await;
+        created["room_code"]
+            .as_str()
+            .expect("room_code is a string")
+            .to_string()
+    }
+
+    pub async fn join(&mut self, code: &str) -> Value {
+        self.send(json!({"type": "join_room", "room_code": code}))
+            .await;
+        self.expect("room_joined").await
+    }
+
+    pub async fn chat(&mut self, content: &str) {
+        self.send(json!({"type": "chat", "content": content})).await;
+    }
+}

@@ -1,0 +1,281 @@
+//! Connection-level behaviour: HTTP routing, the heartbeat, slow consumers, shutdown and signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use chat_server::Config;
+use common::{PATIENCE, TestClient, TestServer, http_request};
+
+/// `GET /ws` without an upgrade is answered with a 4xx (426 Upgrade Required).
+#[tokio::test]
+async fn ws_without_upgrade_is_a_client_error() {
+    let server = TestServer::start().await;
+    let (status, head, _) = server.http_get("/ws").await;
+    assert_eq!(status, 426, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+}
+
+/// A WebSocket upgrade on any other path is 404.
+#[tokio::test]
+async fn an_upgrade_on_another_path_is_404() {
+    let server = TestServer::start().await;
+    let request = "GET /chat HTTP/1.1\r\nHost: test\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, head, _) = http_request(server.addr, request).await;
+    assert_eq!(status, 404, "{head}");
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/elsewhere", server.addr)).await;
+    assert!(refused.is_err());
+}
+
+/// `/healthz` answers `ok`; unknown paths are 404.
+#[tokio::test]
+async fn healthz_and_not_found() {
+    let server = TestServer::start().await;
+    let (status, head, body) = server.http_get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert_eq!(server.http_get("/nothing-here").await.0, 404);
+}
+
+/// `/metrics` is Prometheus text, and its counters move as messages flow.
+#[tokio::test]
+async fn metrics_follow_the_traffic() {
+    let server = TestServer::start().await;
+    let (mut host, mut guest, _) = server.pair("ada", "grace").await;
+    host.chat("one").await;
+    host.chat("two").await;
+    host.expect("chat").await;
+    host.expect("chat").await;
+    guest.expect("chat").await;
+    guest.expect("chat").await;
+    guest.send(json!({"type": "create_room"})).await;
+    guest.expect_error("ALREADY_IN_ROOM").await;
+    server.http_get("/ws").await; // A refused handshake.
+
+    let (status, head, body) = server.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for line in [
+        "chat_connections 2",
+        "chat_rooms 1",
+        "chat_messages_relayed_total 2",
+        r#"chat_errors_sent_total{code="ALREADY_IN_ROOM"} 1"#,
+        "chat_handshakes_refused_total 1",
+        "chat_slow_consumers_disconnected_total 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
+
+    drop(guest);
+    host.expect("peer_left").await;
+    let (_, _, body) = server.http_get("/metrics").await;
+    assert!(body.lines().any(|l| l == "chat_connections 1"), "{body}");
+}
+
+/// The server pings every heartbeat interval, and a client that answers stays connected.
+#[tokio::test]
+async fn the_server_pings_and_a_live_client_stays() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let mut client = server.named("ada").await;
+    // Reading answers pings (tungstenite replies as it reads). Wait for several pings, which
+    // spans well over two intervals, then show the connection still works.
+    for _ in 0..4 {
+        let frame = tokio::time::timeout(PATIENCE, client.ws.next()).await;
+        let frame = frame
+            .expect("a ping in time")
+            .expect("open")
+            .expect("valid frame");
+        assert!(matches!(frame, Message::Ping(_)), "{frame:?}");
+    }
+    assert_eq!(
+        client.set_username("still here").await["username"],
+        "still here"
+    );
+}
+
+/// A client that sends nothing, not even a pong, for two heartbeat intervals is disconnected,
+/// and its peer gets `peer_left` with `"disconnected"`.
+#[tokio::test]
+async fn a_silent_client_is_disconnected() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(150),
+        ..Config::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let (mut host, guest, _) = server.pair("ada", "grace").await;
+    // The guest never reads again, so tungstenite never answers the server's pings for it.
+    let started = Instant::now();
+    assert_eq!(
+        host.expect("peer_left").await,
+        json!({"type": "peer_left", "username": "grace", "reason": "disconnected"})
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(guest);
+}
+
+/// A client that stops reading while its peer keeps talking is disconnected as a slow consumer
+/// (close code 1008), its peer is told, and the peer's own connection carries on.
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected() {
+    let config = Config {
+        outbound_queue: 8,
+        ..Config::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let (mut host, mut guest, _) = server.pair("ada", "grace").await;
+    let big = "x".repeat(4000);
+    // The guest reads nothing while the host talks until the server gives up on the guest. The
+    // host reads its own echoes as it goes, so only the guest falls behind.
+    let mut sent = 0;
+    let reason = loop {
+        host.chat(&big).await;
+        sent += 1;
+        let message = host.recv().await;
+        match message["type"].as_str() {
+            Some("chat") => assert!(sent < 100_000, "the slow guest was never disconnected"),
+            Some("peer_left") => break message["reason"].clone(),
+            _ => panic!("unexpected {message}"),
+        }
+    };
+    assert_eq!(reason, "disconnected");
+    host.chat("still talking").await;
+    host.expect("chat").await;
+
+    // The guest finds its queue drained and then a 1008 close, unless the socket was dropped
+    // first because it would not take the close frame either.
+    let closing = loop {
+        match tokio::time::timeout(PATIENCE, guest.ws.next())
+            .await
+            .expect("the guest is ended")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    if let Some(frame) = closing {
+        assert_eq!(u16::from(frame.code), 1008);
+    }
+    let (_, _, metrics) = server.http_get("/metrics").await;
+    assert!(
+        metrics.contains("chat_slow_consumers_disconnected_total 1"),
+        "{metrics}"
+    );
+}
+
+/// On shutdown every WebSocket is closed with 1001 and `run` returns.
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001() {
+    let server = TestServer::start().await;
+    let (mut host, mut guest, _) = server.pair("ada", "grace").await;
+    let mut loner = server.client().await;
+    let addr = server.addr;
+    let shutdown = tokio::spawn(server.shut_down());
+    for client in [&mut host, &mut guest, &mut loner] {
+        let frame = client.expect_close().await.expect("a close frame");
+        assert_eq!(u16::from(frame.code), 1001);
+    }
+    shutdown.await.expect("no panic").expect("run returns Ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+/// The binary logs its address, and on SIGTERM (and SIGINT) closes connections with 1001 and
+/// exits with status 0.
+#[tokio::test]
+async fn the_binary_exits_cleanly_on_sigterm_and_sigint() {
+    for signal in ["TERM", "INT"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", "30s"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start chat-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // The startup line names the address; the port was chosen by the OS. The thread keeps
+        // draining stdout afterwards, so the server never writes its logs into a closed pipe.
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(start) = line.find("http://") {
+                    let rest = &line[start + "http://".len()..];
+                    if let Some(end) = rest.find('/') {
+                        let _ = addr_tx.send(rest[..end].to_string());
+                    }
+                }
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(PATIENCE)
+            .expect("a startup line with the address");
+
+        let mut client = TestClient::connect(&format!("ws://{addr}/ws")).await;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let frame = client.expect_close().await.expect("a close frame");
+        assert_eq!(u16::from(frame.code), 1001);
+        let _ = client.ws.close(None).await;
+
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join");
+        assert_eq!(exit.expect("wait for exit").code(), Some(0), "SIG{signal}");
+    }
+}
+
+/// `--help` describes every flag, and each flag can be set from its `CHAT_…` variable.
+#[test]
+fn the_command_line_documents_its_flags() {
+    let help = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--bind", "--typing-timeout", "--heartbeat-interval"] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    for variable in [
+        "CHAT_BIND",
+        "CHAT_TYPING_TIMEOUT",
+        "CHAT_HEARTBEAT_INTERVAL",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from:\n{help}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .env("CHAT_TYPING_TIMEOUT", "soon")
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("typing-timeout"));
+}
