@@ -9,6 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -338,7 +339,11 @@ impl Client {
     /// Closes the WebSocket properly: sends a Close frame and reads until the server closes
     /// the TCP connection, so that the server (which closes first) keeps the TIME_WAIT state
     /// and this machine's client ports are free again at once.
-    pub async fn close(mut self) -> Result<(), BenchError> {
+    ///
+    /// A server that drops the connection without answering the Close frame breaks RFC 6455
+    /// (§5.5.1) but has done everything a chat user needs, so that is reported apart from
+    /// errors, as [`Closed::WithoutReply`].
+    pub async fn close(mut self) -> Result<Closed, BenchError> {
         let closing = async {
             match self.ws.close(None).await {
                 // The server may have closed first (it saw our peer leave, or shut down).
@@ -349,15 +354,27 @@ impl Client {
                 match frame {
                     Ok(_) => {}
                     Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(tungstenite::Error::Protocol(
+                        ProtocolError::ResetWithoutClosingHandshake,
+                    )) => return Ok(Closed::WithoutReply),
                     Err(err) => return Err(BenchError::Transport(err)),
                 }
             }
-            Ok(())
+            Ok(Closed::Cleanly)
         };
         timeout(self.step_timeout, closing)
             .await
             .map_err(|_| BenchError::Timeout("the server to close the connection"))?
     }
+}
+
+/// How a connection ended after [`Client::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The server answered the Close frame and then closed the TCP connection.
+    Cleanly,
+    /// The server closed the TCP connection without answering the Close frame.
+    WithoutReply,
 }
 
 /// An [`BenchError::Unexpected`] for `got` where `expected` was due.

@@ -334,6 +334,7 @@ impl Job {
             rooms_failed: counts.rooms_failed,
             setup_secs,
             opened_per_sec,
+            closed_without_reply: counts.closed_without_reply,
         };
         let chatting = matches!(
             self.kind,

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::client::BenchError;
+use crate::client::{BenchError, Closed};
 
 /// Everything a worker's client tasks record into.
 pub struct Shared {
@@ -46,6 +46,16 @@ impl Shared {
         // still valid integers, so keep using them.
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         *failures.entry(error.kind()).or_default() += 1;
+    }
+
+    /// Counts how a connection closed: [`Closed::WithoutReply`] is counted apart, an error
+    /// as a failure.
+    pub fn closed(&self, outcome: Result<Closed, BenchError>) {
+        match outcome {
+            Ok(Closed::Cleanly) => {}
+            Ok(Closed::WithoutReply) => bump(&self.counters.closed_without_reply),
+            Err(err) => self.fail(&err),
+        }
     }
 
     /// The failures so far, by kind.
@@ -120,6 +130,7 @@ pub struct Counters {
     pub sessions_completed: AtomicU64,
     pub sessions_failed: AtomicU64,
     pub sessions_skipped: AtomicU64,
+    pub closed_without_reply: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -144,6 +155,7 @@ impl Counters {
             sessions_completed: get(&self.sessions_completed),
             sessions_failed: get(&self.sessions_failed),
             sessions_skipped: get(&self.sessions_skipped),
+            closed_without_reply: get(&self.closed_without_reply),
             errors: get(&self.errors),
         }
     }
@@ -172,6 +184,9 @@ pub struct Counts {
     pub sessions_failed: u64,
     /// Churn sessions not started because `--max-sessions` were already in progress.
     pub sessions_skipped: u64,
+    /// Connections the server closed without answering our Close frame (not an error for
+    /// the scenario, but a departure from RFC 6455 worth reporting).
+    pub closed_without_reply: u64,
     /// Failures of any kind (the sum of the failures-by-kind table).
     pub errors: u64,
 }
@@ -189,6 +204,7 @@ impl Counts {
         self.sessions_completed += other.sessions_completed;
         self.sessions_failed += other.sessions_failed;
         self.sessions_skipped += other.sessions_skipped;
+        self.closed_without_reply += other.closed_without_reply;
         self.errors += other.errors;
     }
 }

@@ -82,6 +82,10 @@ impl ServerMessage {
     }
 }
 
+/// The content of the last chat message each member sends when the run stops: once a member
+/// has seen its own marker echoed and its peer's arrive, neither will send anything more.
+pub const END_OF_RUN: &str = "end of run";
+
 /// What chat-bench writes into a chat message's `content` so that the receiving peer can tell
 /// which message it is and when it was sent: `"<seq>:<sent_ns>"`, padded with dots.
 ///

@@ -90,6 +90,8 @@ pub struct ConnectionStats {
     pub setup_secs: f64,
     /// Connections opened per second of setup (rooms scenarios).
     pub opened_per_sec: f64,
+    /// Connections the server closed without answering chat-bench's Close frame.
+    pub closed_without_reply: u64,
 }
 
 /// Chat messages of the throughput scenario.
@@ -258,6 +260,14 @@ impl fmt::Display for Report {
                 thousands(c.rooms_failed),
                 c.setup_secs,
                 per_sec(c.opened_per_sec),
+            )?;
+        }
+        if c.closed_without_reply > 0 {
+            writeln!(
+                f,
+                "  {:<13} {} connections closed by the server without answering our Close frame",
+                "",
+                thousands(c.closed_without_reply),
             )?;
         }
         if let Some(m) = &self.messages {

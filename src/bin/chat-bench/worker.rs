@@ -173,7 +173,7 @@ pub async fn run(
     {
         for _ in 0..running.drained.remaining() {
             shared.fail(&BenchError::Timeout(
-                "a sender's own messages to come back after the run",
+                "the last messages of the run to arrive",
             ));
         }
     }

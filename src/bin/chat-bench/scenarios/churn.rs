@@ -186,7 +186,9 @@ async fn session(
         other => return Err(unexpected("peer_left", &other)),
     }
     leave(&mut host).await?;
-    tokio::try_join!(host.close(), guest.close())?;
+    let (host_closed, guest_closed) = tokio::join!(host.close(), guest.close());
+    shared.closed(host_closed);
+    shared.closed(guest_closed);
     Ok(())
 }
 

@@ -55,7 +55,7 @@ pub enum Load {
 pub struct Running {
     /// Done when every room has been set up (or has failed to be).
     pub setup: Arc<Countdown>,
-    /// Done, once the phase is `Stop`, when no client waits for its own messages anymore.
+    /// Done, once the phase is `Stop`, when no client waits for any message anymore.
     pub drained: Arc<Countdown>,
     /// The client tasks; all of them end once the phase is `Close`.
     pub tasks: JoinSet<()>,

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::{Load, Running, setup_room, wait_for_close};
 use crate::client::{BenchError, Client, Connector, unexpected};
 use crate::measure::{Countdown, Shared, Token, bump};
-use crate::protocol::{ClientMessage, ServerMessage, Stamp};
+use crate::protocol::{ClientMessage, END_OF_RUN, ServerMessage, Stamp};
 use crate::worker::Phase;
 
 /// What one worker is asked to run.
@@ -155,7 +155,7 @@ struct Member {
     /// Minimum chat content length.
     size: usize,
     shared: Arc<Shared>,
-    /// Released once nothing this member sent is still on its way.
+    /// Released once this member has seen the end of both members' messages.
     drain: Token,
     /// Sequence number of the next message to send.
     next_seq: u64,
@@ -163,6 +163,12 @@ struct Member {
     echoed: u64,
     /// Sequence number expected next from the peer.
     peer_next: u64,
+    /// Whether our own [`END_OF_RUN`] marker has come back.
+    own_end_seen: bool,
+    /// Whether the peer's [`END_OF_RUN`] marker has arrived.
+    peer_end_seen: bool,
+    /// Whether this member has nothing more to wait for (and has released `drain`).
+    finished: bool,
     /// Reused buffer for outgoing content, so sending does not allocate it each time.
     content: String,
 }
@@ -179,13 +185,17 @@ impl Member {
             next_seq: 0,
             echoed: 0,
             peer_next: 0,
+            own_end_seen: false,
+            peer_end_seen: false,
+            finished: false,
             content: String::with_capacity(size),
         }
     }
 
-    /// Messages sent and not yet echoed back.
-    fn in_flight(&self) -> u64 {
-        self.next_seq - self.echoed
+    /// Marks this member as having nothing more to wait for, which tells the worker.
+    fn finish(&mut self) {
+        self.finished = true;
+        self.drain.done();
     }
 
     /// Runs until the phase is `Close`, then closes the connection properly.
@@ -193,11 +203,7 @@ impl Member {
         let outcome = self.exchange(&mut phase).await;
         self.drain.done();
         match outcome {
-            Ok(()) => {
-                if let Err(err) = self.client.close().await {
-                    self.shared.fail(&err);
-                }
-            }
+            Ok(()) => self.shared.closed(self.client.close().await),
             Err(err) => {
                 self.shared.fail(&err);
                 // Keep the connection until the end, so that one member's failure is not
@@ -212,9 +218,12 @@ impl Member {
     async fn exchange(&mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), BenchError> {
         let mut ticker: Option<Interval> = None;
         let mut started = false;
+        let mut stopped = false;
         let mut current = *phase.borrow_and_update();
         loop {
             tokio::select! {
+                // Phase changes first: once the phase is `Stop` nothing more may be sent.
+                biased;
                 changed = phase.changed() => {
                     if changed.is_err() {
                         return Ok(());
@@ -224,11 +233,10 @@ impl Member {
                         started = true;
                         ticker = self.start_sending().await?;
                     }
-                    if current >= Phase::Stop {
+                    if current >= Phase::Stop && !stopped {
+                        stopped = true;
                         ticker = None;
-                        if self.in_flight() == 0 {
-                            self.drain.done();
-                        }
+                        self.stop_sending().await?;
                     }
                     if current == Phase::Close {
                         return Ok(());
@@ -273,6 +281,27 @@ impl Member {
         }
     }
 
+    /// Stops sending by sending the [`END_OF_RUN`] marker (an idle member has nothing to
+    /// wait for and is drained at once).
+    ///
+    /// The server delivers a sender's messages to both members in order, so once a member
+    /// has seen its own marker come back and the peer's arrive, it has received everything
+    /// either of them sent: nothing is still in flight when the worker starts closing, and
+    /// every message sent inside the window is counted by its receiver.
+    async fn stop_sending(&mut self) -> Result<(), BenchError> {
+        match self.sending {
+            Sending::Idle => self.finish(),
+            Sending::ClosedLoop { .. } | Sending::Every { .. } => {
+                self.client
+                    .send(&ClientMessage::Chat {
+                        content: END_OF_RUN,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the next chat message, stamped with `sent_ns`.
     async fn send_chat(&mut self, sent_ns: u64) -> Result<(), BenchError> {
         Stamp {
@@ -286,8 +315,9 @@ impl Member {
             })
             .await?;
         self.next_seq += 1;
-        let clock = &self.shared.clock;
-        if clock.in_window(clock.now_ns()) {
+        // Counted by the time in its stamp, the same rule the receiver uses for latency,
+        // so that every message counted as sent is also counted once when received.
+        if self.shared.clock.in_window(sent_ns) {
             bump(&self.shared.counters.sent);
         }
         Ok(())
@@ -301,13 +331,27 @@ impl Member {
             ServerMessage::Error { code, message } => {
                 return Err(BenchError::Refused { code, message });
             }
+            // Once this member is done, its peer may be done too and already closing.
+            ServerMessage::PeerLeft { .. } if self.finished => return Ok(()),
             other => return Err(unexpected("chat", &other)),
         };
+        let own = from == self.name;
+        if content == END_OF_RUN {
+            if own {
+                self.own_end_seen = true;
+            } else {
+                self.peer_end_seen = true;
+            }
+            if self.own_end_seen && self.peer_end_seen {
+                self.finish();
+            }
+            return Ok(());
+        }
         let now = self.shared.clock.now_ns();
         let stamp = Stamp::parse(&content).ok_or_else(|| {
             BenchError::Unreadable("chat content not written by chat-bench".to_string())
         })?;
-        if from == self.name {
+        if own {
             if stamp.seq != self.echoed {
                 return Err(BenchError::OutOfOrder {
                     expected: self.echoed,
@@ -317,9 +361,6 @@ impl Member {
             self.echoed += 1;
             if phase.is_sending() && matches!(self.sending, Sending::ClosedLoop { .. }) {
                 self.send_chat(now).await?;
-            }
-            if phase >= Phase::Stop && self.in_flight() == 0 {
-                self.drain.done();
             }
         } else {
             if stamp.seq != self.peer_next {
