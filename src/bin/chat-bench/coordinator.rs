@@ -22,10 +22,10 @@ use crate::cli::{self, Common};
 use crate::client::Target;
 use crate::limits::{self, Capacity, thousands};
 use crate::measure::{Counts, HistogramData};
-use crate::procfs::{self, ClockTicks, Pid, Usage};
+use crate::procfs::{self, ClockTicks, MachineTicks, Pid, Usage};
 use crate::report::{
-    ClientStats, ConnectionStats, ErrorStats, MessageStats, Report, ServerStats, SessionStats,
-    Settings, ratio,
+    ClientStats, ConnectionStats, ErrorStats, MachineStats, MessageStats, Report, ServerStats,
+    SessionStats, Settings, ratio,
 };
 use crate::scenarios::{Load, Scenario};
 use crate::worker::{self, Phase, WorkerEvent, WorkerReport, WorkerSpec};
@@ -94,12 +94,14 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
             .await?;
     }
     let window_start = Instant::now();
+    let machine_start = procfs::machine_ticks().ok();
     let server_start = server.as_ref().map(ServerProbe::sample).transpose()?;
     pool.send(Phase::Measure).await?;
     progress.stage(job.window_label(), Some(window));
     pool.wait(Until::Time(window_start + window), &mut progress)
         .await?;
     let server_end = server.as_ref().map(ServerProbe::sample).transpose()?;
+    let machine_end = procfs::machine_ticks().ok();
     let window_secs = window_start.elapsed().as_secs_f64();
     pool.send(Phase::Stop).await?;
     progress.stage("closing", None);
@@ -132,6 +134,7 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
         workers,
         reports,
         window_secs,
+        machine: machine_start.zip(machine_end),
         server: samples,
         ticks,
         notes,
@@ -404,6 +407,19 @@ impl Job {
         });
 
         let client_cpu = ticks.seconds(outcome.reports.iter().map(|r| r.cpu_ticks).sum());
+        let machine = outcome.machine.map(|(start, end)| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let busy = end.busy.saturating_sub(start.busy) as f64;
+            let total = end.total.saturating_sub(start.total) as f64;
+            let busy_percent = 100.0 * cores as f64 * ratio(busy, total);
+            let server_percent = server.as_ref().map_or(0.0, |s| s.cpu_percent);
+            MachineStats {
+                cores,
+                busy_percent,
+                others_percent: (busy_percent - server_percent - 100.0 * ratio(client_cpu, window))
+                    .max(0.0),
+            }
+        });
         Report {
             scenario: self.scenario,
             url: outcome.url,
@@ -423,6 +439,7 @@ impl Job {
                 cpu_percent: 100.0 * ratio(client_cpu, window),
                 rss_kib: outcome.reports.iter().map(|r| r.rss_kib).sum(),
             },
+            machine,
             notes: outcome.notes,
         }
     }
@@ -434,6 +451,8 @@ struct Outcome {
     workers: u32,
     reports: Vec<WorkerReport>,
     window_secs: f64,
+    /// The machine's CPU counters at the window's start and end.
+    machine: Option<(MachineTicks, MachineTicks)>,
     /// The server's pid and its usage before the run, at the window's start and end, and after.
     server: Option<(u32, [Usage; 4])>,
     ticks: ClockTicks,

@@ -65,6 +65,40 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The whole machine's CPU time since boot, in clock ticks, from the first line of /proc/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Ticks spent running anything (user, nice, system, irq, softirq, steal).
+    pub busy: u64,
+    /// All ticks, idle and iowait included, summed over every core.
+    pub total: u64,
+}
+
+/// Reads the machine's CPU time counters.
+pub fn machine_ticks() -> io::Result<MachineTicks> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    parse_machine_ticks(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat: no cpu line"))
+}
+
+fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(MachineTicks {
+        busy,
+        total: busy + idle + iowait,
+    })
+}
+
 /// The length of a clock tick, the unit of CPU times in /proc/PID/stat.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ClockTicks {
@@ -168,6 +202,15 @@ mod tests {
                       Max open files            20000                20000                files     \n";
         let limit = parse_file_limit(limits).expect("limit line present");
         assert_eq!((limit.soft, limit.hard), (20000, 20000));
+    }
+
+    /// The machine's busy and total ticks are read from the aggregate `cpu` line.
+    #[test]
+    fn reads_machine_ticks() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        let ticks = parse_machine_ticks(stat).expect("cpu line");
+        assert_eq!(ticks.busy, 100 + 5 + 50 + 3 + 2 + 1);
+        assert_eq!(ticks.total, ticks.busy + 1000 + 20);
     }
 
     /// This process can read its own usage (the same code reads the server's).

@@ -38,6 +38,9 @@ pub struct Report {
     pub server: Option<ServerStats>,
     /// chat-bench's own use of the machine, which competes with the server's.
     pub client: ClientStats,
+    /// The whole machine's CPU use inside the window: shows how much else was running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineStats>,
     /// Things the reader should know about how the figures were taken.
     pub notes: Vec<String>,
 }
@@ -174,6 +177,18 @@ pub struct ClientStats {
     pub cpu_percent: f64,
     /// Resident memory of all client processes at the end, in KiB.
     pub rss_kib: u64,
+}
+
+/// The machine's CPU use inside the window, from /proc/stat.
+#[derive(Debug, Serialize)]
+pub struct MachineStats {
+    /// Cores of the machine.
+    pub cores: usize,
+    /// CPU time of everything that ran, as a percentage of one core (at most 100 × cores).
+    pub busy_percent: f64,
+    /// What is left after the server (if measured) and chat-bench: other programs, the
+    /// kernel's work not charged to either. High values mean noisy figures.
+    pub others_percent: f64,
 }
 
 /// Divides, giving 0 rather than NaN or infinity for an empty denominator.
@@ -358,6 +373,13 @@ impl fmt::Display for Report {
             self.client.cpu_percent,
             thousands(self.client.rss_kib),
         )?;
+        if let Some(machine) = &self.machine {
+            writeln!(
+                f,
+                "  {:<13} {:.0}% of a core busy over its {} cores; {:.0}% by other programs",
+                "machine", machine.busy_percent, machine.cores, machine.others_percent,
+            )?;
+        }
         for note in &self.notes {
             writeln!(f, "  note: {note}")?;
         }
