@@ -153,7 +153,7 @@ jq -rs '
     ["completed sessions/s", ["sessions", "completed_per_sec"]],
     ["server CPU per session (µs)", ["server", "cpu_us_per_session"]],
     ["session time p99 (ms)", ["sessions", "duration_us", "p99_us"]],
-    ["other programs' CPU (% of a core)", ["machine", "others_percent"]],
+    ["CPU of other programs (% of a core)", ["machine", "others_percent"]],
     ["errors", ["errors", "total"]],
     ["closed without close reply", ["connections", "closed_without_reply"]]
   ] as $figures
