@@ -1,12 +1,25 @@
 //! What the actor knows about one connected client.
 
+use std::net::IpAddr;
+
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::delay_queue;
 
 use crate::error::SendError;
-use crate::types::{ClientId, RoomCode, Username};
+use crate::limits::TokenBucket;
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
+
+/// What the actor queues for a connection's write task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One encoded server message.
+    Message(Utf8Bytes),
+    /// Close the connection with this close code and reason. Used when another connection has
+    /// taken over the session (4000). Nothing queued after it is sent.
+    Close(u16, &'static str),
+}
 
 /// One connected client, as the [`ChatServer`](crate::server::ChatServer) actor sees it.
 ///
@@ -24,29 +37,91 @@ pub struct Client {
     /// While the client is typing: its entry in the actor's typing timers, so that a repeated
     /// `typing` can push the deadline back and `stop_typing` can cancel it.
     pub typing: Option<delay_queue::Key>,
+    /// The address the client connected from, as per-address limits count it
+    /// ([`limit_key`](crate::limits::limit_key)): failed joins are counted per address too.
+    pub address: IpAddr,
+    /// Until the client has set a valid username: its entry in the actor's naming timers. A
+    /// client that is still unnamed when it fires is closed, so idle sockets cannot be hoarded.
+    pub naming_deadline: Option<delay_queue::Key>,
+    /// One token per message the client may send (`--rate-limit`, `--rate-burst`); `None`
+    /// when rate limiting is off.
+    pub message_tokens: Option<TokenBucket>,
+    /// One token per message the client may have *refused* for going over the rate limit,
+    /// refilled at the same rate. A client that empties this one too is not a person typing
+    /// fast but a program flooding, and is disconnected. `None` when rate limiting is off.
+    pub refusal_tokens: Option<TokenBucket>,
+    /// One token per failed `join_room` the client may make (`--max-failed-joins` a minute);
+    /// `None` when that limit is off.
+    pub failed_join_tokens: Option<TokenBucket>,
+    /// The secret a later connection presents to `resume` this session.
+    pub session_token: SessionToken,
+    /// While the connection is gone but the seat is kept (`--resume-grace`): the grace timer's
+    /// entry, so that a resume can cancel it. `Some` exactly when `outbound` is `None`.
+    pub grace: Option<delay_queue::Key>,
+    /// The highest chat `id` this member has said it has read (`read`), 0 for none. Receipts
+    /// only ever move forward; it goes back to 0 when the member leaves the room.
+    pub read_up_to: u64,
     /// The client's outbound queue, drained by its connection's write task. Bounded, and only
     /// ever used with `try_send`: the actor must never wait for one client, or a client that
-    /// stops reading would stall everyone else.
-    outbound: mpsc::Sender<Utf8Bytes>,
+    /// stops reading would stall everyone else. `None` while the session is held without a
+    /// connection; what is said meanwhile waits in the room's history for a `resume`.
+    outbound: Option<mpsc::Sender<Outbound>>,
 }
 
 impl Client {
-    /// A client that has just connected: no name, no room.
-    pub fn new(id: ClientId, outbound: mpsc::Sender<Utf8Bytes>) -> Self {
+    /// A client that has just connected from `address`: no name, no room, and no limits until
+    /// the actor sets them.
+    pub fn new(id: ClientId, address: IpAddr, outbound: mpsc::Sender<Outbound>) -> Self {
         Client {
             id,
             username: None,
             room: None,
             typing: None,
-            outbound,
+            address,
+            naming_deadline: None,
+            message_tokens: None,
+            refusal_tokens: None,
+            failed_join_tokens: None,
+            session_token: SessionToken::random(),
+            grace: None,
+            read_up_to: 0,
+            outbound: Some(outbound),
         }
+    }
+
+    /// Whether a connection is attached (as opposed to a session held for a resume).
+    pub fn is_connected(&self) -> bool {
+        self.outbound.is_some()
+    }
+
+    /// Lets go of the connection, keeping the session. Dropping the sender tells the write task
+    /// that the actor is done with it.
+    pub fn detach(&mut self) {
+        self.outbound = None;
+    }
+
+    /// Takes the connection's queue away, to attach it to the session being resumed.
+    pub fn take_queue(&mut self) -> Option<mpsc::Sender<Outbound>> {
+        self.outbound.take()
+    }
+
+    /// Attaches a new connection's queue (on `resume`) and returns the old one, if any, so that
+    /// the caller can close it.
+    pub fn attach(
+        &mut self,
+        outbound: Option<mpsc::Sender<Outbound>>,
+    ) -> Option<mpsc::Sender<Outbound>> {
+        std::mem::replace(&mut self.outbound, outbound)
     }
 
     /// Queues one encoded message for this client without waiting.
     pub fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        self.outbound.try_send(frame).map_err(|err| match err {
-            TrySendError::Full(_) => SendError::QueueFull,
-            TrySendError::Closed(_) => SendError::Disconnected,
-        })
+        let outbound = self.outbound.as_ref().ok_or(SendError::Disconnected)?;
+        outbound
+            .try_send(Outbound::Message(frame))
+            .map_err(|err| match err {
+                TrySendError::Full(_) => SendError::QueueFull,
+                TrySendError::Closed(_) => SendError::Disconnected,
+            })
     }
 }

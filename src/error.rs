@@ -41,13 +41,19 @@ pub enum ErrorCode {
     EmptyMessage,
     /// Chat content over 4096 characters.
     MessageTooLong,
+    /// Too many messages too fast (`--rate-limit`), or too many failed `join_room` attempts
+    /// (`--max-failed-joins`). Expected from scripts and guessers, never from a person typing.
+    RateLimited,
+    /// A `resume` with a session token that is unknown, or whose grace period has ended. The
+    /// connection carries on as a new client.
+    SessionExpired,
     /// A bug on the server's side: should never be sent.
     InternalError,
 }
 
 impl ErrorCode {
     /// Every code, for registering one metrics counter per code up front.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UsernameRequired,
         ErrorCode::InvalidUsername,
@@ -59,6 +65,8 @@ impl ErrorCode {
         ErrorCode::RoomFull,
         ErrorCode::EmptyMessage,
         ErrorCode::MessageTooLong,
+        ErrorCode::RateLimited,
+        ErrorCode::SessionExpired,
         ErrorCode::InternalError,
     ];
 
@@ -76,6 +84,8 @@ impl ErrorCode {
             ErrorCode::RoomFull => "ROOM_FULL",
             ErrorCode::EmptyMessage => "EMPTY_MESSAGE",
             ErrorCode::MessageTooLong => "MESSAGE_TOO_LONG",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::SessionExpired => "SESSION_EXPIRED",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -98,6 +108,8 @@ impl ErrorCode {
             ErrorCode::RoomFull => "That room already has two people in it.",
             ErrorCode::EmptyMessage => "A message cannot be empty.",
             ErrorCode::MessageTooLong => "A message can be at most 4096 characters long.",
+            ErrorCode::RateLimited => "Too many messages: slow down.",
+            ErrorCode::SessionExpired => "That session has ended: start again with a username.",
             ErrorCode::InternalError => "Something went wrong on the server.",
         }
     }
@@ -163,6 +175,10 @@ pub enum AppError {
     /// client, or the socket closing under it).
     #[error("websocket error: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The TLS certificate or key could not be loaded, or do not fit together. Fatal at
+    /// startup: the operator asked for TLS, so serving without it would be wrong.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The chat server actor is no longer running. Only happens during shutdown, or after a bug
     /// made the actor panic.
     #[error("the chat server actor has stopped")]

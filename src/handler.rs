@@ -9,6 +9,7 @@
 //! the actor's. The read loop runs in the connection's own task and the write loop in a task it
 //! spawns, so a client that stops reading never keeps us from reading it, and the other way round.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,10 +22,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::client::Outbound;
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
@@ -70,7 +72,8 @@ enum Ending {
     ProtocolViolation(CloseCode),
     /// The server is shutting down.
     Shutdown,
-    /// The write task ended first: the actor dropped the client as too slow, or writing failed.
+    /// The write task ended first: the actor dropped the client (too slow, flooding, or unnamed
+    /// for too long), or writing failed.
     WriterEnded,
     /// The actor is gone; only in a shutdown or after a bug.
     ActorStopped,
@@ -105,9 +108,11 @@ impl From<WsError> for Ending {
     }
 }
 
-/// Serves one client from the completed handshake until the connection ends.
+/// Serves one client, connected from `address`, from the completed handshake until the
+/// connection ends.
 pub async fn serve<S>(
     socket: WebSocketStream<S>,
+    address: IpAddr,
     server: ChatServerHandle,
     config: &Config,
     shutdown: CancellationToken,
@@ -120,6 +125,7 @@ pub async fn serve<S>(
     // arrives. The actor answers with `connected`.
     let connect = ServerCommand::Connect {
         client_id,
+        address,
         outbound: outbound_tx,
     };
     if server.send(connect).await.is_err() {
@@ -143,7 +149,7 @@ pub async fn serve<S>(
     debug!(client = %client_id, ?ending, "connection ending");
 
     // Ask the writer for a close frame *before* telling the actor: the actor then drops our
-    // outbound queue, and the writer must not mistake that for being dropped as too slow.
+    // outbound queue, and the writer must not mistake that for being dropped by the actor.
     match ending.close_frame() {
         Some(frame) => {
             let _ = close_tx.send(frame);
@@ -152,7 +158,10 @@ pub async fn serve<S>(
     }
     // Whatever happened to the socket, the peer hears about it now.
     let _ = server.send(ServerCommand::Disconnect { client_id }).await;
-    if timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+    // Wait for the writer to send its close frame, unless it has already finished: the
+    // `select!` above polled its `JoinHandle` to completion in that case, and polling a
+    // finished `JoinHandle` again panics.
+    if ending != Ending::WriterEnded && timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
         // The client is not reading; dropping the task drops the socket.
         writer.abort();
     }
@@ -217,7 +226,7 @@ where
 /// queue.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Utf8Bytes>,
+    mut outbound: mpsc::Receiver<Outbound>,
     mut close: oneshot::Receiver<CloseFrame>,
     heartbeat_interval: Duration,
 ) -> Result<(), WsError>
@@ -239,24 +248,43 @@ where
                 }
                 return Ok(());
             }
-            text = outbound.recv() => {
-                let Some(text) = text else {
-                    // Only the actor holds the sender, and it only lets go of a live client when
-                    // the client fell too far behind (see `ChatServer::send`).
-                    let frame = CloseFrame { code: CloseCode::Policy, reason: "too slow".into() };
+            item = outbound.recv() => {
+                let closing = match item {
+                    // Only the actor holds the sender, and it only lets go of a live client that
+                    // broke a rule of the server: it fell too far behind (see
+                    // `ChatServer::send`), kept sending far over the rate limit, or set no
+                    // username in time. All three are policy violations, close code 1008; in the
+                    // last two the actor queued an `error` saying why, which `recv` has already
+                    // handed us, because a closed channel still yields what was queued first.
+                    None => Some(CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() }),
+                    Some(Outbound::Close(code, reason)) => {
+                        Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })
+                    }
+                    Some(Outbound::Message(text)) => {
+                        let batch = async {
+                            // Everything already queued goes out with one flush: one write to
+                            // the socket for many messages when the client is busy.
+                            sink.feed(Message::Text(text)).await?;
+                            while let Ok(item) = outbound.try_recv() {
+                                match item {
+                                    Outbound::Message(text) => sink.feed(Message::Text(text)).await?,
+                                    Outbound::Close(code, reason) => {
+                                        sink.flush().await?;
+                                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                                        return Ok(Some(frame));
+                                    }
+                                }
+                            }
+                            sink.flush().await?;
+                            Ok::<_, WsError>(None)
+                        };
+                        timeout(stall_limit, batch).await.map_err(|_| stalled())??
+                    }
+                };
+                if let Some(frame) = closing {
                     timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
                     return Ok(());
-                };
-                let batch = async {
-                    // Everything already queued goes out with one flush: one write to the socket
-                    // for many messages when the client is busy.
-                    sink.feed(Message::Text(text)).await?;
-                    while let Ok(text) = outbound.try_recv() {
-                        sink.feed(Message::Text(text)).await?;
-                    }
-                    sink.flush().await
-                };
-                timeout(stall_limit, batch).await.map_err(|_| stalled())??;
+                }
             }
             _ = heartbeat.tick() => {
                 timeout(stall_limit, sink.send(Message::Ping(Bytes::new())))

@@ -5,6 +5,10 @@
 //! a valid WebSocket upgrade on `/ws` gets `101 Switching Protocols`, after which hyper hands us
 //! the raw socket and [`handler::serve`] takes over. Doing the handshake here, rather than with
 //! tungstenite's own `accept`, is what lets one port serve pages and WebSockets alike.
+//!
+//! This is also where the limits that come before a WebSocket exists are enforced: the handshake
+//! deadline (`--handshake-timeout`), the `Origin` check (`--allowed-origin`) and the connection
+//! caps (`--max-connections`, `--max-connections-per-ip`). See docs/architecture.md, "Limits".
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +23,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -29,12 +36,26 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::handler;
+use crate::limits::{CapReached, ConnectionLimits, OriginPolicy};
 use crate::metrics::Metrics;
 use crate::server::ChatServerHandle;
 
-/// How long a client may take to send its request headers before the connection is dropped, so
-/// that half-open connections cannot pile up.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose handshake time is up may take to finish the request it is in
+/// the middle of, before it is dropped.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// The web client (`static/`), embedded in the binary so that the server alone is all a
+/// person needs to try it: `cargo run`, then open the address in two tabs.
+const INDEX_HTML: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE_CSS: &str = include_str!("../static/style.css");
+
+/// What the page may load and connect to: its own script and stylesheet, and connections to its
+/// own origin (`'self'` covers `ws:`/`wss:` to the same host). Nothing inline and no `eval`, so
+/// even if some text ever slipped into the page as markup, the browser would not run it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection task needs, shared behind one `Arc`.
 #[derive(Debug)]
@@ -50,26 +71,84 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks the WebSocket handler tasks so that shutdown can wait for them to finish.
     pub tasks: TaskTracker,
+    /// `--max-connections` and `--max-connections-per-ip`. Only WebSocket connections count:
+    /// plain HTTP requests (`/healthz`, `/metrics`, pages) are answered even when the caps are
+    /// reached, so that a full server can still be watched, and those connections are short
+    /// lived anyway (see the handshake deadline in [`serve_connection`]).
+    pub limits: ConnectionLimits,
+    /// `--allowed-origin`: which web pages may open a WebSocket here.
+    pub origins: OriginPolicy,
+}
+
+impl App {
+    /// Everything a server needs on its HTTP side.
+    pub fn new(server: ChatServerHandle, config: Config, metrics: Arc<Metrics>) -> Self {
+        App {
+            server,
+            limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
+            origins: OriginPolicy::new(&config.allowed_origins),
+            config,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
 }
 
 type Body = Full<Bytes>;
 
-/// Serves HTTP/1.1 on one accepted TCP connection until it closes or is upgraded.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+/// Serves one accepted TCP connection: first its TLS handshake when TLS is on, then HTTP.
+pub async fn serve_tcp(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+    // Everything before the WebSocket exists, the TLS handshake included, must be over by then.
+    let deadline = Instant::now() + app.config.handshake_timeout;
+    let Some(tls) = app.config.tls.clone() else {
+        return serve_connection(stream, peer, deadline, app).await;
+    };
+    // Runs in this connection's task, not in the accept loop: a client that is slow to
+    // negotiate TLS holds up only itself.
+    let handshake = tokio::select! {
+        handshake = timeout_at(deadline, TlsAcceptor::from(tls).accept(stream)) => handshake,
+        () = app.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_connection(stream, peer, deadline, app).await,
+        Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        Err(_) => {
+            debug!(%peer, "connection dropped: TLS handshake timeout");
+            app.metrics.refused_by_limit.handshake_timeout.increment(1);
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain TCP, or TLS over it) until it closes or is
+/// upgraded, or until `deadline` if it has not been upgraded by then.
+pub async fn serve_connection<S>(stream: S, peer: SocketAddr, deadline: Instant, app: Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let service = {
         let app = Arc::clone(&app);
         service_fn(move |request| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(route(request, &app)) }
+            async move { Ok::<_, Infallible>(route(request, peer, &app)) }
         })
     };
+    let handshake_timeout = app.config.handshake_timeout;
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper drops a connection whose request headers take longer than this (slow-loris).
+        .header_read_timeout(handshake_timeout)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);
+    // The whole HTTP side of a connection must be over by this deadline: the request read, and
+    // for `/ws` the 101 sent. An upgraded connection finishes the `connection` future right
+    // after its 101, handing the socket to its WebSocket task, which the deadline does not
+    // touch. A plain HTTP connection kept alive past the deadline is closed: browsers and
+    // scrapers open a new one when they need it.
+    let deadline = tokio::time::sleep_until(deadline);
+    tokio::pin!(deadline);
 
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -78,17 +157,39 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = &mut deadline => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(DEADLINE_GRACE, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Returning drops the connection, and with it the socket.
+                    debug!(%peer, "http connection dropped: handshake timeout");
+                    app.metrics.refused_by_limit.handshake_timeout.increment(1);
+                    return;
+                }
+            }
+        }
     };
     if let Err(err) = result {
+        if err.is_timeout() {
+            app.metrics.refused_by_limit.handshake_timeout.increment(1);
+        }
         debug!(%peer, cause = %err, "http connection ended with an error");
     }
 }
 
 /// Picks the response for one request.
-fn route(request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Response<Body> {
     let wants_websocket = header_has_token(request.headers(), header::UPGRADE, "websocket");
     match (request.method(), request.uri().path()) {
-        (_, "/ws") => upgrade(request, app),
+        (_, "/ws") => upgrade(request, peer, app),
+        (&Method::GET | &Method::HEAD, "/") => web_file("text/html; charset=utf-8", INDEX_HTML),
+        (&Method::GET | &Method::HEAD, "/app.js") => {
+            web_file("text/javascript; charset=utf-8", APP_JS)
+        }
+        (&Method::GET | &Method::HEAD, "/style.css") => {
+            web_file("text/css; charset=utf-8", STYLE_CSS)
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
         }
@@ -106,9 +207,14 @@ fn route(request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     }
 }
 
-/// Answers a request on `/ws`: a valid upgrade gets `101` and a WebSocket handler; anything
-/// else gets the 4xx that says what is missing.
-fn upgrade(mut request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+/// Answers a request on `/ws`: a valid upgrade within the limits gets `101` and a WebSocket
+/// handler; anything else gets the 4xx or 503 that says what is wrong.
+///
+/// The checks run from the cheapest and most specific to the limits: a malformed request is told
+/// so whatever the load (4xx), then a page from a foreign site is refused (403), and only then
+/// does the request take a place under the connection caps (429 for its address, 503 for the
+/// server).
+fn upgrade(mut request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Response<Body> {
     let headers = request.headers();
     let refusal = if request.method() != Method::GET {
         Some((
@@ -135,18 +241,46 @@ fn upgrade(mut request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     } else {
         None
     };
-    if let Some((status, text)) = refusal {
-        app.metrics.handshakes_refused.increment(1);
-        let mut response = respond(status, "text/plain; charset=utf-8", text);
-        if status == StatusCode::UPGRADE_REQUIRED {
-            let response_headers = response.headers_mut();
-            response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            response_headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
+    let refusal = refusal.or_else(|| {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if app.origins.allows(origin, host) {
+            return None;
         }
-        return response;
+        debug!(%peer, "websocket refused: origin not allowed");
+        app.metrics.refused_by_limit.allowed_origin.increment(1);
+        Some((
+            StatusCode::FORBIDDEN,
+            "Pages from this origin may not connect here.\n",
+        ))
+    });
+    // The place under the caps is taken now, before the 101, so that the count can never run
+    // ahead of the limit, and handed to the connection's task, which holds it until it ends.
+    let permit = match refusal {
+        Some(_) => None,
+        None => match app.limits.try_admit(peer.ip()) {
+            Ok(permit) => Some(permit),
+            Err(cap) => {
+                debug!(%peer, ?cap, "websocket refused: connection cap reached");
+                let (status, text, counter) = match cap {
+                    CapReached::Global => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The server is full: try again later.\n",
+                        &app.metrics.refused_by_limit.max_connections,
+                    ),
+                    CapReached::PerIp => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many connections from your address.\n",
+                        &app.metrics.refused_by_limit.max_connections_per_ip,
+                    ),
+                };
+                counter.increment(1);
+                return refuse(app, status, text);
+            }
+        },
+    };
+    if let Some((status, text)) = refusal {
+        return refuse(app, status, text);
     }
 
     let accept_key = headers
@@ -158,13 +292,15 @@ fn upgrade(mut request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut request);
     let app = Arc::clone(app);
     app.tasks.clone().spawn(async move {
+        // Held for as long as this task runs, however it ends: dropping it frees the place.
+        let _permit = permit;
         match upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let config = Some(handler::websocket_config());
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
                 let server = app.server.clone();
-                handler::serve(socket, server, &app.config, app.shutdown.clone()).await;
+                handler::serve(socket, peer.ip(), server, &app.config, app.shutdown.clone()).await;
             }
             Err(err) => debug!(cause = %err, "websocket upgrade failed"),
         }
@@ -182,6 +318,21 @@ fn upgrade(mut request: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     response
 }
 
+/// A refused upgrade: counted, and answered with `status` and a sentence.
+fn refuse(app: &App, status: StatusCode, text: &'static str) -> Response<Body> {
+    app.metrics.handshakes_refused.increment(1);
+    let mut response = respond(status, "text/plain; charset=utf-8", text);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let response_headers = response.headers_mut();
+        response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        response_headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    response
+}
+
 /// Whether a comma-separated header (`Connection: keep-alive, Upgrade`) holds `token`, ignoring
 /// case as HTTP requires.
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -191,6 +342,24 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// One file of the web client, with the headers that keep the page locked down.
+fn web_file(content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut response = respond(StatusCode::OK, content_type, body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    // Never guess a type other than the one we declare (a script must be served as one).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Revalidate on every load, so a restarted server with a new page is picked up at once.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 fn not_found() -> Response<Body> {

@@ -14,9 +14,11 @@
 //! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol.
 //! - [`client`] and [`room`]: the actor's records of one client and one room.
 //! - [`message`]: the JSON wire messages, client to server and server to client.
+//! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`).
 //! - [`error`]: error codes sent to clients, and the server's own errors.
 //! - [`config`]: the settings an operator can tune.
+//! - [`limits`]: rate limits, connection caps and the `Origin` check.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
 pub mod client;
@@ -24,10 +26,12 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod room;
 pub mod server;
+pub mod tls;
 pub mod types;
 
 use std::future::Future;
@@ -35,8 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use crate::config::Config;
@@ -64,16 +66,15 @@ pub async fn run(
     // connection handlers. So it outlives every connection and stops on its own after them.
     tokio::spawn(server.run());
 
-    let app = Arc::new(App {
-        server: handle,
-        config,
-        metrics,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    });
+    let serves_tls = config.tls.is_some();
+    let app = Arc::new(App::new(handle, config, metrics));
 
     let address = listener.local_addr()?;
-    info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");
+    if serves_tls {
+        info!(%address, "chat server listening on https://{address}/ (WebSocket at /ws, TLS)");
+    } else {
+        info!(%address, "chat server listening on http://{address}/ (WebSocket at /ws)");
+    }
 
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
@@ -91,7 +92,7 @@ pub async fn run(
                     warn!(cause = %err, "failed to set TCP_NODELAY");
                 }
                 app.tasks
-                    .spawn(http::serve_connection(stream, peer, Arc::clone(&app)));
+                    .spawn(http::serve_tcp(stream, peer, Arc::clone(&app)));
             }
             Err(err) => {
                 // Usually EMFILE: out of file descriptors. Spinning on `accept` would not help;

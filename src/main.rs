@@ -1,5 +1,6 @@
 //! The `chat-server` binary: reads the command line, sets up logging, binds, and runs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,6 +33,69 @@ struct Cli {
     /// disconnected.
     #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = duration, value_name = "DURATION")]
     heartbeat_interval: Duration,
+
+    /// How long a room member whose connection dropped keeps its seat for a new connection to
+    /// resume the session, e.g. 30s; the peer sees peer_disconnected meanwhile. 0s turns
+    /// resuming off (protocol v1: peer_left at once).
+    #[arg(long, env = "CHAT_RESUME_GRACE", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    resume_grace: Duration,
+
+    /// Messages per second one connection may send on average; more are refused with
+    /// RATE_LIMITED, and a client that keeps sending at over twice this rate is disconnected
+    /// (close code 1008). 0 turns rate limiting off.
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = Config::DEFAULT_RATE_LIMIT, value_name = "N")]
+    rate_limit: u32,
+
+    /// How many messages one connection may send at once before --rate-limit applies.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = Config::DEFAULT_RATE_BURST, value_name = "N")]
+    rate_burst: u32,
+
+    /// Most WebSocket connections at once; further upgrades get HTTP 503. Keep it under the
+    /// process's open-file limit. 0 turns the cap off.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = Config::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
+
+    /// Most WebSocket connections at once from one IPv4 address or IPv6 /64; further upgrades
+    /// get HTTP 429. Behind a reverse proxy every client has the proxy's address: use 0 there.
+    /// 0 turns the cap off.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_IP, value_name = "N")]
+    max_connections_per_ip: usize,
+
+    /// Failed join_room attempts (no such room, room full, name taken) allowed per minute, per
+    /// connection and per address; more get RATE_LIMITED. 0 turns the limit off.
+    #[arg(long, env = "CHAT_MAX_FAILED_JOINS", default_value_t = Config::DEFAULT_MAX_FAILED_JOINS, value_name = "N")]
+    max_failed_joins: u32,
+
+    /// Time a new connection has to send its HTTP request and complete the WebSocket handshake;
+    /// slower connections are dropped. Plain HTTP connections are closed after it too.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    handshake_timeout: Duration,
+
+    /// Time a WebSocket client has to set a valid username; an unnamed connection is then closed
+    /// with code 1008.
+    #[arg(long, env = "CHAT_USERNAME_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    username_timeout: Duration,
+
+    /// An origin (scheme://host[:port]) whose web pages may open a WebSocket, besides the
+    /// server's own; repeat it for several, or give * to allow any. Clients that send no Origin
+    /// header are always allowed; other origins get HTTP 403. In the environment, separate
+    /// origins with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    allowed_origins: Vec<String>,
+
+    /// Serve TLS (wss:// and https://) with this certificate chain, PEM, the server's own
+    /// certificate first. Needs --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Parses a duration such as `400ms`, `5s` or `1m`; zero is refused, because every duration here
@@ -53,14 +117,69 @@ async fn main() -> std::io::Result<()> {
         )
         .init();
 
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match chat_server::tls::server_config(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                // Nothing is running yet, so exiting here leaves nothing half done.
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        },
+        // clap's `requires` lets only both or neither through.
+        _ => None,
+    };
     let config = Config {
         typing_timeout: cli.typing_timeout,
         heartbeat_interval: cli.heartbeat_interval,
+        resume_grace: cli.resume_grace,
+        rate_limit: cli.rate_limit,
+        rate_burst: cli.rate_burst,
+        max_connections: cli.max_connections,
+        max_connections_per_ip: cli.max_connections_per_ip,
+        max_failed_joins: cli.max_failed_joins,
+        handshake_timeout: cli.handshake_timeout,
+        username_timeout: cli.username_timeout,
+        allowed_origins: cli.allowed_origins,
+        tls,
         ..Config::default()
     };
+    warn_if_over_open_file_limit(config.max_connections);
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&cli.bind).await?;
     chat_server::run(listener, config, shutdown).await
+}
+
+/// File descriptors the server needs besides one per WebSocket: the listener, connections still
+/// in their HTTP handshake, logging, and some slack.
+const SPARE_FILES: u64 = 256;
+
+/// Warns when `--max-connections` does not fit under the process's open-file limit (or is off):
+/// past that limit `accept` fails with "too many open files" before the cap can refuse anyone
+/// with a clear 503. Linux only, where the limit can be read without `unsafe` from /proc.
+fn warn_if_over_open_file_limit(max_connections: usize) {
+    let Some(soft_limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    else {
+        return; // Not Linux, or "unlimited": nothing to compare with.
+    };
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX);
+    if max_connections == 0 || wanted.saturating_add(SPARE_FILES) > soft_limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft_limit,
+            "--max-connections is off or above the open-file limit less {SPARE_FILES}: \
+             past the limit, connections fail at accept instead of getting a 503"
+        );
+    }
 }
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM, the signals a terminal or a service manager sends,

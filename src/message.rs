@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{ErrorCode, Refusal};
-use crate::types::{ClientId, RoomCode, Username};
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// A request from a client. Fields are checked by the actor, not here: serde only makes sure the
 /// JSON has the right shape, so a bad value gets the specific error code it deserves.
@@ -30,6 +30,12 @@ pub enum ClientMessage {
     StopTyping,
     /// `{"type":"leave_room"}`: leave the current room.
     LeaveRoom,
+    /// `{"type":"resume","session_token":"…","last_id":7}`: as the first message of a new
+    /// connection, take over the session that `session_token` names (after a network drop, say)
+    /// and get every chat message of its room with an `id` above `last_id`.
+    Resume { session_token: String, last_id: u64 },
+    /// `{"type":"read","up_to":7}`: the sender has seen the room's messages up to this `id`.
+    Read { up_to: u64 },
 }
 
 impl ClientMessage {
@@ -65,8 +71,24 @@ pub struct ChatMessage {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
-    /// `{"type":"connected","client_id":"…uuid…"}`: the first message on every connection.
-    Connected { client_id: ClientId },
+    /// `{"type":"connected","client_id":"…uuid…","session_token":"…"}`: the first message on
+    /// every connection. The token lets a later connection `resume` this session.
+    Connected {
+        client_id: ClientId,
+        session_token: &'a SessionToken,
+    },
+    /// `{"type":"resumed","client_id":"…","username":"ada","room_code":"ABC234","peer":"grace",
+    /// "peer_connected":true,"missed":[{"type":"chat",…}]}`: reply to a successful `resume`.
+    /// `room_code` and `peer` are `null` when there is none; `missed` holds the room's messages
+    /// after the `last_id` the client gave, oldest first.
+    Resumed {
+        client_id: ClientId,
+        username: Option<&'a Username>,
+        room_code: Option<RoomCode>,
+        peer: Option<&'a Username>,
+        peer_connected: bool,
+        missed: ChatHistory<'a>,
+    },
     /// `{"type":"username_set","username":"ada"}`: the name as stored (trimmed).
     UsernameSet { username: &'a Username },
     /// `{"type":"room_created","room_code":"ABC234"}`: the sender is the host of a new room.
@@ -76,8 +98,7 @@ pub enum ServerMessage<'a> {
     RoomJoined {
         room_code: RoomCode,
         peer: &'a Username,
-        #[serde(serialize_with = "serialize_history")]
-        history: &'a VecDeque<ChatMessage>,
+        history: ChatHistory<'a>,
     },
     /// `{"type":"peer_joined","username":"grace"}`: to the member already in the room.
     PeerJoined { username: &'a Username },
@@ -94,6 +115,13 @@ pub enum ServerMessage<'a> {
         username: &'a Username,
         reason: LeaveReason,
     },
+    /// `{"type":"peer_disconnected","username":"ada"}`: the peer's connection dropped; its seat
+    /// is kept for the grace period, in case it resumes.
+    PeerDisconnected { username: &'a Username },
+    /// `{"type":"peer_reconnected","username":"ada"}`: the peer resumed its session.
+    PeerReconnected { username: &'a Username },
+    /// `{"type":"read","username":"ada","up_to":7}`: the peer has seen messages up to `up_to`.
+    Read { username: &'a Username, up_to: u64 },
     /// `{"type":"room_left","room_code":"ABC234"}`: reply to `leave_room`.
     RoomLeft { room_code: RoomCode },
     /// `{"type":"error","code":"ROOM_FULL","message":"…"}`: a request was refused.
@@ -121,17 +149,61 @@ pub enum LeaveReason {
     Disconnected,
 }
 
-/// Writes each remembered message the way it was first sent: as a `chat` object with its
-/// `"type"`, so a client handles history and live messages with the same code.
-fn serialize_history<S: Serializer>(
-    history: &&VecDeque<ChatMessage>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    let mut seq = serializer.serialize_seq(Some(history.len()))?;
-    for message in history.iter() {
-        seq.serialize_element(&ServerMessage::Chat(message))?;
+/// Some of a room's remembered messages, serialised the way they were first sent: each a
+/// `chat` object with its `"type"`, so a client handles history and live messages alike.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatHistory<'a> {
+    /// Older messages kept aside for a member who was away (see `ChatServer::resume`).
+    earlier: &'a VecDeque<ChatMessage>,
+    /// The room's history, oldest first.
+    later: &'a VecDeque<ChatMessage>,
+    /// Only messages with a larger `id` are included.
+    after_id: u64,
+}
+
+/// The empty history, for the parts of a [`ChatHistory`] that have nothing to show.
+static NO_MESSAGES: VecDeque<ChatMessage> = VecDeque::new();
+
+impl<'a> ChatHistory<'a> {
+    /// Every message of a room's history.
+    pub fn all(messages: &'a VecDeque<ChatMessage>) -> Self {
+        ChatHistory {
+            earlier: &NO_MESSAGES,
+            later: messages,
+            after_id: 0,
+        }
     }
-    seq.end()
+
+    /// The messages of `earlier` and then of `later`, if any, with an `id` above `after_id`.
+    pub fn after(
+        earlier: &'a VecDeque<ChatMessage>,
+        later: Option<&'a VecDeque<ChatMessage>>,
+        after_id: u64,
+    ) -> Self {
+        ChatHistory {
+            earlier,
+            later: later.unwrap_or(&NO_MESSAGES),
+            after_id,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a ChatMessage> + use<'a> {
+        let after_id = self.after_id;
+        self.earlier
+            .iter()
+            .chain(self.later.iter())
+            .filter(move |message| message.id > after_id)
+    }
+}
+
+impl Serialize for ChatHistory<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        for message in self.iter() {
+            seq.serialize_element(&ServerMessage::Chat(message))?;
+        }
+        seq.end()
+    }
 }
 
 #[cfg(test)]
@@ -225,7 +297,7 @@ mod tests {
             encode(&ServerMessage::RoomJoined {
                 room_code: code,
                 peer: &ada,
-                history: &history
+                history: ChatHistory::all(&history)
             }),
             json!({"type":"room_joined","room_code":"ABC234","peer":"ada","history":[
                 {"type":"chat","id":1,"from":"ada","content":"hi","timestamp":5}

@@ -9,6 +9,19 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorCode;
 
+/// Handshakes refused by each limit; the label is the flag that sets the limit.
+#[derive(Debug)]
+pub struct RefusedByLimit {
+    /// `--max-connections`: the server was full (HTTP 503).
+    pub max_connections: Counter,
+    /// `--max-connections-per-ip`: the address had its share (HTTP 429).
+    pub max_connections_per_ip: Counter,
+    /// `--allowed-origin`: a web page from another site (HTTP 403).
+    pub allowed_origin: Counter,
+    /// `--handshake-timeout`: the request or handshake took too long (connection dropped).
+    pub handshake_timeout: Counter,
+}
+
 /// The server's metrics, shared by the actor and the HTTP side behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -25,6 +38,15 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// WebSocket upgrade requests refused, whatever the reason (`chat_handshakes_refused_total`).
     pub handshakes_refused: Counter,
+    /// Of those, the ones refused by a limit, one counter per limit
+    /// (`chat_handshakes_refused_by_limit_total{limit="…"}`). Kept apart from the total so that
+    /// the total's name and meaning stay as they were.
+    pub refused_by_limit: RefusedByLimit,
+    /// Clients disconnected for sending far over the rate limit
+    /// (`chat_flooders_disconnected_total`).
+    pub flooders_disconnected: Counter,
+    /// Clients closed for not choosing a username in time (`chat_username_timeouts_total`).
+    pub username_timeouts: Counter,
     /// `error` messages sent, one counter per code, in the order of [`ErrorCode::ALL`]
     /// (`chat_errors_sent_total{code="…"}`).
     errors_sent: [Counter; ErrorCode::ALL.len()],
@@ -54,7 +76,34 @@ impl Metrics {
             recorder.register_counter(&key, &metadata)
         });
 
+        let by_limit_name = "chat_handshakes_refused_by_limit_total";
+        recorder.describe_counter(
+            by_limit_name.into(),
+            None,
+            "Connections refused, or dropped before the handshake, by a limit: the flag that sets it."
+                .into(),
+        );
+        let by_limit = |limit: &'static str| {
+            let key = Key::from_parts(by_limit_name, vec![Label::new("limit", limit)]);
+            recorder.register_counter(&key, &metadata)
+        };
+        let refused_by_limit = RefusedByLimit {
+            max_connections: by_limit("max_connections"),
+            max_connections_per_ip: by_limit("max_connections_per_ip"),
+            allowed_origin: by_limit("allowed_origin"),
+            handshake_timeout: by_limit("handshake_timeout"),
+        };
+
         Metrics {
+            refused_by_limit,
+            flooders_disconnected: counter(
+                "chat_flooders_disconnected_total",
+                "Clients disconnected for sending far over the rate limit.",
+            ),
+            username_timeouts: counter(
+                "chat_username_timeouts_total",
+                "Clients closed for not choosing a username in time.",
+            ),
             connections: gauge("chat_connections", "WebSocket connections open now."),
             rooms: gauge("chat_rooms", "Rooms that exist now."),
             messages_relayed: counter(

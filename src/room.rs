@@ -28,6 +28,11 @@ impl Room {
     /// How many messages a room remembers for a joiner.
     pub const HISTORY_LEN: usize = 100;
 
+    /// How many messages a room remembers while a member is away and may `resume`: everything
+    /// said meanwhile must be there to replay. At the default rate limit (20 a second, bursts of
+    /// 40) a 30-second grace period fills at most 640.
+    pub const REPLAY_LEN: usize = 1000;
+
     /// A new room with its host alone in it.
     pub fn new(code: RoomCode, host: ClientId) -> Self {
         Room {
@@ -74,23 +79,53 @@ impl Room {
         self.guest = Some(guest);
     }
 
-    /// Frees `member`'s seat and forgets the conversation. Returns the member who stays, now the
-    /// host, or `None` when the room is empty and must be deleted.
-    pub fn remove(&mut self, member: ClientId) -> Option<ClientId> {
-        self.history.clear();
-        if member == self.host {
-            self.host = self.guest.take()?;
-        } else {
-            self.guest = None;
+    /// Gives `old`'s seat to `new`: the same member on a new connection (`resume`).
+    pub fn replace(&mut self, old: ClientId, new: ClientId) {
+        if self.host == old {
+            self.host = new;
+        } else if self.guest == Some(old) {
+            self.guest = Some(new);
         }
-        Some(self.host)
     }
 
-    /// Records a message said in the room and returns it, numbered.
-    pub fn record(&mut self, from: Username, content: String, timestamp: u64) -> &ChatMessage {
-        if self.history.len() == Room::HISTORY_LEN {
-            self.history.pop_front();
+    /// The `id` of the last message said in the room, 0 if none yet.
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// Frees `member`'s seat and forgets the conversation, returning it, so that a member who is
+    /// away can still be given what it missed. Returns the member who stays, now the host, or
+    /// `None` when the room is empty and must be deleted.
+    pub fn remove(&mut self, member: ClientId) -> (Option<ClientId>, VecDeque<ChatMessage>) {
+        let history = std::mem::take(&mut self.history);
+        let stays = if member == self.host {
+            self.guest.take()
+        } else {
+            self.guest = None;
+            Some(self.host)
+        };
+        if let Some(stays) = stays {
+            self.host = stays;
         }
+        (stays, history)
+    }
+
+    /// Forgets all but the last `keep` messages.
+    pub fn trim_history(&mut self, keep: usize) {
+        let excess = self.history.len().saturating_sub(keep);
+        self.history.drain(..excess);
+    }
+
+    /// Records a message said in the room and returns it, numbered. The history keeps the last
+    /// `keep` messages: [`Room::HISTORY_LEN`], or [`Room::REPLAY_LEN`] while a member is away.
+    pub fn record(
+        &mut self,
+        from: Username,
+        content: String,
+        timestamp: u64,
+        keep: usize,
+    ) -> &ChatMessage {
+        self.trim_history(keep.saturating_sub(1));
         let message = ChatMessage {
             id: self.next_id,
             from,
@@ -129,11 +164,11 @@ mod tests {
         assert_eq!(room.peer_of(host), Some(guest));
         assert_eq!(room.peer_of(guest), Some(host));
 
-        assert_eq!(room.remove(host), Some(guest));
+        assert_eq!(room.remove(host).0, Some(guest));
         assert_eq!(room.host(), guest);
         assert!(!room.is_full());
         assert_eq!(room.members().collect::<Vec<_>>(), vec![guest]);
-        assert_eq!(room.remove(guest), None);
+        assert_eq!(room.remove(guest).0, None);
     }
 
     /// History keeps the last 100 messages, ids keep counting, and a departure empties it.
@@ -143,13 +178,21 @@ mod tests {
         let mut room = Room::new(RoomCode::random(), host);
         room.admit(guest);
         for n in 1..=150 {
-            assert_eq!(room.record(name("ada"), format!("m{n}"), 0).id, n);
+            assert_eq!(
+                room.record(name("ada"), format!("m{n}"), 0, Room::HISTORY_LEN)
+                    .id,
+                n
+            );
         }
         assert_eq!(room.history().len(), Room::HISTORY_LEN);
         assert_eq!(room.history().front().map(|m| m.id), Some(51));
 
         room.remove(guest);
         assert!(room.history().is_empty());
-        assert_eq!(room.record(name("ada"), "again".into(), 0).id, 151);
+        assert_eq!(
+            room.record(name("ada"), "again".into(), 0, Room::HISTORY_LEN)
+                .id,
+            151
+        );
     }
 }

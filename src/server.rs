@@ -6,23 +6,26 @@
 //! without a single lock. It answers by queueing encoded messages on each client's own outbound
 //! channel, never by waiting for a client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
 
-use crate::client::Client;
+use crate::client::{Client, Outbound};
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
-use crate::message::{ClientMessage, LeaveReason, ServerMessage};
+use crate::limits::{TokenBucket, limit_key};
+use crate::message::{ChatHistory, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
 use crate::room::Room;
-use crate::types::{ClientId, RoomCode, Username};
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// How many commands may wait for the actor. When it is full, handlers wait to send, which in
 /// turn stops them reading their sockets: back-pressure reaches the clients that send the most.
@@ -31,15 +34,25 @@ const COMMAND_QUEUE: usize = 1024;
 /// The longest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 4096;
 
+/// The period of `--max-failed-joins`: that many failures are allowed per minute.
+const FAILED_JOINS_PERIOD: Duration = Duration::from_secs(60);
+
+/// The per-address failed-join buckets are swept for forgettable entries when the map reaches
+/// this size, and then whenever it has doubled since the last sweep.
+const MIN_FAILED_JOINS_SWEEP: usize = 1024;
+
 /// What a connection handler can ask of the actor.
 #[derive(Debug)]
 pub enum ServerCommand {
-    /// A WebSocket connection was established. The actor greets it with `connected` on `outbound`.
+    /// A WebSocket connection was established from `address`. The actor greets it with
+    /// `connected` on `outbound`. The address is needed for the per-address failed-join limit.
     Connect {
         client_id: ClientId,
-        outbound: mpsc::Sender<Utf8Bytes>,
+        address: IpAddr,
+        outbound: mpsc::Sender<Outbound>,
     },
-    /// The connection ended, however it ended. The actor tells the peer and forgets the client.
+    /// The connection ended, however it ended. The actor tells the peer, and forgets the client
+    /// or, if it is in a room, holds its seat for the resume grace period.
     Disconnect { client_id: ClientId },
     /// The client sent a well-formed request (`set_username`, `create_room`, `join_room`, `chat`,
     /// `typing`, `stop_typing` or `leave_room`: the seed design's commands, one per message type).
@@ -90,10 +103,42 @@ pub struct ChatServer {
     typing_timeout: Duration,
     /// Capacity of each client's outbound queue.
     outbound_queue: usize,
+    /// `--rate-limit` and `--rate-burst`: the messages per second and the burst each client
+    /// gets, or `None` when rate limiting is off.
+    rate: Option<(u32, u32)>,
+    /// What a client over the rate limit is told; made once, since it names the limit.
+    rate_refusal: Refusal,
+    /// `--max-failed-joins`: failed `join_room`s allowed per minute per client and per address,
+    /// or `None` when that limit is off.
+    max_failed_joins: Option<u32>,
+    /// Failed joins per address ([`limit_key`]), so that a guesser cannot get a fresh allowance
+    /// by reconnecting. Entries whose bucket has refilled are swept out now and then
+    /// (see [`ChatServer::count_failed_join`]), which keeps the map as small as the set of
+    /// addresses that failed recently.
+    failed_joins_by_address: HashMap<IpAddr, TokenBucket>,
+    /// The size of [`ChatServer::failed_joins_by_address`] at which it is next swept.
+    failed_joins_sweep_at: usize,
+    /// How long a client may stay without a username, or `None` for no limit.
+    username_timeout: Option<Duration>,
+    /// One timer per unnamed client, firing `username_timeout` after it connected. Like the
+    /// typing timers: one `DelayQueue` polled by the actor's loop, no task per timer.
+    naming_timers: DelayQueue<ClientId>,
     /// Clients whose queue was found full while handling the current event. They are
     /// disconnected once the event is done, not in the middle of it, so a rule that is sending
     /// to a room never sees that room change under it.
     too_slow: Vec<ClientId>,
+    /// Which client holds each session: the token a `resume` presents, to the client it names.
+    sessions: HashMap<SessionToken, ClientId>,
+    /// `--resume-grace`: how long a room member whose connection dropped keeps its seat. Zero
+    /// means no grace at all: protocol v1's immediate `peer_left`.
+    resume_grace: Duration,
+    /// One timer per held session, firing when its grace period is over. Like the typing
+    /// timers: one `DelayQueue` polled by the actor's loop, no task per timer.
+    grace_timers: DelayQueue<ClientId>,
+    /// Messages a held member missed that are no longer in its room's history, because the
+    /// other member left meanwhile and took the conversation with it (a newcomer must never read
+    /// it). Given to the member on `resume`, dropped when its grace ends.
+    replays: HashMap<ClientId, VecDeque<ChatMessage>>,
     /// Counters for `/metrics`.
     metrics: Arc<Metrics>,
 }
@@ -102,7 +147,23 @@ impl ChatServer {
     /// Creates the actor and its first handle. The caller spawns [`ChatServer::run`].
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> (ChatServer, ChatServerHandle) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let rate = (config.rate_limit > 0).then_some((config.rate_limit, config.rate_burst.max(1)));
+        let rate_refusal = Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Too many messages: at most {} a second. This one was dropped.",
+                config.rate_limit
+            ),
+        );
         let server = ChatServer {
+            rate,
+            rate_refusal,
+            max_failed_joins: (config.max_failed_joins > 0).then_some(config.max_failed_joins),
+            failed_joins_by_address: HashMap::new(),
+            failed_joins_sweep_at: MIN_FAILED_JOINS_SWEEP,
+            username_timeout: (!config.username_timeout.is_zero())
+                .then_some(config.username_timeout),
+            naming_timers: DelayQueue::new(),
             commands: commands_rx,
             clients: HashMap::new(),
             rooms: HashMap::new(),
@@ -110,6 +171,10 @@ impl ChatServer {
             typing_timeout: config.typing_timeout,
             outbound_queue: config.outbound_queue.max(1),
             too_slow: Vec::new(),
+            sessions: HashMap::new(),
+            resume_grace: config.resume_grace,
+            grace_timers: DelayQueue::new(),
+            replays: HashMap::new(),
             metrics,
         };
         (
@@ -128,9 +193,11 @@ impl ChatServer {
     /// Handles commands and typing timeouts until every handle has been dropped.
     pub async fn run(mut self) {
         loop {
-            // Two event sources, one at a time: a command from a handler, or a typing timer
-            // running out. `DelayQueue::next` yields `None` when no timer is set; the pattern
-            // then disables that branch for this turn and we wait for commands alone.
+            // Four event sources, one at a time: a command from a handler, a typing timer
+            // running out, a client's time to choose a name running out, or a held session's
+            // grace period ending. `DelayQueue::next`
+            // yields `None` when no timer is set; the pattern then disables that branch for
+            // this turn and we wait for the other sources alone.
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command),
@@ -139,31 +206,92 @@ impl ChatServer {
                 Some(expired) = self.typing_timers.next() => {
                     self.typing_expired(expired.into_inner());
                 }
+                Some(expired) = self.naming_timers.next() => {
+                    self.username_overdue(expired.into_inner());
+                }
+                Some(expired) = self.grace_timers.next() => {
+                    self.grace_expired(expired.into_inner());
+                }
             }
             self.disconnect_slow_consumers();
         }
         debug!("all handles dropped; chat server actor stopped");
     }
 
-    /// Applies one command to the state. Public so that the rules can be tested without sockets.
+    /// Handles one command as [`ChatServer::run`] does: applies it to the state, then
+    /// disconnects whoever it found too slow. Public so that the rules can be tested without
+    /// sockets.
     pub fn handle(&mut self, command: ServerCommand) {
+        self.apply(command);
+        self.disconnect_slow_consumers();
+    }
+
+    fn apply(&mut self, command: ServerCommand) {
         match command {
             ServerCommand::Connect {
                 client_id,
+                address,
                 outbound,
-            } => self.connect(client_id, outbound),
-            ServerCommand::Disconnect { client_id } => self.disconnect(client_id),
+            } => self.connect(client_id, address, outbound),
+            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id),
             ServerCommand::Request { client_id, request } => {
-                // A client dropped as a slow consumer may still have requests on their way.
-                if !self.clients.contains_key(&client_id) {
+                // A forgotten client (dropped as too slow, say) may still have requests on
+                // their way: `admit` ignores them.
+                if !self.admit(client_id) {
                     return;
                 }
                 if let Err(refusal) = self.handle_request(client_id, request) {
                     self.refuse(client_id, &refusal);
                 }
             }
-            ServerCommand::Reject { client_id, refusal } => self.refuse(client_id, &refusal),
+            ServerCommand::Reject { client_id, refusal } => {
+                // Counted against the rate limit like any message: garbage costs us too.
+                if self.admit(client_id) {
+                    self.refuse(client_id, &refusal);
+                }
+            }
         }
+    }
+
+    /// Whether a message from `id` is to be handled: the client is known and under its rate
+    /// limit. Every message counts, requests and garbage alike.
+    ///
+    /// Over the limit, the message is dropped with `RATE_LIMITED`. A client that keeps going
+    /// also empties its second bucket, of refusals, and is then disconnected: its write task
+    /// sends what is queued, the last `RATE_LIMITED` included, then closes with 1008.
+    fn admit(&mut self, id: ClientId) -> bool {
+        let now = Instant::now();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        if !client.is_connected() {
+            // Its connection was dropped (too slow) but its reader had more on the way.
+            return false;
+        }
+        let Some(tokens) = &mut client.message_tokens else {
+            return true;
+        };
+        if tokens.try_take(now) {
+            return true;
+        }
+        let flooding = client
+            .refusal_tokens
+            .as_mut()
+            .is_some_and(|refusals| !refusals.try_take(now));
+        if flooding {
+            warn!(client = %id, "disconnecting a client that keeps sending over the rate limit");
+            self.metrics.flooders_disconnected.increment(1);
+            let refusal = Refusal::new(
+                ErrorCode::RateLimited,
+                "Far too many messages, for too long: closing the connection.",
+            );
+            self.refuse(id, &refusal);
+            self.forget(id);
+        } else {
+            let refusal = self.rate_refusal.clone();
+            self.refuse(id, &refusal);
+        }
+        false
     }
 
     /// How many clients are connected (for tests and the soak check).
@@ -176,6 +304,106 @@ impl ChatServer {
         self.rooms.len()
     }
 
+    /// A copy of who is where, for tests that hold the actor to a model of the protocol.
+    #[doc(hidden)]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            clients: self
+                .clients
+                .iter()
+                .map(|(id, client)| {
+                    let view = ClientView {
+                        username: client.username.as_ref().map(|name| name.to_string()),
+                        room: client.room,
+                        typing: client.typing.is_some(),
+                    };
+                    (*id, view)
+                })
+                .collect(),
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(code, room)| {
+                    let view = RoomView {
+                        host: room.host(),
+                        guest: room.peer_of(room.host()),
+                        history: room.history().iter().map(|message| message.id).collect(),
+                    };
+                    (*code, view)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the rules that must hold between any two events, and says which one is broken:
+    /// every room has one or two members, who are known clients that agree they are in it;
+    /// every client in a room is one of its members and has a name; only members type; a
+    /// named client has no naming deadline; each timer queue holds one entry per client that
+    /// needs one; and no slow consumer is left waiting to be dropped.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (code, room) in &self.rooms {
+            if room.code() != *code {
+                return Err(format!("room {code} is filed under another code"));
+            }
+            let members: Vec<ClientId> = room.members().collect();
+            if members.len() == 2 && members[0] == members[1] {
+                return Err(format!("room {code} has the same client in both seats"));
+            }
+            for member in &members {
+                let Some(client) = self.clients.get(member) else {
+                    return Err(format!("room {code} has a member that is not connected"));
+                };
+                if client.room != Some(*code) {
+                    return Err(format!(
+                        "a member of {code} thinks it is in {:?}",
+                        client.room
+                    ));
+                }
+                if client.username.is_none() {
+                    return Err(format!("a member of {code} has no name"));
+                }
+            }
+        }
+        for (id, client) in &self.clients {
+            if client.id != *id {
+                return Err(format!("client {id} is filed under another id"));
+            }
+            if let Some(code) = client.room {
+                let Some(room) = self.rooms.get(&code) else {
+                    return Err(format!("client {id} is in {code}, which does not exist"));
+                };
+                if !room.members().any(|member| member == *id) {
+                    return Err(format!("client {id} is in {code}, which does not list it"));
+                }
+            } else if client.typing.is_some() {
+                return Err(format!("client {id} types outside a room"));
+            }
+            if client.username.is_some() && client.naming_deadline.is_some() {
+                return Err(format!(
+                    "client {id} is named but still has a naming deadline"
+                ));
+            }
+        }
+        if self.typing_timers.len() != self.clients.values().filter(|c| c.typing.is_some()).count()
+        {
+            return Err("typing timers and typing members differ".into());
+        }
+        if self.naming_timers.len()
+            != self
+                .clients
+                .values()
+                .filter(|c| c.naming_deadline.is_some())
+                .count()
+        {
+            return Err("naming timers and unnamed clients differ".into());
+        }
+        if !self.too_slow.is_empty() {
+            return Err("slow consumers are left over after an event".into());
+        }
+        Ok(())
+    }
+
     fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
         match request {
             ClientMessage::SetUsername { username } => self.set_username(id, &username),
@@ -185,25 +413,104 @@ impl ChatServer {
             ClientMessage::Typing => self.typing(id),
             ClientMessage::StopTyping => self.stop_typing(id),
             ClientMessage::LeaveRoom => self.leave_room(id),
+            ClientMessage::Resume {
+                session_token,
+                last_id,
+            } => self.resume(id, &session_token, last_id),
+            ClientMessage::Read { up_to } => self.read(id, up_to),
         }
     }
 
-    fn connect(&mut self, id: ClientId, outbound: mpsc::Sender<Utf8Bytes>) {
+    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: mpsc::Sender<Outbound>) {
         debug!(client = %id, "client connected");
-        self.clients.insert(id, Client::new(id, outbound));
+        let now = Instant::now();
+        let mut client = Client::new(id, limit_key(address), outbound);
+        if let Some((per_second, burst)) = self.rate {
+            client.message_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
+            client.refusal_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
+        }
+        if let Some(max) = self.max_failed_joins {
+            client.failed_join_tokens =
+                Some(TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now));
+        }
+        if let Some(timeout) = self.username_timeout {
+            client.naming_deadline = Some(self.naming_timers.insert(id, timeout));
+        }
+        let greeting = ServerMessage::Connected {
+            client_id: id,
+            session_token: &client.session_token,
+        }
+        .encode();
+        self.sessions.insert(client.session_token.clone(), id);
+        self.clients.insert(id, client);
         self.metrics.connections.increment(1.0);
-        self.send(id, ServerMessage::Connected { client_id: id }.encode());
+        self.send(id, greeting);
     }
 
-    /// Forgets a client whose connection ended (or that was too slow): its peer is told first.
-    fn disconnect(&mut self, id: ClientId) {
-        if !self.clients.contains_key(&id) {
-            return; // Already gone: a slow consumer's handler reports its end later.
+    /// A client's connection ended. A room member keeps its seat for the grace period, so that
+    /// a new connection can `resume` the session; anyone else is forgotten at once.
+    fn connection_lost(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get(&id) else {
+            return; // Already forgotten (dropped as a flooder, or its session resumed elsewhere).
+        };
+        if !client.is_connected() {
+            return; // Already held: it was dropped as too slow, and its handler has now ended.
         }
-        self.leave(id, LeaveReason::Disconnected);
-        self.clients.remove(&id);
+        if self.resume_grace.is_zero() || client.room.is_none() {
+            self.forget(id);
+            return;
+        }
+        // The peer sees typing end before it sees the member go.
+        self.end_typing(id);
+        let grace = self.grace_timers.insert(id, self.resume_grace);
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.detach();
+            client.grace = Some(grace);
+        }
         self.metrics.connections.decrement(1.0);
-        debug!(client = %id, "client disconnected");
+        debug!(client = %id, "connection lost; seat held for a resume");
+        if let Ok((code, username)) = self.membership(id) {
+            let notice = ServerMessage::PeerDisconnected {
+                username: &username,
+            };
+            self.send_to_peer(code, id, notice.encode());
+        }
+    }
+
+    /// A held session's grace period ended without a resume: the member is gone for good.
+    fn grace_expired(&mut self, id: ClientId) {
+        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.grace = None;
+            debug!(client = %id, "resume grace period over");
+            self.forget(id);
+        }
+    }
+
+    /// Forgets a client for good: it leaves its room (the peer gets `peer_left` with
+    /// `"disconnected"`), its session can no longer be resumed, and its connection, if it still
+    /// has one, is dropped.
+    fn forget(&mut self, id: ClientId) {
+        let Some(connected) = self.clients.get(&id).map(Client::is_connected) else {
+            return; // Already gone.
+        };
+        self.leave(id, LeaveReason::Disconnected);
+        if let Some(client) = self.clients.remove(&id) {
+            // Timer keys still in the client are pending (an expired key is taken out of the
+            // client before anything else), so they are there to remove.
+            if let Some(key) = client.naming_deadline {
+                self.naming_timers.remove(&key);
+            }
+            if let Some(key) = client.grace {
+                self.grace_timers.remove(&key);
+            }
+            self.sessions.remove(&client.session_token);
+        }
+        self.replays.remove(&id);
+        if connected {
+            self.metrics.connections.decrement(1.0);
+        }
+        debug!(client = %id, "client forgotten");
     }
 
     fn set_username(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
@@ -217,6 +524,10 @@ impl ChatServer {
         }
         .encode();
         client.username = Some(username);
+        // Named in time: the client may now stay as long as it answers the heartbeat.
+        if let Some(key) = client.naming_deadline.take() {
+            self.naming_timers.remove(&key);
+        }
         self.send(id, reply);
         Ok(())
     }
@@ -238,34 +549,120 @@ impl ChatServer {
         Ok(())
     }
 
+    /// Joins a room, counting the attempts that probe a code in vain against the failed-join
+    /// limit: `ROOM_NOT_FOUND`, `ROOM_FULL` and `USERNAME_TAKEN`. A malformed code
+    /// (`INVALID_ROOM_CODE`) probes nothing and is not counted, nor are the refusals that do not
+    /// depend on the code at all (`USERNAME_REQUIRED`, `ALREADY_IN_ROOM`).
     fn join_room(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
         let joiner_name = self.check_can_enter_room(id)?;
         let code = RoomCode::parse(input)?;
+        // Refused before the code is looked at, so that an attempt over the limit reveals
+        // nothing about whether the room exists.
+        self.check_failed_joins(id)?;
+        let joined = self.join_existing_room(id, code, &joiner_name);
+        if let Err(refusal) = &joined
+            && matches!(
+                refusal.code,
+                ErrorCode::RoomNotFound | ErrorCode::RoomFull | ErrorCode::UsernameTaken
+            )
+        {
+            self.count_failed_join(id);
+        }
+        joined
+    }
+
+    /// `RATE_LIMITED` if `id`, or its address, has used up its failed joins for now.
+    fn check_failed_joins(&mut self, id: ClientId) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let client = self.clients.get_mut(&id).ok_or(ErrorCode::InternalError)?;
+        let address = client.address;
+        let client_may = client
+            .failed_join_tokens
+            .as_mut()
+            .is_none_or(|tokens| tokens.has_token(now));
+        let address_may = self
+            .failed_joins_by_address
+            .get_mut(&address)
+            .is_none_or(|tokens| tokens.has_token(now));
+        if client_may && address_may {
+            Ok(())
+        } else {
+            debug!(client = %id, "too many failed joins");
+            Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "Too many room codes that did not work: wait a minute before trying again.",
+            ))
+        }
+    }
+
+    /// Takes one failed join from `id`'s allowance and from its address's.
+    fn count_failed_join(&mut self, id: ClientId) {
+        let (Some(max), Some(client)) = (self.max_failed_joins, self.clients.get_mut(&id)) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(tokens) = &mut client.failed_join_tokens {
+            tokens.try_take(now);
+        }
+        let address = client.address;
+        if !self.failed_joins_by_address.contains_key(&address)
+            && self.failed_joins_by_address.len() >= self.failed_joins_sweep_at
+        {
+            // A full bucket remembers nothing: forgetting it changes no decision. Sweeping only
+            // when the map has doubled keeps the cost per failed join constant on average.
+            self.failed_joins_by_address
+                .retain(|_, tokens| !tokens.is_full(now));
+            self.failed_joins_sweep_at =
+                (self.failed_joins_by_address.len() * 2).max(MIN_FAILED_JOINS_SWEEP);
+        }
+        self.failed_joins_by_address
+            .entry(address)
+            .or_insert_with(|| TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now))
+            .try_take(now);
+    }
+
+    /// The part of `join_room` that depends on the room: whether it exists, has a free seat,
+    /// and a host with another name.
+    fn join_existing_room(
+        &mut self,
+        id: ClientId,
+        code: RoomCode,
+        joiner_name: &Username,
+    ) -> Result<(), Refusal> {
         let room = self.rooms.get(&code).ok_or(ErrorCode::RoomNotFound)?;
         if room.is_full() {
             return Err(ErrorCode::RoomFull.into());
         }
         let host = room.host();
         let host_name = self.username(host)?;
-        if host_name == joiner_name {
+        if host_name == *joiner_name {
             return Err(ErrorCode::UsernameTaken.into());
         }
 
         let welcome = ServerMessage::RoomJoined {
             room_code: code,
             peer: &host_name,
-            history: room.history(),
+            history: ChatHistory::all(room.history()),
         }
         .encode();
         let announcement = ServerMessage::PeerJoined {
-            username: &joiner_name,
+            username: joiner_name,
         }
         .encode();
+        let host_away = !self.clients.get(&host).is_some_and(Client::is_connected);
         self.room_mut(code)?.admit(id);
         self.client_mut(id)?.room = Some(code);
         debug!(client = %id, room = %code, "room joined");
         self.send(id, welcome);
         self.send(host, announcement);
+        if host_away {
+            // The host's connection dropped and it may still resume: say so, as its peer would
+            // have heard had it been here.
+            let notice = ServerMessage::PeerDisconnected {
+                username: &host_name,
+            };
+            self.send(id, notice.encode());
+        }
         Ok(())
     }
 
@@ -281,8 +678,15 @@ impl ChatServer {
         // The peer must see the typing indicator go away before the message it turned into.
         self.end_typing(id);
 
+        // While a member is away, the room remembers more, so that it can be given everything it
+        // missed when it resumes.
+        let keep = if self.member_away(code) {
+            Room::REPLAY_LEN
+        } else {
+            Room::HISTORY_LEN
+        };
         let room = self.room_mut(code)?;
-        let message = room.record(from, content, unix_millis());
+        let message = room.record(from, content, unix_millis(), keep);
         let frame = ServerMessage::Chat(message).encode();
         let members = room.members();
         // Encoded once above; each member's queue gets a reference-counted copy of the bytes.
@@ -321,6 +725,136 @@ impl ChatServer {
         Ok(())
     }
 
+    /// Takes over the session `token` names, for the new connection `id` (see
+    /// [`ClientMessage::Resume`]). The session keeps everything but its connection: name, room,
+    /// seat, read receipt and limits; `id`'s own fresh session is dropped.
+    fn resume(&mut self, id: ClientId, token: &str, last_id: u64) -> Result<(), Refusal> {
+        let fresh = self.clients.get(&id).ok_or(ErrorCode::InternalError)?;
+        if fresh.username.is_some() || fresh.room.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "`resume` must be the first message on a new connection.",
+            ));
+        }
+        let token = SessionToken::from(token);
+        let old_id = match self.sessions.get(&token) {
+            Some(&old_id) if old_id != id => old_id,
+            _ => return Err(ErrorCode::SessionExpired.into()),
+        };
+        // A session that never chose a name holds nothing worth resuming.
+        if self
+            .clients
+            .get(&old_id)
+            .is_none_or(|old| old.username.is_none())
+        {
+            return Err(ErrorCode::SessionExpired.into());
+        }
+        // If the old connection is still open, its typing ends with it.
+        self.end_typing(old_id);
+
+        let (Some(mut fresh), Some(mut session)) =
+            (self.clients.remove(&id), self.clients.remove(&old_id))
+        else {
+            return Err(ErrorCode::InternalError.into());
+        };
+        if let Some(key) = fresh.naming_deadline.take() {
+            self.naming_timers.remove(&key);
+        }
+        if let Some(key) = session.grace.take() {
+            self.grace_timers.remove(&key);
+        }
+        self.sessions.remove(&fresh.session_token);
+        self.sessions.insert(token, id);
+        let old_connection = session.attach(fresh.take_queue());
+        session.id = id;
+        if let Some(code) = session.room
+            && let Some(room) = self.rooms.get_mut(&code)
+        {
+            room.replace(old_id, id);
+        }
+        let replay = self.replays.remove(&old_id).unwrap_or_default();
+        let username = session.username.clone();
+        let room_code = session.room;
+        self.clients.insert(id, session);
+
+        if let Some(old_connection) = old_connection {
+            // Still open: another device or tab, or a connection that is dead but not yet
+            // noticed. Ask its write task to close it; if its queue is full, dropping the
+            // sender below closes it anyway.
+            let _ = old_connection.try_send(Outbound::Close(4000, "session resumed elsewhere"));
+            self.metrics.connections.decrement(1.0);
+        }
+        debug!(client = %id, previous = %old_id, "session resumed");
+
+        // The reply: where the session stands, and every message it may have missed.
+        let room = room_code.and_then(|code| self.rooms.get(&code));
+        let peer = room
+            .and_then(|room| room.peer_of(id))
+            .and_then(|peer| self.clients.get(&peer));
+        let peer_name = peer.and_then(|peer| peer.username.clone());
+        let peer_read = peer.map_or(0, |peer| peer.read_up_to);
+        let reply = ServerMessage::Resumed {
+            client_id: id,
+            username: username.as_ref(),
+            room_code,
+            peer: peer_name.as_ref(),
+            peer_connected: peer.is_some_and(Client::is_connected),
+            missed: ChatHistory::after(&replay, room.map(Room::history), last_id),
+        }
+        .encode();
+        self.send(id, reply);
+        if let (Some(peer_name), true) = (&peer_name, peer_read > 0) {
+            let receipt = ServerMessage::Read {
+                username: peer_name,
+                up_to: peer_read,
+            };
+            self.send(id, receipt.encode());
+        }
+        if let (Some(code), Some(username)) = (room_code, &username) {
+            // Back to normal: the history no longer needs to hold more than a joiner sees.
+            if !self.member_away(code)
+                && let Some(room) = self.rooms.get_mut(&code)
+            {
+                room.trim_history(Room::HISTORY_LEN);
+            }
+            let notice = ServerMessage::PeerReconnected { username };
+            self.send_to_peer(code, id, notice.encode());
+        }
+        Ok(())
+    }
+
+    /// A read receipt: tells the peer how far this member has read. Receipts only move
+    /// forward: one that is not past the last is ignored.
+    fn read(&mut self, id: ClientId, up_to: u64) -> Result<(), Refusal> {
+        let (code, username) = self.membership(id)?;
+        let last_id = self.rooms.get(&code).map_or(0, Room::last_id);
+        if up_to > last_id {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                format!("`up_to` is {up_to}, but the last message in this room is {last_id}."),
+            ));
+        }
+        let client = self.client_mut(id)?;
+        if up_to <= client.read_up_to {
+            return Ok(());
+        }
+        client.read_up_to = up_to;
+        let receipt = ServerMessage::Read {
+            username: &username,
+            up_to,
+        };
+        self.send_to_peer(code, id, receipt.encode());
+        Ok(())
+    }
+
+    /// Whether a member of room `code` is away: its connection dropped and its seat is held.
+    fn member_away(&self, code: RoomCode) -> bool {
+        self.rooms.get(&code).is_some_and(|room| {
+            room.members()
+                .any(|member| self.clients.get(&member).is_some_and(|c| !c.is_connected()))
+        })
+    }
+
     fn leave_room(&mut self, id: ClientId) -> Result<(), Refusal> {
         let (code, _) = self.membership(id)?;
         self.leave(id, LeaveReason::Left);
@@ -345,6 +879,27 @@ impl ChatServer {
                 .encode(),
             );
         }
+    }
+
+    /// A client's time to choose a name ran out: it is told why and closed (code 1008, sent by
+    /// its write task when it finds its queue closed).
+    fn username_overdue(&mut self, id: ClientId) {
+        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        client.naming_deadline = None;
+        if client.username.is_some() {
+            return; // Cannot happen: naming removes the timer. Nothing to do if it did.
+        }
+        debug!(client = %id, "closing a connection that set no username in time");
+        self.metrics.username_timeouts.increment(1);
+        let refusal = Refusal::new(
+            ErrorCode::UsernameRequired,
+            "No username was chosen in time: closing the connection.",
+        );
+        self.refuse(id, &refusal);
+        self.forget(id);
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
@@ -378,12 +933,19 @@ impl ChatServer {
         self.end_typing(id);
         if let Some(client) = self.clients.get_mut(&id) {
             client.room = None;
+            client.read_up_to = 0;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
             return;
         };
-        match room.remove(id) {
+        let (stays, history) = room.remove(id);
+        match stays {
             Some(stays) => {
+                if self.clients.get(&stays).is_some_and(|c| !c.is_connected()) {
+                    // The member who stays is away: keep what was said for its resume, outside
+                    // the room, where the next joiner cannot read it.
+                    self.replays.entry(stays).or_default().extend(history);
+                }
                 let notice = ServerMessage::PeerLeft {
                     username: &username,
                     reason,
@@ -467,15 +1029,49 @@ impl ChatServer {
     /// Disconnects every client found too slow. Telling their peers may find more, so loop.
     fn disconnect_slow_consumers(&mut self) {
         while let Some(id) = self.too_slow.pop() {
-            if self.clients.contains_key(&id) {
+            if self.clients.get(&id).is_some_and(Client::is_connected) {
                 warn!(client = %id, "disconnecting a slow consumer: its outbound queue is full");
                 self.metrics.slow_consumers.increment(1);
-                // Dropping the client drops the queue's sender: its write task sees the queue
-                // close and ends the connection.
-                self.disconnect(id);
+                // Dropping the client's queue ends its connection: the write task sees the queue
+                // close. Like any lost connection, a room member may still `resume`.
+                self.connection_lost(id);
             }
         }
     }
+}
+
+/// Who is where in the actor, copied out for tests ([`ChatServer::snapshot`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every connected client.
+    pub clients: HashMap<ClientId, ClientView>,
+    /// Every live room.
+    pub rooms: HashMap<RoomCode, RoomView>,
+}
+
+/// One client in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// Its name, if it has set one.
+    pub username: Option<String>,
+    /// Its room, if it is in one.
+    pub room: Option<RoomCode>,
+    /// Whether it is typing.
+    pub typing: bool,
+}
+
+/// One room in a [`Snapshot`].
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomView {
+    /// The host.
+    pub host: ClientId,
+    /// The guest, if there is one.
+    pub guest: Option<ClientId>,
+    /// The ids of the messages in its history, oldest first.
+    pub history: Vec<u64>,
 }
 
 /// Now, in milliseconds since the Unix epoch, as chat timestamps are.
@@ -493,27 +1089,44 @@ mod tests {
     use serde_json::Value;
     use tokio::time::Instant;
 
+    /// The address every test client connects from.
+    const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     /// A client of the actor without a socket: its id and the receiving end of its queue.
     struct Peer {
         id: ClientId,
-        inbox: mpsc::Receiver<Utf8Bytes>,
+        inbox: mpsc::Receiver<Outbound>,
     }
 
     impl Peer {
         /// The next queued message, which must be there already.
         fn next(&mut self) -> Value {
-            let frame = self.inbox.try_recv().expect("a queued message");
-            serde_json::from_str(&frame).expect("JSON")
+            decode(self.inbox.try_recv().expect("a queued message"))
         }
 
         /// The next message, waiting for it.
         async fn wait(&mut self) -> Value {
-            let frame = self.inbox.recv().await.expect("the queue is open");
-            serde_json::from_str(&frame).expect("JSON")
+            decode(self.inbox.recv().await.expect("the queue is open"))
         }
 
         fn is_idle(&mut self) -> bool {
             self.inbox.try_recv().is_err()
+        }
+    }
+
+    /// A queued message as JSON; a close request as `{"close": code}`.
+    fn decode(item: Outbound) -> Value {
+        match item {
+            Outbound::Message(frame) => serde_json::from_str(&frame).expect("JSON"),
+            Outbound::Close(code, _) => serde_json::json!({ "close": code }),
+        }
+    }
+
+    /// Protocol v1: no resume grace, so a lost connection is `peer_left` at once.
+    fn v1() -> Config {
+        Config {
+            resume_grace: Duration::ZERO,
+            ..Config::default()
         }
     }
 
@@ -526,6 +1139,7 @@ mod tests {
         let id = ClientId::new();
         server.handle(ServerCommand::Connect {
             client_id: id,
+            address: LOCALHOST,
             outbound,
         });
         let mut peer = Peer { id, inbox };
@@ -568,9 +1182,10 @@ mod tests {
 
     /// Rooms come and go with their members: the last one out deletes the room, and a
     /// disconnect forgets the client.
-    #[test]
-    fn rooms_and_clients_are_forgotten_when_empty() {
-        let (mut server, _handle) = actor(Config::default());
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn rooms_and_clients_are_forgotten_when_empty() {
+        let (mut server, _handle) = actor(v1());
         let (host, guest, _) = pair(&mut server);
         assert_eq!((server.client_count(), server.room_count()), (2, 1));
         server.handle(ServerCommand::Disconnect { client_id: host.id });
@@ -583,9 +1198,10 @@ mod tests {
 
     /// A second `Disconnect` for the same client, or requests from a forgotten client, change
     /// nothing and send nothing.
-    #[test]
-    fn a_forgotten_client_is_ignored() {
-        let (mut server, _handle) = actor(Config::default());
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn a_forgotten_client_is_ignored() {
+        let (mut server, _handle) = actor(v1());
         let (host, mut guest, _) = pair(&mut server);
         server.handle(ServerCommand::Disconnect { client_id: host.id });
         assert_eq!(guest.next()["reason"], "disconnected");
@@ -603,11 +1219,12 @@ mod tests {
 
     /// A member whose queue is full is disconnected after the event that filled it, and its
     /// peer is told; the peer's own messages are unaffected.
-    #[test]
-    fn a_full_queue_disconnects_the_slow_member_only() {
+    // A runtime, because the actor's timers need one even when nothing awaits them.
+    #[tokio::test]
+    async fn a_full_queue_disconnects_the_slow_member_only() {
         let (mut server, _handle) = actor(Config {
             outbound_queue: 2,
-            ..Config::default()
+            ..v1()
         });
         let (mut host, guest, _) = pair(&mut server);
         // The guest never reads. Two messages fill its queue; the third overflows it.
@@ -625,6 +1242,31 @@ mod tests {
         assert_eq!(host.next()["reason"], "disconnected");
         assert_eq!((server.client_count(), server.room_count()), (1, 1));
         drop(guest);
+    }
+
+    /// A member whose connection drops keeps its seat for exactly the grace period: the peer
+    /// hears `peer_disconnected` at once and `peer_left` when the grace ends, and the session
+    /// is then forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_seat_is_given_up_when_the_grace_ends() {
+        let grace = Duration::from_secs(30);
+        let (mut server, handle) = actor(Config {
+            resume_grace: grace,
+            ..Config::default()
+        });
+        let (host, mut guest, _) = pair(&mut server);
+        tokio::spawn(server.run());
+
+        let started = Instant::now();
+        let lost = ServerCommand::Disconnect { client_id: host.id };
+        handle.send(lost).await.expect("actor runs");
+        assert_eq!(guest.wait().await["type"], "peer_disconnected");
+        let left = guest.wait().await;
+        assert_eq!(
+            (left["type"].as_str(), left["reason"].as_str()),
+            (Some("peer_left"), Some("disconnected"))
+        );
+        assert_eq!(started.elapsed(), grace);
     }
 
     /// A typing member produces `stop_typing` for the peer exactly one typing timeout after its
@@ -652,5 +1294,56 @@ mod tests {
         // Time is paused: it jumps straight to the next timer, which must be the renewed one.
         assert_eq!(guest.wait().await["type"], "stop_typing");
         assert_eq!(started.elapsed(), Duration::from_secs(9));
+    }
+
+    /// The rate limit refills with time: once the burst is spent a message is refused with
+    /// `RATE_LIMITED`, and one token later the next is handled again.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_refills_with_time() {
+        let (mut server, _handle) = actor(Config {
+            rate_limit: 2,
+            rate_burst: 2,
+            ..Config::default()
+        });
+        // `set_username` takes the first token.
+        let mut ada = connect(&mut server, "ada");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        request(&mut server, &ada, ClientMessage::Typing);
+        assert_eq!(ada.next()["code"], "NOT_IN_ROOM");
+        assert!(ada.is_idle());
+    }
+
+    /// Failed joins are allowed at `max_failed_joins` a minute: the allowance comes back a
+    /// little at a time, not all at once at the end of the minute.
+    #[tokio::test(start_paused = true)]
+    async fn failed_joins_come_back_over_a_minute() {
+        let (mut server, _handle) = actor(Config {
+            max_failed_joins: 2,
+            ..Config::default().unlimited()
+        });
+        let mut ada = connect(&mut server, "ada");
+        let mut join = |ada: &mut Peer| {
+            request(
+                &mut server,
+                ada,
+                ClientMessage::JoinRoom {
+                    room_code: "ABCDEF".into(),
+                },
+            );
+            ada.next()["code"].clone()
+        };
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(join(&mut ada), "ROOM_NOT_FOUND");
+        assert_eq!(join(&mut ada), "RATE_LIMITED");
     }
 }

@@ -36,6 +36,47 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// The secret that lets a new connection take over a session after a network drop (`resume`).
+///
+/// 128 bits from the operating system's CSPRNG, written as 32 lowercase hex digits: URL-safe,
+/// and unguessable even by someone who has seen every other token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionToken(Box<str>);
+
+impl SessionToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        let bits: u128 = rand::rng().random();
+        SessionToken(format!("{bits:032x}").into())
+    }
+
+    /// The token as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SessionToken {
+    /// A token as a client presents it. Any text will do: one that was never issued simply
+    /// matches no session.
+    fn from(text: &str) -> Self {
+        SessionToken(text.into())
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    /// Never prints the secret itself, so a token cannot leak into logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(…)")
+    }
+}
+
+impl Serialize for SessionToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
 /// A room's code: six characters from [`RoomCode::ALPHABET`].
 ///
 /// Stored as six ASCII bytes rather than a `String`: it is `Copy`, needs no allocation, and hashes
@@ -171,6 +212,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Session tokens are 128 random bits in URL-safe text, and differ every time.
+    #[test]
+    fn session_tokens_are_long_random_and_url_safe() {
+        let a = SessionToken::random();
+        let b = SessionToken::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            !format!("{a:?}").contains(a.as_str()),
+            "tokens stay out of debug output"
+        );
     }
 
     /// Names are trimmed; length is counted in characters, not bytes.

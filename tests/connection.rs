@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use chat_server::Config;
-use common::{PATIENCE, TestClient, TestServer, http_request};
+use common::{PATIENCE, TestClient, TestServer, http_request, v1_config};
 
 /// `GET /ws` without an upgrade is answered with a 4xx (426 Upgrade Required).
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn healthz_and_not_found() {
 /// `/metrics` is Prometheus text, and its counters move as messages flow.
 #[tokio::test]
 async fn metrics_follow_the_traffic() {
-    let server = TestServer::start().await;
+    let server = TestServer::v1().await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     host.chat("one").await;
     host.chat("two").await;
@@ -120,7 +120,7 @@ async fn the_server_pings_and_a_live_client_stays() {
 async fn a_silent_client_is_disconnected() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(150),
-        ..Config::default()
+        ..v1_config()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, guest, _) = server.pair("ada", "grace").await;
@@ -142,9 +142,10 @@ async fn a_silent_client_is_disconnected() {
 /// (close code 1008), its peer is told, and the peer's own connection carries on.
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected() {
+    // The host sends far faster than a person: rate limiting off.
     let config = Config {
         outbound_queue: 8,
-        ..Config::default()
+        ..v1_config().unlimited()
     };
     let server = TestServer::with_config(config).await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
@@ -262,13 +263,37 @@ fn the_command_line_documents_its_flags() {
         .output()
         .expect("run");
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--bind", "--typing-timeout", "--heartbeat-interval"] {
+    for flag in [
+        "--bind",
+        "--typing-timeout",
+        "--heartbeat-interval",
+        "--rate-limit",
+        "--rate-burst",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--max-failed-joins",
+        "--handshake-timeout",
+        "--username-timeout",
+        "--allowed-origin",
+        "--tls-cert",
+        "--tls-key",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     for variable in [
         "CHAT_BIND",
         "CHAT_TYPING_TIMEOUT",
         "CHAT_HEARTBEAT_INTERVAL",
+        "CHAT_RATE_LIMIT",
+        "CHAT_RATE_BURST",
+        "CHAT_MAX_CONNECTIONS",
+        "CHAT_MAX_CONNECTIONS_PER_IP",
+        "CHAT_MAX_FAILED_JOINS",
+        "CHAT_HANDSHAKE_TIMEOUT",
+        "CHAT_USERNAME_TIMEOUT",
+        "CHAT_ALLOWED_ORIGIN",
+        "CHAT_TLS_CERT",
+        "CHAT_TLS_KEY",
     ] {
         assert!(help.contains(variable), "{variable} missing from:\n{help}");
     }
@@ -278,4 +303,10 @@ fn the_command_line_documents_its_flags() {
         .expect("run");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("typing-timeout"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .env("CHAT_RATE_LIMIT", "lots")
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rate-limit"));
 }

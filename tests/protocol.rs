@@ -1,4 +1,7 @@
 //! Protocol v1, row by row and rule by rule, against the real server over real sockets.
+//!
+//! Tests of what happens when a connection ends run the server with `--resume-grace 0s`
+//! (`TestServer::v1`), where v1 holds to the letter; tests/resume.rs covers the grace period.
 
 mod common;
 
@@ -206,7 +209,8 @@ async fn chat_reaches_both_members() {
 /// When both members send at once, both see every message in the same order, ids ascending.
 #[tokio::test]
 async fn both_members_see_the_same_order() {
-    let server = TestServer::start().await;
+    // A hundred messages at once is a script, not a person: rate limiting off.
+    let server = TestServer::with_config(chat_server::Config::default().unlimited()).await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     for n in 0..50 {
         host.chat(&format!("a{n}")).await;
@@ -245,7 +249,8 @@ async fn history_is_sent_to_the_joiner() {
 /// History keeps only the last 100 messages.
 #[tokio::test]
 async fn history_keeps_the_last_hundred_messages() {
-    let server = TestServer::start().await;
+    // A hundred messages at once is a script, not a person: rate limiting off.
+    let server = TestServer::with_config(chat_server::Config::default().unlimited()).await;
     let mut host = server.named("ada").await;
     let code = host.create_room().await;
     for n in 1..=105 {
@@ -434,7 +439,7 @@ async fn an_empty_room_is_deleted() {
 /// and then `peer_left` with `"disconnected"`; the one who stays keeps the room.
 #[tokio::test]
 async fn an_abrupt_disconnect_is_announced() {
-    let server = TestServer::start().await;
+    let server = TestServer::v1().await;
     let (mut host, mut guest, code) = server.pair("ada", "grace").await;
     guest.send(json!({"type": "typing"})).await;
     host.expect("typing").await;
@@ -452,7 +457,7 @@ async fn an_abrupt_disconnect_is_announced() {
 /// A clean close (a close frame) is announced as a disconnect too.
 #[tokio::test]
 async fn a_clean_close_is_announced_as_disconnected() {
-    let server = TestServer::start().await;
+    let server = TestServer::v1().await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     guest.ws.close(None).await.expect("close handshake");
     assert_eq!(host.expect("peer_left").await["reason"], "disconnected");
@@ -490,7 +495,7 @@ async fn bad_input_is_answered_not_fatal() {
 /// A message over 64 KiB closes that connection with 1009; other clients are unaffected.
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
-    let server = TestServer::start().await;
+    let server = TestServer::v1().await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     let huge = format!(r#"{{"type":"chat","content":"{}"}}"#, "x".repeat(64 * 1024));
     guest.send_text(&huge).await;

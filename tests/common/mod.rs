@@ -20,6 +20,14 @@ use chat_server::Config;
 /// a failing test ever waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The default settings with `--resume-grace 0s`: protocol v1 to the letter.
+pub fn v1_config() -> Config {
+    Config {
+        resume_grace: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
 /// A chat server running in this process on 127.0.0.1 and a free port.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -31,6 +39,12 @@ impl TestServer {
     /// Starts a server with the default settings.
     pub async fn start() -> Self {
         Self::with_config(Config::default()).await
+    }
+
+    /// Starts a server that behaves exactly as protocol v1 says: no resume grace, so a lost
+    /// connection is `peer_left` at once (`--resume-grace 0s`).
+    pub async fn v1() -> Self {
+        Self::with_config(v1_config()).await
     }
 
     /// Starts a server with `config`.
@@ -91,6 +105,16 @@ impl TestServer {
         (host_client, guest_client, code)
     }
 
+    /// The `/metrics` exposition text.
+    pub async fn metrics(&self) -> String {
+        self.http_get("/metrics").await.2
+    }
+
+    /// Whether `/metrics` has exactly the line `line`.
+    pub async fn has_metric(&self, line: &str) -> bool {
+        self.metrics().await.lines().any(|l| l == line)
+    }
+
     /// Fetches `path` with a plain HTTP/1.1 GET and returns (status, headers, body).
     pub async fn http_get(&self, path: &str) -> (u16, String, String) {
         http_request(
@@ -132,10 +156,49 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String, Stri
     (status, head.to_string(), body.to_string())
 }
 
+/// Tries a WebSocket handshake with `/ws` on `server` from the local address `from` (any
+/// 127.x.y.z works on Linux, which is how tests act as several hosts), sending `origin` as the
+/// `Origin` header if given. A refused handshake is `Err` with the HTTP status.
+pub async fn try_connect(
+    server: SocketAddr,
+    from: std::net::IpAddr,
+    origin: Option<&str>,
+) -> Result<TestClient, u16> {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind the client's address");
+    let stream = socket.connect(server).await.expect("TCP connect");
+    let mut request = format!("ws://{server}/ws")
+        .into_client_request()
+        .expect("a valid request");
+    if let Some(origin) = origin {
+        request.headers_mut().insert(
+            "Origin",
+            HeaderValue::from_str(origin).expect("a valid origin"),
+        );
+    }
+    let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+    let handshake = tokio::time::timeout(PATIENCE, handshake)
+        .await
+        .expect("a handshake answer within the patience period");
+    match handshake {
+        Ok((ws, _)) => Ok(TestClient::greeted(ws).await),
+        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("handshake failed: {other}"),
+    }
+}
+
 /// A WebSocket client that speaks the chat protocol's JSON.
 pub struct TestClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub client_id: String,
+    /// The token `connected` gave, for a later `resume`.
+    pub session_token: String,
 }
 
 impl TestClient {
@@ -144,15 +207,25 @@ impl TestClient {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket handshake");
+        Self::greeted(ws).await
+    }
+
+    /// Wraps a fresh WebSocket and reads the `connected` greeting.
+    pub async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         let mut client = TestClient {
             ws,
             client_id: String::new(),
+            session_token: String::new(),
         };
         let greeting = client.expect("connected").await;
-        client.client_id = greeting["client_id"]
-            .as_str()
-            .expect("client_id is a string")
-            .into();
+        let text = |field: &str| {
+            greeting[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} is a string in {greeting}"))
+                .to_string()
+        };
+        client.client_id = text("client_id");
+        client.session_token = text("session_token");
         client
     }
 
@@ -239,6 +312,18 @@ impl TestClient {
                 Some(Ok(Message::Close(frame))) => return frame,
                 Some(Ok(_)) => continue,
                 other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection has ended (closed or reset), ignoring what comes before.
+    pub async fn expect_end(&mut self) {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the connection ends within the patience period");
+            if !matches!(frame, Some(Ok(_))) {
+                return;
             }
         }
     }
