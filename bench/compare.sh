@@ -26,6 +26,10 @@ CHURN_RATE=${CHURN_RATE:-200}        # churn: sessions started per second
 CHURN_DURATION=${CHURN_DURATION:-10s}
 PEER_SRC=${PEER_SRC:-../shared/peers/node-ws}
 PORT=${PORT:-9400}                   # first port; each server start takes the next one
+# chat-server's per-client limits (20 msgs/s per connection, 10,000 connections, 64 per address,
+# failed joins) would refuse a load test from one address; the Node peer has none. Off, as the
+# README advises for load tests on loopback.
+CHAT_SERVER_FLAGS=${CHAT_SERVER_FLAGS:---rate-limit 0 --max-connections 0 --max-connections-per-ip 0 --max-failed-joins 0}
 OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
 for tool in cargo node npm jq; do
@@ -55,7 +59,8 @@ start_server() {
   PORT=$((PORT + 1))
   local log="$OUT/$1-$PORT.log"
   case "$1" in
-    chat-server) RUST_LOG=warn "$SERVER_BIN" --bind "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+    # shellcheck disable=SC2086 # the flags are meant to split into words
+    chat-server) RUST_LOG=warn "$SERVER_BIN" --bind "127.0.0.1:$PORT" $CHAT_SERVER_FLAGS >"$log" 2>&1 & ;;
     node) node "$NODE_DIR/server.js" --bind "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
   esac
   SERVER_PID=$!
@@ -102,6 +107,7 @@ measure() {
   echo "open files: $(ulimit -n); ephemeral ports: $(tr '\t' '-' </proc/sys/net/ipv4/ip_local_port_range)"
   echo "rustc: $(rustc --version); node: $(node --version); ws: $(jq -r .version "$NODE_DIR/node_modules/ws/package.json")"
   echo "git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "servers: chat-server --bind 127.0.0.1:PORT $CHAT_SERVER_FLAGS; node server.js --bind 127.0.0.1:PORT"
   echo "started: $(date -u +%FT%TZ); runs: $RUNS"
 } | tee "$OUT/machine.txt" >&2
 

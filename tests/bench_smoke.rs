@@ -12,7 +12,14 @@ use std::process::Output;
 use serde_json::Value;
 use tokio::process::Command;
 
+use chat_server::Config;
 use common::{PATIENCE, TestServer};
+
+/// A server with its per-client limits off: the scenarios send far more than a person
+/// would (the default rate limit is 20 messages a second per connection).
+async fn unlimited_server() -> TestServer {
+    TestServer::with_config(Config::default().unlimited()).await
+}
 
 /// Runs `chat-bench` with `args` against `server` and returns its output; the run itself is
 /// bounded by the scenario's own duration plus the tool's step timeouts.
@@ -64,7 +71,7 @@ fn assert_rooms_all_up(report: &Value, rooms: f64) {
 /// server's memory through --server-pid (here the test process, which runs the server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_opens_every_room_and_reads_server_memory() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let pid = std::process::id().to_string();
     let report = report(
         &server,
@@ -90,7 +97,7 @@ async fn connections_opens_every_room_and_reads_server_memory() {
 /// message would be an error), and records their latency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_throughput_delivers_and_measures_latency() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let report = report(
         &server,
         &[
@@ -118,7 +125,7 @@ async fn closed_loop_throughput_delivers_and_measures_latency() {
 /// Fixed-rate `throughput` sends at the offered rate (within a tenth) and reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_rate_throughput_keeps_the_offered_rate() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let report = report(
         &server,
         &[
@@ -149,7 +156,7 @@ async fn fixed_rate_throughput_keeps_the_offered_rate() {
 /// and every session started completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_completes_every_session() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let report = report(&server, &["churn", "--rate", "20", "--duration", "1s"]).await;
     let started = number(&report, "/sessions/started");
     assert!(started > 0.0, "{report}");
@@ -164,7 +171,7 @@ async fn churn_completes_every_session() {
 /// and the parent merges their counts and histograms into one report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_are_merged_into_one_report() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let report = report(
         &server,
         &[
@@ -195,7 +202,7 @@ async fn worker_processes_are_merged_into_one_report() {
 /// number of workers that would do, instead of failing obscurely midway.
 #[tokio::test]
 async fn too_many_sockets_for_one_process_is_refused_clearly() {
-    let server = TestServer::start().await;
+    let server = unlimited_server().await;
     let output = chat_bench(
         &server,
         &["connections", "--rooms", "1000000", "--workers", "1"],

@@ -57,6 +57,14 @@ pub enum ServerMessage {
     StopTyping {},
     /// `{"type":"peer_left","username":"…","reason":"left"}` (or `"disconnected"`).
     PeerLeft { reason: String },
+    /// `{"type":"peer_disconnected","username":"…"}`: the peer's connection dropped and the
+    /// server keeps its seat for a while (servers with session resume; protocol v1 servers send
+    /// `peer_left` at once instead).
+    PeerDisconnected {},
+    /// `{"type":"peer_reconnected","username":"…"}`: the peer resumed its session.
+    PeerReconnected {},
+    /// `{"type":"read","username":"…","up_to":7}`: a read receipt (chat-bench sends none).
+    Read {},
     /// `{"type":"room_left","room_code":"ABC234"}`, reply to `leave_room`.
     RoomLeft {},
     /// `{"type":"error","code":"ROOM_FULL","message":"…"}`, a refused request.
@@ -76,6 +84,9 @@ impl ServerMessage {
             ServerMessage::Typing { .. } => "typing",
             ServerMessage::StopTyping { .. } => "stop_typing",
             ServerMessage::PeerLeft { .. } => "peer_left",
+            ServerMessage::PeerDisconnected { .. } => "peer_disconnected",
+            ServerMessage::PeerReconnected { .. } => "peer_reconnected",
+            ServerMessage::Read { .. } => "read",
             ServerMessage::RoomLeft { .. } => "room_left",
             ServerMessage::Error { .. } => "error",
         }

@@ -332,7 +332,11 @@ impl Member {
                 return Err(BenchError::Refused { code, message });
             }
             // Once this member is done, its peer may be done too and already closing.
-            ServerMessage::PeerLeft { .. } if self.finished => return Ok(()),
+            ServerMessage::PeerLeft { .. } | ServerMessage::PeerDisconnected { .. }
+                if self.finished =>
+            {
+                return Ok(());
+            }
             other => return Err(unexpected("chat", &other)),
         };
         let own = from == self.name;
