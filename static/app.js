@@ -2,6 +2,8 @@
 //
 // One WebSocket to /ws carries JSON messages both ways. The page has three views:
 // choose a name, the lobby (create or join a room) and the room (the conversation).
+// When the connection drops, the page reconnects by itself and resumes its session, so
+// the room and every message survive a network change (issue 6).
 // Every piece of text that comes from a person (names, messages, codes) goes into the
 // page through `textContent`, never as HTML, so `<b>` in a message shows as `<b>`.
 'use strict';
@@ -20,6 +22,29 @@ const TYPING_REFRESH_MS = 2000;
 const TYPING_IDLE_MS = 3000;
 /** How long a "Copied" confirmation stays on a button. */
 const FLASH_MS = 2000;
+/** The first reconnect waits about this long; each failed attempt doubles it... */
+const RECONNECT_FIRST_MS = 500;
+/** ...up to this. Then a server that is down for long gets one attempt every ~10 s per tab. */
+const RECONNECT_MAX_MS = 10000;
+/**
+ * Each delay is scaled by a random factor between 1 - JITTER and 1 + JITTER, so that the
+ * tabs a server restart disconnected all at once do not all come back at the same instant.
+ */
+const RECONNECT_JITTER = 0.5;
+/**
+ * A `read` receipt waits this long before it goes out, so a burst of messages (a replay
+ * after a reconnect, say) costs one receipt, not one per message: every message counts
+ * against the server's rate limit.
+ */
+const READ_DELAY_MS = 300;
+/** Close code of a connection whose session another connection resumed (another tab). */
+const CLOSE_RESUMED_ELSEWHERE = 4000;
+/** Close code "policy violation": the server closed us on purpose (no name for too long). */
+const CLOSE_POLICY = 1008;
+
+/** Said when the server no longer holds our session and the page had to start over. */
+const NOT_RESUMED =
+  'Your session could not be resumed (away too long, or the server restarted), so you started afresh.';
 
 /** A sentence for people for every error code of the protocol. */
 const ERROR_TEXT = {
@@ -35,6 +60,7 @@ const ERROR_TEXT = {
   EMPTY_MESSAGE: 'Write something before sending.',
   MESSAGE_TOO_LONG: `That message is too long: the limit is ${MAX_MESSAGE_CHARS} characters.`,
   INTERNAL_ERROR: 'Something went wrong on the server. Please try again.',
+  RATE_LIMITED: 'That was too fast for the server. Wait a moment and try again.',
 };
 
 /** Shorthand for the elements of index.html, all looked up by id. */
@@ -77,8 +103,38 @@ const state = {
   idleTimer: null,
   /** Whether the current socket ever opened: "lost" versus "cannot reach" when it closes. */
   wasOpen: false,
-  /** Whether `pendingJoin` is the room a lost connection took us out of. */
+  /** Whether `pendingJoin` is the room we were in when our session expired. */
   rejoining: false,
+  /**
+   * The secret from `connected` that lets a later connection take over our session (name,
+   * room, seat) with `resume`. Also kept in sessionStorage, so a reload resumes too.
+   */
+  sessionToken: null,
+  /** Whether this connection sent `resume` and awaits `resumed` or `SESSION_EXPIRED`. */
+  resuming: false,
+  /** The token this connection's `connected` offered: ours if the resume fails. */
+  freshToken: null,
+  /** How many connection attempts in a row failed; the next delay grows with it. */
+  attempts: 0,
+  /** The pending automatic reconnect, or null. */
+  reconnectTimer: null,
+  /** Whether we are between losing a working connection and getting the session back. */
+  outage: false,
+  /**
+   * The highest chat `id` shown for the current room. It is the `last_id` of a `resume`,
+   * and since ids only grow within a room, a chat at or below it is already on screen.
+   */
+  lastId: 0,
+  /** The highest `id` of a message from the peer shown in the current room. */
+  lastPeerId: 0,
+  /** The highest `up_to` we sent in a `read` receipt for the current room. */
+  readSent: 0,
+  /** The pending `read` receipt (see READ_DELAY_MS), or null. */
+  readTimer: null,
+  /** The highest `up_to` of the peer's `read` receipts: "Seen" goes under our message there. */
+  peerReadUpTo: 0,
+  /** Whether the peer's connection dropped and the server holds its seat, waiting for it. */
+  peerAway: false,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -87,11 +143,13 @@ const state = {
 
 /** Opens the WebSocket on the page's own host, `wss:` when the page came over https. */
 function connect() {
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = null;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const socket = new WebSocket(`${scheme}//${location.host}/ws`);
   state.socket = socket;
   state.wasOpen = false;
-  setConnectionStatus('connecting');
+  setConnectionStatus(state.sessionToken ? 'reconnecting' : 'connecting');
   socket.addEventListener('open', onOpen);
   socket.addEventListener('message', onSocketMessage);
   socket.addEventListener('close', onClose);
@@ -99,12 +157,20 @@ function connect() {
 
 function onOpen() {
   state.wasOpen = true;
-  setConnectionStatus('connected');
-  $('conn-lost').hidden = true;
-  // After a reconnect the server knows nothing about us: tell it our name again.
-  // `onUsernameSet` then rejoins the room we were in, if any.
-  if (state.name) {
-    send({ type: 'set_username', username: state.name }, 'name');
+  if (state.sessionToken) {
+    // `resume` is only accepted as the very first message of a connection, so it goes out
+    // before anything else, even before the server's `connected` greeting has arrived.
+    state.resuming = true;
+    state.socket.send(JSON.stringify({
+      type: 'resume',
+      session_token: state.sessionToken,
+      last_id: state.lastId,
+    }));
+  } else {
+    connectionReady();
+    // A server that gives out no session token (protocol v1 only) forgets us with the
+    // connection: tell it our name again, and `onUsernameSet` rejoins our room, if any.
+    if (state.name) startAfresh();
   }
 }
 
@@ -119,36 +185,103 @@ function onSocketMessage(event) {
   if (handler) handler(message);
 }
 
-/** The socket closed: the server went away, the network dropped, or the server shut down. */
-function onClose() {
+/**
+ * The socket closed: the network dropped, the server went away or restarted, or another
+ * tab took our session over. Only the last one, and a close the server made on purpose,
+ * are final; everything else is retried by itself.
+ */
+function onClose(event) {
+  const wasOpen = state.wasOpen;
   state.socket = null;
+  state.resuming = false;
   forgetTyping();
-  setConnectionStatus('offline');
-  $('conn-lost-text').textContent = state.wasOpen
-    ? 'The connection to the server was lost.'
-    : 'Cannot reach the server right now.';
-  $('conn-lost').hidden = false;
+  hidePeerTyping();
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
+
+  if (event.code === CLOSE_RESUMED_ELSEWHERE) {
+    // The other tab now holds the session; coming back by ourselves would take it away from
+    // there, which would then come back here, and so on. The user decides.
+    setConnectionStatus('offline');
+    showBanner('This chat was opened elsewhere (another tab or window).', 'Use it here');
+    if (state.roomCode) addEvent('This chat was opened elsewhere, so this page stopped.');
+    return;
+  }
+  if (event.code === CLOSE_POLICY) {
+    // Closed on purpose (for instance no name was chosen in time): trying again by
+    // ourselves would only repeat it.
+    setConnectionStatus('offline');
+    showBanner(event.reason || 'The server closed the connection.', 'Reconnect');
+    return;
+  }
+
+  if (wasOpen && !state.outage) {
+    state.outage = true;
+    if (state.roomCode) addEvent('Connection lost. Reconnecting…');
+  }
+  setConnectionStatus('reconnecting');
+  showBanner(
+    state.outage
+      ? 'The connection to the server was lost. Reconnecting…'
+      : 'Cannot reach the server right now. Trying again…',
+    'Retry now',
+  );
+  state.reconnectTimer = setTimeout(connect, reconnectDelay(state.attempts));
+  state.attempts += 1;
+}
+
+/** How long to wait before attempt number `attempt` (0 first): exponential, with jitter. */
+function reconnectDelay(attempt) {
+  const base = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** attempt);
+  return base * (1 - RECONNECT_JITTER + Math.random() * 2 * RECONNECT_JITTER);
+}
+
+/** "Retry now", "Use it here", or the device coming back online: connect without waiting. */
+function reconnectNow() {
+  if (state.socket) return; // An attempt is already under way.
+  $('reconnect').disabled = true;
+  connect();
+}
+
+/** The connection works and the server knows who we are: hide every sign of trouble. */
+function connectionReady() {
+  state.attempts = 0;
+  state.outage = false;
+  setConnectionStatus('connected');
+  $('conn-lost').hidden = true;
+}
+
+function showBanner(text, button) {
+  $('conn-lost-text').textContent = text;
+  $('reconnect').textContent = button;
   $('reconnect').disabled = false;
+  $('conn-lost').hidden = false;
+}
+
+/**
+ * Our session is gone (the server restarted, or we were away longer than its grace period):
+ * start over as a new client, with our name, and back into our room if it still exists.
+ */
+function startAfresh() {
   if (state.roomCode) {
-    addEvent('Connection lost. Messages cannot be sent until you reconnect.');
-    hidePeerTyping();
-    // The server removes a disconnected member from its room; try to get back in on reconnect.
     state.pendingJoin = state.roomCode;
     state.rejoining = true;
     state.roomCode = null;
+    state.peer = null;
+    state.peerAway = false;
   }
-}
-
-function reconnect() {
-  $('reconnect').disabled = true;
-  $('conn-lost-text').textContent = 'Reconnecting…';
-  connect();
+  if (state.name) {
+    send({ type: 'set_username', username: state.name }, 'name');
+  } else {
+    showView('name');
+  }
 }
 
 /** Sends one message; `slot` names the control whose errors the reply may carry. */
 function send(message, slot) {
-  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
-    if (slot) showError(slot, 'You are not connected to the server right now.');
+  // While a `resume` is unanswered we do not know yet whether we are still in our room.
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN || state.resuming) {
+    if (slot) showError(slot, 'Not connected right now. Reconnecting… then try again.');
     return false;
   }
   if (slot) state.lastSlot = slot;
@@ -157,7 +290,12 @@ function send(message, slot) {
 }
 
 function setConnectionStatus(status) {
-  const text = { connecting: 'Connecting…', connected: 'Connected', offline: 'Offline' };
+  const text = {
+    connecting: 'Connecting…',
+    reconnecting: 'Reconnecting…',
+    connected: 'Connected',
+    offline: 'Offline',
+  };
   $('conn-status').dataset.state = status;
   $('conn-status').textContent = text[status];
 }
@@ -167,7 +305,8 @@ function setConnectionStatus(status) {
 // ---------------------------------------------------------------------------------------
 
 const HANDLERS = {
-  connected: () => {},
+  connected: onConnected,
+  resumed: onResumed,
   username_set: onUsernameSet,
   room_created: (m) => enterRoom(m.room_code, null),
   room_joined: onRoomJoined,
@@ -176,9 +315,79 @@ const HANDLERS = {
   typing: (m) => showPeerTyping(m.username),
   stop_typing: hidePeerTyping,
   peer_left: onPeerLeft,
+  peer_disconnected: onPeerDisconnected,
+  peer_reconnected: onPeerReconnected,
+  read: onRead,
   room_left: onRoomLeft,
   error: onError,
 };
+
+function onConnected(message) {
+  if (!message.session_token) return; // A protocol v1 server: no resuming.
+  // While resuming, this connection's own new session is only a fallback: the server keeps
+  // our old token on a successful resume.
+  if (state.resuming) state.freshToken = message.session_token;
+  else rememberSession(message.session_token);
+}
+
+/** Our session is back: the same name, room and seat, plus what was said meanwhile. */
+function onResumed(message) {
+  state.resuming = false;
+  state.freshToken = null;
+  connectionReady();
+  state.name = message.username;
+  if (message.username) $('lobby-name').textContent = message.username;
+
+  if (message.room_code) {
+    const sameRoom = $('messages').dataset.room === message.room_code;
+    const peerBefore = state.peer;
+    enterRoom(message.room_code, message.peer);
+    if (sameRoom) {
+      addEvent('Reconnected.');
+      // The room may have changed while we were away: say so before what was said.
+      if (peerBefore !== null && peerBefore !== message.peer) {
+        addEvent(`${peerBefore} left while you were away.`);
+      }
+      if (message.peer !== null && peerBefore !== message.peer) {
+        addEvent(`${message.peer} joined while you were away.`);
+      }
+    } else if (message.missed.length > 0) {
+      addEvent('Earlier in this room'); // A reload: the page starts empty.
+    }
+    // Handled like live messages (our own confirm what we sent); `addChat` skips what is
+    // already on screen, so nothing shows twice.
+    message.missed.forEach(onChat);
+    state.peerAway = message.peer !== null && !message.peer_connected;
+    updateRoomBar();
+    if (state.peerAway) addEvent(peerAwayText(message.peer));
+    giveBackUnsentMessage();
+    scheduleRead();
+    return;
+  }
+  if ($('messages').dataset.room) {
+    $('lobby-note').textContent = `You are no longer in room ${$('messages').dataset.room}.`;
+  }
+  state.roomCode = null;
+  state.peer = null;
+  clearConversation();
+  document.title = 'Chat';
+  if (!message.username) showView('name');
+  else if (currentView() !== 'name') showView('lobby');
+}
+
+/**
+ * The message we sent last never came back as a `chat`, not even among the missed ones:
+ * the connection dropped before the server got it. Put it back so it is not lost silently.
+ */
+function giveBackUnsentMessage() {
+  if (state.lastSent === null) return;
+  if ($('message-input').value === '') {
+    $('message-input').value = state.lastSent;
+    updateCharCount();
+  }
+  state.lastSent = null;
+  showError('composer', 'Your last message did not get through before the connection dropped. Send it again?');
+}
 
 function onUsernameSet(message) {
   state.name = message.username;
@@ -194,8 +403,7 @@ function onUsernameSet(message) {
     state.pendingJoin = null;
     if (state.rejoining) {
       // Shown in the lobby only if getting back in fails (entering the room clears it).
-      $('lobby-note').textContent = `Reconnected. You were in room ${code} when the connection dropped.`;
-      state.rejoining = false;
+      $('lobby-note').textContent = `${NOT_RESUMED} You were in room ${code}.`;
     }
     $('join-code').value = code;
     send({ type: 'join_room', room_code: code }, 'join');
@@ -205,10 +413,17 @@ function onUsernameSet(message) {
 }
 
 function onRoomJoined(message) {
-  const rejoined = $('messages').dataset.room === message.room_code;
+  const rejoined = state.rejoining && $('messages').dataset.room === message.room_code;
+  state.rejoining = false;
   enterRoom(message.room_code, message.peer);
   if (rejoined) {
-    addEvent(`Reconnected. You are back with ${message.peer}.`);
+    // The server emptied the room's history when our seat went, so what it sends now was all
+    // said after that; what was said before it is gone.
+    addEvent(
+      `${NOT_RESUMED} You are back with ${message.peer}; ` +
+        'messages sent while you were away may be missing.',
+    );
+    message.history.forEach(onChat);
     return;
   }
   if (message.history.length > 0) {
@@ -220,6 +435,9 @@ function onRoomJoined(message) {
 
 function onPeerJoined(message) {
   state.peer = message.username;
+  state.peerAway = false;
+  // A new person has read nothing yet; "Seen" moves on with their first receipt.
+  state.peerReadUpTo = 0;
   updateRoomBar();
   addEvent(`${message.username} joined.`);
 }
@@ -238,9 +456,34 @@ function onChat(message) {
 function onPeerLeft(message) {
   hidePeerTyping();
   state.peer = null;
+  state.peerAway = false;
   updateRoomBar();
   const how = message.reason === 'disconnected' ? 'lost their connection' : 'left the room';
   addEvent(`${message.username} ${how}. The room stays open under the same code.`);
+}
+
+function onPeerDisconnected(message) {
+  hidePeerTyping();
+  state.peerAway = true;
+  updateRoomBar();
+  addEvent(peerAwayText(message.username));
+}
+
+function onPeerReconnected(message) {
+  state.peerAway = false;
+  updateRoomBar();
+  addEvent(`${message.username} is back.`);
+}
+
+function peerAwayText(name) {
+  return `${name}: connection lost — waiting for them to come back. Your messages will reach them.`;
+}
+
+/** The peer has seen our messages up to `up_to`. */
+function onRead(message) {
+  if (message.up_to <= state.peerReadUpTo) return;
+  state.peerReadUpTo = message.up_to;
+  showSeen();
 }
 
 function onRoomLeft(message) {
@@ -254,6 +497,16 @@ function onRoomLeft(message) {
 }
 
 function onError(message) {
+  if (message.code === 'SESSION_EXPIRED') {
+    // The connection carries on as a new client, with the session `connected` offered.
+    state.resuming = false;
+    rememberSession(state.freshToken);
+    state.freshToken = null;
+    connectionReady();
+    startAfresh();
+    return;
+  }
+  state.rejoining = false; // Whatever failed, a later join is the user's own again.
   const text = ERROR_TEXT[message.code] || message.message || 'Something went wrong.';
   // Without a name the lobby makes no sense: send the user back to the name form.
   const slot = message.code === 'USERNAME_REQUIRED' ? 'name' : state.lastSlot;
@@ -325,16 +578,26 @@ function enterRoom(code, peer) {
 /** Shows who we talk to, and the large invite while nobody else is in the room. */
 function updateRoomBar() {
   const alone = state.peer === null;
-  $('room-peer').textContent = alone ? 'Waiting for someone to join' : `with ${state.peer}`;
+  let text = 'Waiting for someone to join';
+  if (!alone) text = state.peerAway ? `${state.peer}: connection lost — waiting…` : `with ${state.peer}`;
+  $('room-peer').textContent = text;
+  $('room-peer').dataset.away = String(!alone && state.peerAway);
   $('invite').hidden = !alone;
   $('copy-code-small').hidden = alone; // The invite panel has its own, larger copy button.
   if (alone) scrollToEnd();
 }
 
+/** Empties the conversation, and forgets the ids and receipts that belonged to it. */
 function clearConversation() {
   $('messages').replaceChildren();
   delete $('messages').dataset.room;
   hidePeerTyping();
+  state.lastId = 0;
+  state.lastPeerId = 0;
+  state.readSent = 0;
+  state.peerReadUpTo = 0;
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
 }
 
 function inviteLink(code) {
@@ -353,12 +616,22 @@ function element(tag, className, text) {
   return node;
 }
 
-/** Appends one `chat` message: ours on the right, the peer's on the left. */
+/**
+ * Appends one `chat` message: ours on the right, the peer's on the left. A message already
+ * on screen (ids only grow within a room) is skipped, so a replay never shows one twice.
+ */
 function addChat(message) {
+  if (message.id <= state.lastId) return;
+  state.lastId = message.id;
   const list = $('messages');
   const own = message.from === state.name;
   const item = element('li', own ? 'msg msg--own' : 'msg msg--peer');
   item.dataset.from = message.from;
+  item.dataset.id = String(message.id);
+  if (!own) {
+    state.lastPeerId = message.id;
+    scheduleRead();
+  }
   // Consecutive messages from one person read as a group: their name is shown once.
   const previous = list.lastElementChild;
   if (previous && previous.dataset.from === message.from) item.classList.add('msg--cont');
@@ -397,6 +670,40 @@ function appendToConversation(item, force) {
 
 function scrollToEnd() {
   $('conversation').scrollTop = $('conversation').scrollHeight;
+}
+
+/** Puts "Seen" under our last message the peer has read, and nowhere else. */
+function showSeen() {
+  const scroller = $('conversation');
+  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+  $('messages').querySelector('.msg__seen')?.remove();
+  const read = [...$('messages').querySelectorAll('.msg--own')]
+    .reverse()
+    .find((item) => Number(item.dataset.id) <= state.peerReadUpTo);
+  if (read) read.append(element('p', 'msg__seen', 'Seen'));
+  if (atBottom) scrollToEnd();
+}
+
+// ---------------------------------------------------------------------------------------
+// Read receipts
+// ---------------------------------------------------------------------------------------
+
+/** Whether the person can see the conversation right now: tab shown and window focused. */
+function conversationVisible() {
+  return document.visibilityState === 'visible' && document.hasFocus() && currentView() === 'room';
+}
+
+/** Sends a `read` receipt soon, if the peer wrote something we have not confirmed yet. */
+function scheduleRead() {
+  if (state.readTimer !== null || state.lastPeerId <= state.readSent) return;
+  state.readTimer = setTimeout(sendRead, READ_DELAY_MS);
+}
+
+function sendRead() {
+  state.readTimer = null;
+  // Unseen messages stay unconfirmed; focus and visibilitychange schedule this again.
+  if (!state.roomCode || !conversationVisible() || state.lastPeerId <= state.readSent) return;
+  if (send({ type: 'read', up_to: state.lastPeerId })) state.readSent = state.lastPeerId;
 }
 
 function showPeerTyping(name) {
@@ -522,6 +829,29 @@ function rememberedName() {
   }
 }
 
+/** The session token of this tab, kept across a reload; null if none or storage is blocked. */
+function storedSession() {
+  try {
+    return sessionStorage.getItem('chat.session');
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Keeps `token` as our session, in memory and in sessionStorage: per tab, so two tabs are
+ * two people, but a reload of this tab resumes where it was.
+ */
+function rememberSession(token) {
+  state.sessionToken = token;
+  try {
+    if (token) sessionStorage.setItem('chat.session', token);
+    else sessionStorage.removeItem('chat.session');
+  } catch {
+    // Storage blocked: a reload starts afresh, the in-memory token still covers drops.
+  }
+}
+
 function rememberName(name) {
   try {
     localStorage.setItem('chat.name', name);
@@ -556,6 +886,9 @@ function onCreateClick() {
 function onLeaveClick() {
   clearError('room');
   stopTyping();
+  // A receipt sent after `leave_room` would only earn a NOT_IN_ROOM error.
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
   send({ type: 'leave_room' }, 'room');
 }
 
@@ -592,7 +925,14 @@ function init() {
   $('copy-link').addEventListener('click', (e) =>
     copy($('invite-link').value, e.currentTarget, $('invite-link')));
   $('invite-link').addEventListener('focus', (e) => e.currentTarget.select());
-  $('reconnect').addEventListener('click', reconnect);
+  $('reconnect').addEventListener('click', reconnectNow);
+  // Back online (a laptop waking up, a phone out of a tunnel): no point waiting out the delay.
+  window.addEventListener('online', () => {
+    if (state.reconnectTimer !== null) reconnectNow();
+  });
+  // Messages become "seen" when the person comes back to the page.
+  document.addEventListener('visibilitychange', scheduleRead);
+  window.addEventListener('focus', scheduleRead);
 
   const invite = inviteCodeFromUrl();
   if (invite) {
@@ -606,7 +946,10 @@ function init() {
     $('name-submit').textContent = 'Join the room';
   }
   $('name-input').value = rememberedName();
-  showView('name');
+  // After a reload the session may still be held: wait for the server's answer to `resume`
+  // before showing a view, rather than flash the name form.
+  state.sessionToken = storedSession();
+  if (!state.sessionToken) showView('name');
   connect();
 }
 

@@ -17,20 +17,29 @@
 //! model tracks their queues too, so it knows exactly when the actor must drop one as a slow
 //! consumer and what its peer is told.
 //!
+//! A second property runs the same with the per-client limits on (rate limit, failed joins),
+//! with time paused and moved on by the test, so the model can follow every token.
+//!
 //! The actor is driven through [`ChatServer::handle`], one command at a time, without sockets.
+//! Each property tries 256 sequences; `PROPTEST_CASES=5000 cargo test --test actor_properties`
+//! searches longer. A failure is shrunk to a short sequence, printed, and its seed kept in
+//! `tests/actor_properties.proptest-regressions` (commit that file: it replays first next time).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::Instant;
 
 use chat_server::Config;
 use chat_server::client::Outbound;
 use chat_server::error::{ErrorCode, Refusal};
+use chat_server::limits::TokenBucket;
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
 use chat_server::server::{ChatServer, ServerCommand, Snapshot};
@@ -108,6 +117,30 @@ enum Op {
     Read {
         slot: usize,
     },
+    /// Time passes (only the limits care).
+    Wait {
+        millis: u64,
+    },
+}
+
+impl Op {
+    /// The client doing it, if it is a client's doing.
+    fn slot(&self) -> Option<usize> {
+        match *self {
+            Op::Connect { slot, .. }
+            | Op::SetUsername { slot, .. }
+            | Op::CreateRoom { slot }
+            | Op::Join { slot, .. }
+            | Op::Chat { slot, .. }
+            | Op::Typing { slot }
+            | Op::StopTyping { slot }
+            | Op::Leave { slot }
+            | Op::Garbage { slot }
+            | Op::Disconnect { slot }
+            | Op::Read { slot } => Some(slot),
+            Op::Wait { .. } => None,
+        }
+    }
 }
 
 /// The room code a `join_room` uses.
@@ -143,6 +176,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => slot.clone().prop_map(|slot| Op::Garbage { slot }),
         1 => slot.clone().prop_map(|slot| Op::Disconnect { slot }),
         2 => slot.prop_map(|slot| Op::Read { slot }),
+        2 => (0..1500_u64).prop_map(|millis| Op::Wait { millis }),
     ]
 }
 
@@ -230,7 +264,16 @@ struct Conn {
     typing: bool,
     /// What the model expects in `inbox` that has not been read yet.
     expected: VecDeque<Msg>,
+    /// With limits on: (messages, refusals, failed joins) token buckets, as documented.
+    buckets: Option<(TokenBucket, TokenBucket, TokenBucket)>,
 }
+
+/// The limits the second property runs with.
+const RATE_LIMIT: u32 = 2;
+/// See [`RATE_LIMIT`].
+const RATE_BURST: u32 = 4;
+/// See [`RATE_LIMIT`].
+const MAX_FAILED_JOINS: u32 = 2;
 
 /// A room as the model sees it; members are slots.
 struct ModelRoom {
@@ -247,6 +290,9 @@ struct Model {
     rooms: BTreeMap<String, ModelRoom>,
     /// Slots whose queue was full during the current step, in the order it happened.
     too_slow: Vec<usize>,
+    /// With limits on: the failed joins of the one address every client comes from, once it
+    /// has failed a join.
+    address_joins: Option<TokenBucket>,
 }
 
 /// The room code alphabet.
@@ -294,8 +340,19 @@ impl Model {
     /// Applies one operation to the model. `after` is the actor's state after the same
     /// operation, from which the model learns only the code of a room just created.
     fn apply(&mut self, op: &Op, input: Option<&str>, after: &Snapshot) {
+        // Every message a client sends passes the rate limit first.
+        let sends_a_message = !matches!(
+            op,
+            Op::Connect { .. } | Op::Read { .. } | Op::Wait { .. } | Op::Disconnect { .. }
+        );
+        if let Some(slot) = op.slot()
+            && sends_a_message
+            && !self.admit(slot)
+        {
+            return;
+        }
         match *op {
-            Op::Connect { .. } | Op::Read { .. } => {}
+            Op::Connect { .. } | Op::Read { .. } | Op::Wait { .. } => {}
             Op::Disconnect { slot } => self.disconnect(slot),
             Op::Garbage { slot } => self.error(slot, ErrorCode::InvalidMessage),
             Op::SetUsername { slot, name } => {
@@ -346,16 +403,22 @@ impl Model {
                 if code.len() != 6 || !code.chars().all(|c| ALPHABET.contains(c)) {
                     return self.error(slot, ErrorCode::InvalidRoomCode);
                 }
+                if !self.may_fail_a_join(slot) {
+                    return self.error(slot, ErrorCode::RateLimited);
+                }
                 let Some(room) = self.rooms.get(&code) else {
+                    self.failed_join(slot);
                     return self.error(slot, ErrorCode::RoomNotFound);
                 };
                 if room.guest.is_some() {
+                    self.failed_join(slot);
                     return self.error(slot, ErrorCode::RoomFull);
                 }
                 let (host, history) = (room.host, room.history.iter().copied().collect());
                 let joiner = self.name(slot);
                 let host_name = self.name(host);
                 if joiner == host_name {
+                    self.failed_join(slot);
                     return self.error(slot, ErrorCode::UsernameTaken);
                 }
                 if let Some(room) = self.rooms.get_mut(&code) {
@@ -425,6 +488,51 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// The rate limit: whether a message from `slot` is handled. Over the limit it gets
+    /// `RATE_LIMITED`; once its refusals are over the limit too, it is disconnected.
+    fn admit(&mut self, slot: usize) -> bool {
+        let now = Instant::now();
+        let Some((messages, refusals, _)) = self.conn(slot).buckets.as_mut() else {
+            return true;
+        };
+        if messages.try_take(now) {
+            return true;
+        }
+        let flooding = !refusals.try_take(now);
+        self.error(slot, ErrorCode::RateLimited);
+        if flooding {
+            self.disconnect(slot);
+        }
+        false
+    }
+
+    /// Whether `slot` and its address may still fail a join.
+    fn may_fail_a_join(&mut self, slot: usize) -> bool {
+        let now = Instant::now();
+        let Some((_, _, joins)) = self.conn(slot).buckets.as_mut() else {
+            return true;
+        };
+        joins.has_token(now)
+            && self
+                .address_joins
+                .as_mut()
+                .is_none_or(|joins| joins.has_token(now))
+    }
+
+    /// Counts a failed join against `slot` and its address.
+    fn failed_join(&mut self, slot: usize) {
+        let now = Instant::now();
+        let Some((_, _, joins)) = self.conn(slot).buckets.as_mut() else {
+            return;
+        };
+        joins.try_take(now);
+        self.address_joins
+            .get_or_insert_with(|| {
+                TokenBucket::per_period(MAX_FAILED_JOINS, Duration::from_secs(60), now)
+            })
+            .try_take(now);
     }
 
     /// The member's room, or `NOT_IN_ROOM` sent and `None`.
@@ -520,20 +628,31 @@ impl Model {
     }
 }
 
-/// Protocol v1 without limits: no resume grace (a lost connection is `peer_left` at once, as
-/// the model says), and no rate limits to get in the way of random traffic.
-fn v1_config() -> Config {
-    Config {
-        resume_grace: std::time::Duration::ZERO,
+/// Protocol v1: no resume grace (a lost connection is `peer_left` at once, as the model says).
+/// Without `limited`, no limits either, so that they do not get in the way of random traffic;
+/// with it, small limits the sequences reach often (see [`RATE_LIMIT`]).
+fn v1_config(limited: bool) -> Config {
+    let config = Config {
+        resume_grace: Duration::ZERO,
         ..Config::default()
+    };
+    if limited {
+        Config {
+            rate_limit: RATE_LIMIT,
+            rate_burst: RATE_BURST,
+            max_failed_joins: MAX_FAILED_JOINS,
+            ..config
+        }
+    } else {
+        config.unlimited()
     }
-    .unlimited()
 }
 
-/// Drives one sequence of operations through the actor and the model, checking after each step.
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// Drives one sequence of operations through the actor and the model, checking after each step,
+/// with the limits on or off (see [`v1_config`]).
+async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
     let metrics = Arc::new(Metrics::new());
-    let (mut server, _handle) = ChatServer::new(&v1_config(), metrics);
+    let (mut server, _handle) = ChatServer::new(&v1_config(limited), metrics);
     let mut model = Model {
         slots: (0..SLOTS).map(|_| None).collect(),
         ..Model::default()
@@ -541,18 +660,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let address = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     for (step, op) in ops.iter().enumerate() {
-        let slot = match *op {
-            Op::Connect { slot, .. }
-            | Op::SetUsername { slot, .. }
-            | Op::CreateRoom { slot }
-            | Op::Join { slot, .. }
-            | Op::Chat { slot, .. }
-            | Op::Typing { slot }
-            | Op::StopTyping { slot }
-            | Op::Leave { slot }
-            | Op::Garbage { slot }
-            | Op::Disconnect { slot }
-            | Op::Read { slot } => slot,
+        let Some(slot) = op.slot() else {
+            if let Op::Wait { millis } = *op {
+                // Time is paused: this moves it on at once, for the actor and the model alike.
+                tokio::time::advance(Duration::from_millis(millis)).await;
+            }
+            continue;
         };
         if let Op::Connect { slow, .. } = *op {
             if model.slots[slot].as_ref().is_some_and(|conn| conn.live) {
@@ -576,6 +689,15 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 room: None,
                 typing: false,
                 expected: VecDeque::from([Msg::Connected(id.to_string())]),
+                buckets: limited.then(|| {
+                    let now = Instant::now();
+                    let rate = f64::from(RATE_LIMIT);
+                    (
+                        TokenBucket::new(RATE_BURST, rate, now),
+                        TokenBucket::new(RATE_BURST, rate, now),
+                        TokenBucket::per_period(MAX_FAILED_JOINS, Duration::from_secs(60), now),
+                    )
+                }),
             });
         }
         let Some(conn) = model.slots[slot].as_ref() else {
@@ -584,9 +706,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         let client_id = conn.id;
         let mut input = None;
         let request = match op {
-            Op::Connect { .. } | Op::Read { .. } | Op::Disconnect { .. } | Op::Garbage { .. } => {
-                None
-            }
+            Op::Connect { .. }
+            | Op::Read { .. }
+            | Op::Disconnect { .. }
+            | Op::Garbage { .. }
+            | Op::Wait { .. } => None,
             Op::SetUsername { name, .. } => Some(ClientMessage::SetUsername {
                 username: NAMES[*name].into(),
             }),
@@ -743,22 +867,43 @@ fn check_state(model: &Model, actor: &Snapshot) -> Result<(), String> {
     Ok(())
 }
 
+/// A current-thread runtime with time paused: the actor's timers need a runtime to exist, and
+/// paused time lets `Op::Wait` move the clock by exactly what it says. Nothing polls the actor's
+/// timer queues here, so typing never expires mid-sequence.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
+/// How many sequences each property tries: `PROPTEST_CASES`, or 256.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 sequences each by default; `PROPTEST_CASES=5000` searches longer.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Any sequence of operations by up to four clients, slow ones included, keeps the actor's
     /// invariants and yields exactly the messages protocol v1 prescribes, to exactly the
     /// clients it prescribes them to.
     #[test]
     fn the_actor_follows_the_protocol(ops in prop::collection::vec(op(), 1..120)) {
-        // The actor's timers need a tokio runtime to exist, even though nothing here awaits
-        // them; with time paused they never fire, so typing never expires mid-sequence.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a runtime");
-        let _context = runtime.enter();
-        run(&ops)?;
+        paused_runtime().block_on(run(&ops, false))?;
+    }
+
+    /// The same with the rate limit and the failed-join limit on and reached often: every
+    /// message over the rate limit gets `RATE_LIMITED` and nothing else, a client that keeps
+    /// going is disconnected (and its peer told), and joins are refused once a client or its
+    /// address has failed too many, exactly as documented.
+    #[test]
+    fn the_actor_holds_its_limits(ops in prop::collection::vec(op(), 1..120)) {
+        paused_runtime().block_on(run(&ops, true))?;
     }
 }

@@ -31,11 +31,12 @@ async fn a_flooder_is_refused_then_disconnected_and_nobody_else_notices() {
     };
     let server = TestServer::with_config(config).await;
     let (mut ada, mut grace, _) = server.pair("ada", "grace").await;
+    // From Mallory's first message on, her bucket refills one token a second.
+    let started = Instant::now();
     let (mut mallory, mut victim, _) = server.pair("mallory", "victim").await;
 
     // Mallory sends as fast as the replies come back. `set_username` and `create_room` already
-    // took two tokens of her burst of 10; the bucket gains one a second.
-    let started = Instant::now();
+    // took two tokens of her burst of 10.
     let (mut accepted, mut refused) = (Vec::new(), 0_u64);
     let last_words = loop {
         let sent = accepted.len() as u64 + refused;

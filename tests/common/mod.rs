@@ -353,3 +353,4 @@ impl TestClient {
         self.send(json!({"type": "chat", "content": content})).await;
     }
 }
+pub mod browser;
