@@ -101,7 +101,7 @@ pub struct WorkerReport {
     pub setup_secs: f64,
     /// CPU time this worker process used inside the measured window, in clock ticks.
     pub cpu_ticks: u64,
-    /// This worker process's resident memory at the end of the window, in KiB.
+    /// This worker process's resident memory at the end of the run, in KiB.
     pub rss_kib: u64,
 }
 
@@ -173,7 +173,7 @@ pub async fn run(
     {
         for _ in 0..running.drained.remaining() {
             shared.fail(&BenchError::Timeout(
-                "the last messages of the run to arrive",
+                "the run's last messages and sessions to finish",
             ));
         }
     }
