@@ -391,9 +391,10 @@ impl Job {
                 pid,
                 rss_before_kib: before.rss_kib,
                 rss_after_kib: after.rss_kib,
-                rss_per_connection_kib: (idle && counts.connections_opened > 0).then(|| {
-                    (after.rss_kib as f64 - before.rss_kib as f64)
-                        / counts.connections_opened as f64
+                // Only rooms that were set up hold their two connections through the hold; a
+                // room whose guest failed has already dropped its host.
+                rss_per_connection_kib: (idle && counts.rooms_ready > 0).then(|| {
+                    (after.rss_kib as f64 - before.rss_kib as f64) / (2 * counts.rooms_ready) as f64
                 }),
                 cpu_secs,
                 cpu_percent: 100.0 * ratio(cpu_secs, window),

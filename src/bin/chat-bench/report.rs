@@ -149,7 +149,7 @@ pub struct ServerStats {
     pub rss_before_kib: u64,
     /// Resident memory at the end of the idle hold (connections) or of the run, in KiB.
     pub rss_after_kib: u64,
-    /// (after − before) / connections opened (connections scenario).
+    /// (after − before) / connections held, two per ready room (connections scenario).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection_kib: Option<f64>,
     /// CPU time (user + system, all threads) inside the measured window, in seconds.
