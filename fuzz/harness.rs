@@ -12,12 +12,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use chat_server::Config;
 use chat_server::client::Outbound;
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
+use chat_server::outbox;
 use chat_server::server::{ChatServer, ServerCommand};
 use chat_server::types::ClientId;
 
@@ -34,7 +34,7 @@ const CLIENTS: usize = 4;
 /// One connected client: its id and its end of the outbound queue.
 struct Connection {
     id: ClientId,
-    inbox: mpsc::Receiver<Outbound>,
+    inbox: outbox::Receiver,
 }
 
 /// Runs `data` as a program against a fresh actor, checking its invariants after every step.
@@ -76,7 +76,7 @@ pub fn drive_actor(data: &[u8]) {
         let request = match action {
             0 => {
                 if clients[slot].is_none() {
-                    let (outbound, inbox) = mpsc::channel(config.outbound_queue);
+                    let (outbound, inbox) = outbox::channel(config.outbound_queue);
                     let id = ClientId::new();
                     server.handle(ServerCommand::Connect {
                         client_id: id,

@@ -2,8 +2,7 @@
 
 use std::net::IpAddr;
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use crate::outbox::{self, TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::delay_queue;
 
@@ -65,13 +64,13 @@ pub struct Client {
     /// ever used with `try_send`: the actor must never wait for one client, or a client that
     /// stops reading would stall everyone else. `None` while the session is held without a
     /// connection; what is said meanwhile waits in the room's history for a `resume`.
-    outbound: Option<mpsc::Sender<Outbound>>,
+    outbound: Option<outbox::Sender>,
 }
 
 impl Client {
     /// A client that has just connected from `address`: no name, no room, and no limits until
     /// the actor sets them.
-    pub fn new(id: ClientId, address: IpAddr, outbound: mpsc::Sender<Outbound>) -> Self {
+    pub fn new(id: ClientId, address: IpAddr, outbound: outbox::Sender) -> Self {
         Client {
             id,
             username: None,
@@ -101,16 +100,13 @@ impl Client {
     }
 
     /// Takes the connection's queue away, to attach it to the session being resumed.
-    pub fn take_queue(&mut self) -> Option<mpsc::Sender<Outbound>> {
+    pub fn take_queue(&mut self) -> Option<outbox::Sender> {
         self.outbound.take()
     }
 
     /// Attaches a new connection's queue (on `resume`) and returns the old one, if any, so that
     /// the caller can close it.
-    pub fn attach(
-        &mut self,
-        outbound: Option<mpsc::Sender<Outbound>>,
-    ) -> Option<mpsc::Sender<Outbound>> {
+    pub fn attach(&mut self, outbound: Option<outbox::Sender>) -> Option<outbox::Sender> {
         std::mem::replace(&mut self.outbound, outbound)
     }
 

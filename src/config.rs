@@ -69,10 +69,12 @@ impl Config {
     pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(30);
     /// Default for [`Config::rate_limit`]: no typist sends 20 messages a second for long.
     pub const DEFAULT_RATE_LIMIT: u32 = 20;
-    /// Default for [`Config::rate_burst`]: two seconds' worth. Kept well under
-    /// [`Config::DEFAULT_OUTBOUND_QUEUE`], so a peer's burst alone cannot fill a reader's queue
-    /// and get the reader dropped as a slow consumer.
-    pub const DEFAULT_RATE_BURST: u32 = 40;
+    /// Default for [`Config::rate_burst`]: room for a script that pastes a hundred lines, or a
+    /// test that fills a room's history, at once, while a flood is still held to
+    /// [`Config::DEFAULT_RATE_LIMIT`] after it. Kept under [`Config::DEFAULT_OUTBOUND_QUEUE`], so
+    /// a peer's burst alone cannot fill a reader's queue and get the reader dropped as a slow
+    /// consumer.
+    pub const DEFAULT_RATE_BURST: u32 = 120;
     /// Default for [`Config::max_connections`]: half of the 20,000 open files this server is
     /// deployed with, leaving room for connections still in their HTTP handshake.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;

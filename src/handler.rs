@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -30,6 +30,7 @@ use crate::client::Outbound;
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
+use crate::outbox;
 use crate::server::{ChatServerHandle, ServerCommand};
 use crate::types::ClientId;
 
@@ -60,7 +61,8 @@ pub fn websocket_config() -> WebSocketConfig {
 /// Why a connection is ending, as far as the read side can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// The client sent a close frame; tungstenite has already answered it.
+    /// The client sent a close frame; tungstenite has queued the reply, which the write task
+    /// sends.
     ClientClosed,
     /// The socket ended or failed without a close handshake.
     Dropped,
@@ -79,21 +81,32 @@ enum Ending {
     ActorStopped,
 }
 
+/// How the write task is to end a connection.
+#[derive(Debug)]
+enum Farewell {
+    /// Send this close frame: the server is the one closing.
+    Close(CloseFrame),
+    /// Send the reply to the client's own close frame, which tungstenite queued as it read it,
+    /// completing the close handshake the client began.
+    Reply,
+}
+
 impl Ending {
-    /// The close frame to send, if the client can still be told anything.
-    fn close_frame(self) -> Option<CloseFrame> {
+    /// How to say goodbye, if the client can still be told anything.
+    fn farewell(self) -> Option<Farewell> {
         let (code, reason) = match self {
-            Ending::ClientClosed | Ending::Dropped | Ending::WriterEnded => return None,
+            Ending::ClientClosed => return Some(Farewell::Reply),
+            Ending::Dropped | Ending::WriterEnded => return None,
             Ending::Silent => (CloseCode::Away, "no heartbeat"),
             Ending::TooBig => (CloseCode::Size, "message too big"),
             Ending::ProtocolViolation(code) => (code, "protocol violation"),
             Ending::Shutdown => (CloseCode::Away, "server shutting down"),
             Ending::ActorStopped => (CloseCode::Error, "internal error"),
         };
-        Some(CloseFrame {
+        Some(Farewell::Close(CloseFrame {
             code,
             reason: reason.into(),
-        })
+        }))
     }
 }
 
@@ -120,7 +133,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client_id = ClientId::new();
-    let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue.max(1));
+    let (outbound_tx, outbound_rx) = outbox::channel(config.outbound_queue);
     // Register before reading anything, so the actor knows the client when its first request
     // arrives. The actor answers with `connected`.
     let connect = ServerCommand::Connect {
@@ -148,11 +161,11 @@ pub async fn serve<S>(
     };
     debug!(client = %client_id, ?ending, "connection ending");
 
-    // Ask the writer for a close frame *before* telling the actor: the actor then drops our
+    // Ask the writer for its farewell *before* telling the actor: the actor then drops our
     // outbound queue, and the writer must not mistake that for being dropped by the actor.
-    match ending.close_frame() {
-        Some(frame) => {
-            let _ = close_tx.send(frame);
+    match ending.farewell() {
+        Some(farewell) => {
+            let _ = close_tx.send(farewell);
         }
         None => writer.abort(),
     }
@@ -226,8 +239,8 @@ where
 /// queue.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Outbound>,
-    mut close: oneshot::Receiver<CloseFrame>,
+    mut outbound: outbox::Receiver,
+    mut close: oneshot::Receiver<Farewell>,
     heartbeat_interval: Duration,
 ) -> Result<(), WsError>
 where
@@ -242,9 +255,16 @@ where
         tokio::select! {
             // A close request wins over anything still queued: the connection is over.
             biased;
-            frame = &mut close => {
-                if let Ok(frame) = frame {
-                    timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
+            farewell = &mut close => {
+                match farewell {
+                    Ok(Farewell::Close(frame)) => {
+                        timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
+                    }
+                    // Closing the sink flushes the reply tungstenite queued.
+                    Ok(Farewell::Reply) => {
+                        timeout(CLOSE_TIMEOUT, sink.close()).await.ok();
+                    }
+                    Err(_) => {}
                 }
                 return Ok(());
             }

@@ -12,10 +12,12 @@
 //! - [`http`]: HTTP/1.1 on each connection; routes requests and upgrades `/ws` to WebSocket.
 //! - [`handler`]: one WebSocket connection: a read loop, a write task, the heartbeat.
 //! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol.
-//! - [`client`] and [`room`]: the actor's records of one client and one room.
+//! - [`client`] and [`room`]: the actor's records of one client (its session) and one room.
+//! - [`outbox`]: each client's small bounded outbound queue, from the actor to the write task.
 //! - [`message`]: the JSON wire messages, client to server and server to client.
 //! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
-//! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`).
+//! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`,
+//!   `SessionToken`).
 //! - [`error`]: error codes sent to clients, and the server's own errors.
 //! - [`config`]: the settings an operator can tune.
 //! - [`limits`]: rate limits, connection caps and the `Origin` check.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod limits;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod room;
 pub mod server;
 pub mod tls;

@@ -30,7 +30,7 @@ impl Room {
 
     /// How many messages a room remembers while a member is away and may `resume`: everything
     /// said meanwhile must be there to replay. At the default rate limit (20 a second, bursts of
-    /// 40) a 30-second grace period fills at most 640.
+    /// 120) the peer says at most 720 things in a 30-second grace period.
     pub const REPLAY_LEN: usize = 1000;
 
     /// A new room with its host alone in it.

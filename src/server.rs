@@ -24,6 +24,7 @@ use crate::error::{AppError, ErrorCode, Refusal, SendError};
 use crate::limits::{TokenBucket, limit_key};
 use crate::message::{ChatHistory, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::room::Room;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
@@ -49,7 +50,7 @@ pub enum ServerCommand {
     Connect {
         client_id: ClientId,
         address: IpAddr,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: outbox::Sender,
     },
     /// The connection ended, however it ended. The actor tells the peer, and forgets the client
     /// or, if it is in a room, holds its seat for the resume grace period.
@@ -421,7 +422,7 @@ impl ChatServer {
         }
     }
 
-    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: mpsc::Sender<Outbound>) {
+    fn connect(&mut self, id: ClientId, address: IpAddr, outbound: outbox::Sender) {
         debug!(client = %id, "client connected");
         let now = Instant::now();
         let mut client = Client::new(id, limit_key(address), outbound);
@@ -1095,7 +1096,7 @@ mod tests {
     /// A client of the actor without a socket: its id and the receiving end of its queue.
     struct Peer {
         id: ClientId,
-        inbox: mpsc::Receiver<Outbound>,
+        inbox: outbox::Receiver,
     }
 
     impl Peer {
@@ -1135,7 +1136,7 @@ mod tests {
     }
 
     fn connect(server: &mut ChatServer, name: &str) -> Peer {
-        let (outbound, inbox) = mpsc::channel(server.outbound_queue());
+        let (outbound, inbox) = outbox::channel(server.outbound_queue());
         let id = ClientId::new();
         server.handle(ServerCommand::Connect {
             client_id: id,

@@ -32,8 +32,6 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 
 use chat_server::Config;
@@ -42,6 +40,7 @@ use chat_server::error::{ErrorCode, Refusal};
 use chat_server::limits::TokenBucket;
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
+use chat_server::outbox::{self, TryRecvError};
 use chat_server::server::{ChatServer, ServerCommand, Snapshot};
 use chat_server::types::ClientId;
 
@@ -254,7 +253,7 @@ impl Msg {
 /// One connection: its end of the queue, and what the model knows of it.
 struct Conn {
     id: ClientId,
-    inbox: mpsc::Receiver<Outbound>,
+    inbox: outbox::Receiver,
     capacity: usize,
     slow: bool,
     /// Still known to the actor: not dropped as a slow consumer.
@@ -672,7 +671,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
                 continue;
             }
             let capacity = if slow { SLOW_QUEUE } else { EAGER_QUEUE };
-            let (outbound, inbox) = mpsc::channel(capacity);
+            let (outbound, inbox) = outbox::channel(capacity);
             let id = ClientId::new();
             server.handle(ServerCommand::Connect {
                 client_id: id,

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -11,7 +10,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use chat_server::Config;
-use common::{PATIENCE, TestClient, TestServer, http_request, v1_config};
+use common::{PATIENCE, ServerProcess, TestClient, TestServer, http_request, v1_config};
 
 /// `GET /ws` without an upgrade is answered with a 4xx (426 Upgrade Required).
 #[tokio::test]
@@ -189,6 +188,17 @@ async fn a_slow_consumer_is_disconnected() {
     );
 }
 
+/// A client that closes the connection gets the server's close reply: the close handshake
+/// completes instead of the socket just going away.
+#[tokio::test]
+async fn a_client_close_is_answered() {
+    let server = TestServer::start().await;
+    let mut client = server.named("ada").await;
+    client.ws.close(None).await.expect("send a close frame");
+    // `expect_close` fails on a stream that ends or errors without a close frame.
+    client.expect_close().await;
+}
+
 /// On shutdown every WebSocket is closed with 1001 and `run` returns.
 #[tokio::test]
 async fn shutdown_closes_every_connection_with_1001() {
@@ -213,31 +223,13 @@ async fn shutdown_closes_every_connection_with_1001() {
 #[tokio::test]
 async fn the_binary_exits_cleanly_on_sigterm_and_sigint() {
     for signal in ["TERM", "INT"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", "30s"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start chat-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // The startup line names the address; the port was chosen by the OS. The thread keeps
-        // draining stdout afterwards, so the server never writes its logs into a closed pipe.
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(start) = line.find("http://") {
-                    let rest = &line[start + "http://".len()..];
-                    if let Some(end) = rest.find('/') {
-                        let _ = addr_tx.send(rest[..end].to_string());
-                    }
-                }
-            }
-        });
-        let addr = addr_rx
-            .recv_timeout(PATIENCE)
-            .expect("a startup line with the address");
-
+        let ServerProcess {
+            mut child, addr, ..
+        } = ServerProcess::start(
+            ServerProcess::command()
+                .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", "30s"])
+                .env("RUST_LOG", "info"),
+        );
         let mut client = TestClient::connect(&format!("ws://{addr}/ws")).await;
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])

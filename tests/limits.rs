@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use chat_server::Config;
-use common::{PATIENCE, TestClient, TestServer, try_connect};
+use common::{PATIENCE, ServerProcess, TestClient, TestServer, try_connect};
 
 /// The address the tests usually connect from.
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -390,36 +390,21 @@ async fn failed_joins_are_limited_per_connection_and_address() {
 #[tokio::test]
 async fn logs_do_not_contain_message_content() {
     for log_filter in [None, Some("chat_server=debug")] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        let mut command = ServerProcess::command();
         command
             .args(["--bind", "127.0.0.1:0", "--username-timeout", "300ms"])
-            .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(filter) = log_filter {
             command.env("RUST_LOG", filter);
         }
-        let mut child = command.spawn().expect("start chat-server");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let ServerProcess {
+            mut child,
+            addr,
+            lines,
+            startup,
+        } = ServerProcess::start(&mut command);
         let mut stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut log = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line.clone());
-                log.push_str(&line);
-                log.push('\n');
-            }
-            log
-        });
-        let addr = loop {
-            let line = line_rx.recv_timeout(PATIENCE).expect("a startup line");
-            if let Some(start) = line.find("http://") {
-                let rest = &line[start + "http://".len()..];
-                break rest[..rest.find('/').expect("a path")].to_string();
-            }
-        };
 
         let url = format!("ws://{addr}/ws");
         let mut unnamed = TestClient::connect(&url).await;
@@ -455,7 +440,12 @@ async fn logs_do_not_contain_message_content() {
             .await
             .expect("join");
         assert_eq!(exit.expect("wait").code(), Some(0));
-        let mut log = reader.join().expect("the reader thread");
+        // The process has exited, so its stdout is closed and every line is in `lines`.
+        let mut log: String = startup
+            .into_iter()
+            .chain(lines.iter())
+            .map(|line| line + "\n")
+            .collect();
         stderr.read_to_string(&mut log).expect("read stderr");
         assert!(log.contains("listening"), "{log}");
         assert!(!log.contains("panicked"), "{log}");

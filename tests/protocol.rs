@@ -210,7 +210,7 @@ async fn chat_reaches_both_members() {
 #[tokio::test]
 async fn both_members_see_the_same_order() {
     // A hundred messages at once is a script, not a person: rate limiting off.
-    let server = TestServer::with_config(chat_server::Config::default().unlimited()).await;
+    let server = TestServer::start().await;
     let (mut host, mut guest, _) = server.pair("ada", "grace").await;
     for n in 0..50 {
         host.chat(&format!("a{n}")).await;
@@ -250,7 +250,7 @@ async fn history_is_sent_to_the_joiner() {
 #[tokio::test]
 async fn history_keeps_the_last_hundred_messages() {
     // A hundred messages at once is a script, not a person: rate limiting off.
-    let server = TestServer::with_config(chat_server::Config::default().unlimited()).await;
+    let server = TestServer::start().await;
     let mut host = server.named("ada").await;
     let code = host.create_room().await;
     for n in 1..=105 {

@@ -14,9 +14,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{PATIENCE, http_request};
+use common::{PATIENCE, ServerProcess, http_request};
 
 /// A small, fast, seedable generator (xorshift64*): the soak needs variety, not security, and a
 /// seed per client makes a run repeatable enough to compare.
@@ -70,42 +69,20 @@ struct Server {
 
 impl Server {
     fn start(heartbeat: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", heartbeat])
-            // One address for every client here, and their joins fail often by design.
-            .args(["--max-connections-per-ip", "0", "--max-failed-joins", "0"])
-            // Dropped members keep their seats for a second: held sessions come and go during
-            // the soak too, and all have expired a second after the last client is gone.
-            .args(["--resume-grace", "1s"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start chat-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let pattern = "listening on http://";
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(start) = line.find(pattern) {
-                    let rest = &line[start + pattern.len()..];
-                    if let Some(end) = rest.find('/') {
-                        let _ = addr_tx.send(rest[..end].to_string());
-                    }
-                }
-            }
-        });
-        // Built before waiting, so that the process is killed (by `Drop`) if the wait fails.
-        let mut server = Server {
+        let ServerProcess { child, addr, .. } = ServerProcess::start(
+            ServerProcess::command()
+                .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", heartbeat])
+                // One address for every client here, and their joins fail often by design.
+                .args(["--max-connections-per-ip", "0", "--max-failed-joins", "0"])
+                // Dropped members keep their seats for a second: held sessions come and go
+                // during the soak too, and all have expired a second after the last client.
+                .args(["--resume-grace", "1s"])
+                .env("RUST_LOG", "info"),
+        );
+        Server {
             child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        server.addr = addr_rx
-            .recv_timeout(PATIENCE)
-            .expect("a startup line")
-            .parse()
-            .expect("an address");
-        server
+            addr: addr.parse().expect("an address"),
+        }
     }
 
     /// (current, peak) resident memory of the server process, in KiB.

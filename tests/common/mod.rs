@@ -354,3 +354,60 @@ impl TestClient {
     }
 }
 pub mod browser;
+
+/// The `chat-server` binary, started by a test on `127.0.0.1:0`. A thread reads its stdout to the
+/// end, so the server never writes its logs into a closed pipe; every line goes to `lines`.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// `host:port`, from the startup line.
+    pub addr: String,
+    /// Every line logged after the startup line.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// The lines up to and including the startup line.
+    pub startup: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `command` (the binary with its arguments) and waits for the startup line, which
+    /// names the address the operating system chose.
+    pub fn start(command: &mut std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start chat-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (line_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Keep draining even when nobody listens any more.
+                let _ = line_tx.send(line);
+            }
+        });
+        let mut startup = Vec::new();
+        let addr = loop {
+            let line = lines.recv_timeout(PATIENCE).expect("a startup line");
+            let addr = line.find("http://").and_then(|start| {
+                let rest = &line[start + "http://".len()..];
+                rest.find('/').map(|end| rest[..end].to_string())
+            });
+            startup.push(line);
+            if let Some(addr) = addr {
+                break addr;
+            }
+        };
+        ServerProcess {
+            child,
+            addr,
+            lines,
+            startup,
+        }
+    }
+
+    /// The binary, to give arguments and environment to.
+    pub fn command() -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        command.env("NO_COLOR", "1");
+        command
+    }
+}
