@@ -1,0 +1,82 @@
+//! `chat-bench`: a load generator for chat protocol v1 servers.
+//!
+//! It speaks the wire protocol only (it does not link the `chat_server` library), so it
+//! measures chat-server and the Node reference peer alike:
+//!
+//! ```text
+//! chat-bench connections --rooms 9000 --server-pid $(pidof chat-server)
+//! chat-bench throughput  --rooms 1000 --duration 20s [--in-flight 1 | --rate 5000] [--size 64]
+//! chat-bench churn       --rate 50 --duration 10s
+//! ```
+//!
+//! # Layout
+//!
+//! - `cli`: the command line (clap).
+//! - `coordinator`: runs the workers through the phases, samples the server, builds the report.
+//! - `worker`: owns client sockets and runs a scenario; in-process or as a child process.
+//! - `scenarios`: what the clients do: `rooms` (connections, throughput) and `churn`.
+//! - `client`: one protocol client over one WebSocket (connect, set up a room, read, close).
+//! - `protocol`: the wire messages, and the stamp that carries send times in chat content.
+//! - `measure`: clock and window, counters, latency histogram, countdowns.
+//! - `limits`: how many sockets one process can hold here, hence how many workers.
+//! - `procfs`: memory and CPU time of a process from /proc.
+//! - `report`: the results, as a table or as JSON.
+
+mod cli;
+mod client;
+mod coordinator;
+mod limits;
+mod measure;
+mod procfs;
+mod protocol;
+mod report;
+mod scenarios;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Worker = cli.command {
+        return match worker::run_child().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("chat-bench worker: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let json = cli.common.json;
+    match coordinator::run(cli.common, cli.command).await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(err) => {
+                        eprintln!("chat-bench: cannot encode the report: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            // The run finished and its figures are printed either way; a non-zero status
+            // tells scripts that some of it failed.
+            if report.errors.total == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(message) => {
+            eprintln!("chat-bench: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

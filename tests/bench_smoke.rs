@@ -1,0 +1,218 @@
+//! Smoke tests of the `chat-bench` load generator: each scenario runs for about a second
+//! against a real chat-server started in this process, through the built binary with
+//! `--json`, so that the tool cannot silently rot as the server changes.
+//!
+//! They pin down that each scenario does real work and reports it, not performance figures:
+//! those belong in BENCHMARKS.md.
+
+mod common;
+
+use std::process::Output;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use chat_server::Config;
+use common::{PATIENCE, TestServer};
+
+/// A server with its per-client limits off: the scenarios send far more than a person
+/// would (the default rate limit is 20 messages a second per connection).
+async fn unlimited_server() -> TestServer {
+    TestServer::with_config(Config::default().unlimited()).await
+}
+
+/// Runs `chat-bench` with `args` against `server` and returns its output; the run itself is
+/// bounded by the scenario's own duration plus the tool's step timeouts.
+async fn chat_bench(server: &TestServer, args: &[&str]) -> Output {
+    let run = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .arg("--url")
+        .arg(server.ws_url())
+        .args(["--quiet", "--timeout", "5s"])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PATIENCE * 3, run)
+        .await
+        .expect("chat-bench finishes")
+        .expect("chat-bench starts")
+}
+
+/// Runs `chat-bench ... --json` and returns its report, asserting a zero exit status.
+async fn report(server: &TestServer, args: &[&str]) -> Value {
+    let output = chat_bench(server, &[args, &["--json"]].concat()).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chat-bench {args:?} failed with {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("one JSON object ({err}): {stdout}"))
+}
+
+/// The number at `pointer` in `report` (e.g. `/messages/delivered`).
+fn number(report: &Value, pointer: &str) -> f64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in {report}"))
+}
+
+/// Every connection asked for was opened and every room set up, with no error.
+fn assert_rooms_all_up(report: &Value, rooms: f64) {
+    assert_eq!(number(report, "/connections/requested"), 2.0 * rooms);
+    assert_eq!(number(report, "/connections/opened"), 2.0 * rooms);
+    assert_eq!(number(report, "/connections/failed"), 0.0);
+    assert_eq!(number(report, "/connections/rooms_ready"), rooms);
+    assert_eq!(number(report, "/errors/total"), 0.0, "{report}");
+}
+
+/// `connections` opens 2 clients per room, joins each pair, holds them, and reads the
+/// server's memory through --server-pid (here the test process, which runs the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opens_every_room_and_reads_server_memory() {
+    let server = unlimited_server().await;
+    let pid = std::process::id().to_string();
+    let report = report(
+        &server,
+        &[
+            "connections",
+            "--rooms",
+            "5",
+            "--hold",
+            "1s",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(report["scenario"], "connections");
+    assert_rooms_all_up(&report, 5.0);
+    assert!(number(&report, "/server/rss_after_kib") > 0.0);
+    assert!(report["server"]["rss_per_connection_kib"].is_number());
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// Closed-loop `throughput` delivers messages to the peers, in order (a lost or reordered
+/// message would be an error), and records their latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_throughput_delivers_and_measures_latency() {
+    let server = unlimited_server().await;
+    let report = report(
+        &server,
+        &[
+            "throughput",
+            "--rooms",
+            "5",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--in-flight",
+            "2",
+        ],
+    )
+    .await;
+    assert_rooms_all_up(&report, 5.0);
+    let delivered = number(&report, "/messages/delivered");
+    assert!(delivered > 0.0, "{report}");
+    assert!(number(&report, "/latency_us/count") > 0.0);
+    assert!(number(&report, "/latency_us/p50_us") <= number(&report, "/latency_us/max_us"));
+    assert!(number(&report, "/messages/delivered_per_sec") > 0.0);
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// Fixed-rate `throughput` sends at the offered rate (within a tenth) and reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_rate_throughput_keeps_the_offered_rate() {
+    let server = unlimited_server().await;
+    let report = report(
+        &server,
+        &[
+            "throughput",
+            "--rooms",
+            "5",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--rate",
+            "200",
+        ],
+    )
+    .await;
+    assert_rooms_all_up(&report, 5.0);
+    assert_eq!(number(&report, "/messages/offered_per_sec"), 200.0);
+    let sent = number(&report, "/messages/sent_per_sec");
+    assert!(
+        (180.0..=220.0).contains(&sent),
+        "sent {sent}/s of 200 offered"
+    );
+    assert!(number(&report, "/messages/delivered") > 0.0);
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `churn` runs whole sessions (connect, name, create/join, chat, leave, close) at a rate,
+/// and every session started completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_completes_every_session() {
+    let server = unlimited_server().await;
+    let report = report(&server, &["churn", "--rate", "20", "--duration", "1s"]).await;
+    let started = number(&report, "/sessions/started");
+    assert!(started > 0.0, "{report}");
+    assert_eq!(number(&report, "/sessions/completed"), started);
+    assert_eq!(number(&report, "/sessions/failed"), 0.0);
+    assert_eq!(number(&report, "/sessions/unfinished"), 0.0);
+    assert_eq!(number(&report, "/errors/total"), 0.0, "{report}");
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// With --workers 2 the clients run in two child processes (each from its own 127.0.0.x)
+/// and the parent merges their counts and histograms into one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_are_merged_into_one_report() {
+    let server = unlimited_server().await;
+    let report = report(
+        &server,
+        &[
+            "throughput",
+            "--rooms",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--workers",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(number(&report, "/workers"), 2.0);
+    assert_rooms_all_up(&report, 4.0);
+    assert!(number(&report, "/messages/delivered") > 0.0);
+    assert_eq!(
+        number(&report, "/latency_us/count"),
+        number(&report, "/messages/sent"),
+        "every message sent in the window is received once by the peer: {report}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// Asking for more sockets than the given workers can hold is refused up front, with the
+/// number of workers that would do, instead of failing obscurely midway.
+#[tokio::test]
+async fn too_many_sockets_for_one_process_is_refused_clearly() {
+    let server = unlimited_server().await;
+    let output = chat_bench(
+        &server,
+        &["connections", "--rooms", "1000000", "--workers", "1"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs at least") && stderr.contains("pass --workers"),
+        "{stderr}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
