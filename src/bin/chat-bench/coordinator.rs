@@ -81,7 +81,7 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
 
     // If not a single room could be set up there is nothing to measure: go straight to the
     // report, which lists why.
-    let nothing_up = matches!(job.kind, Kind::Rooms { .. }) && pool.total().rooms_ready == 0;
+    let nothing_up = matches!(job.kind, Scenario::Rooms { .. }) && pool.total().rooms_ready == 0;
     let (warmup, window) = if nothing_up {
         (Duration::ZERO, Duration::ZERO)
     } else {
@@ -110,7 +110,7 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
     // For `connections`, "after" is the end of the idle hold, with every connection still
     // open; for the others it is once every client has gone, which shows what stays behind.
     let server_after = match job.kind {
-        Kind::Rooms {
+        Scenario::Rooms {
             load: Load::Idle, ..
         } => server_end,
         _ => server.as_ref().map(ServerProbe::sample).transpose()?,
@@ -145,7 +145,8 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
 struct Job {
     /// `connections`, `throughput` or `churn`.
     scenario: &'static str,
-    kind: Kind,
+    /// The whole scenario; [`Job::share`] splits it among the workers.
+    kind: Scenario,
     /// Sending before the measured window.
     warmup: Duration,
     /// The measured window (the idle hold, for `connections`).
@@ -154,26 +155,12 @@ struct Job {
     settings: Settings,
 }
 
-/// What the workers run.
-enum Kind {
-    Rooms {
-        rooms: u64,
-        load: Load,
-        size: u32,
-    },
-    Churn {
-        rate: f64,
-        messages: u32,
-        max_sessions: u32,
-    },
-}
-
 impl Job {
     fn new(command: cli::Command) -> Result<Job, String> {
         Ok(match command {
             cli::Command::Connections(args) => Job {
                 scenario: "connections",
-                kind: Kind::Rooms {
+                kind: Scenario::Rooms {
                     rooms: args.rooms,
                     load: Load::Idle,
                     size: 0,
@@ -198,7 +185,7 @@ impl Job {
                 };
                 Job {
                     scenario: "throughput",
-                    kind: Kind::Rooms {
+                    kind: Scenario::Rooms {
                         rooms: args.rooms,
                         load,
                         size: args.size,
@@ -222,7 +209,7 @@ impl Job {
             }
             cli::Command::Churn(args) => Job {
                 scenario: "churn",
-                kind: Kind::Churn {
+                kind: Scenario::Churn {
                     rate: args.rate,
                     messages: args.messages,
                     max_sessions: args.max_sessions,
@@ -246,16 +233,16 @@ impl Job {
     /// The most client sockets open at once.
     fn sockets(&self) -> u64 {
         match self.kind {
-            Kind::Rooms { rooms, .. } => 2 * rooms,
-            Kind::Churn { max_sessions, .. } => 2 * u64::from(max_sessions),
+            Scenario::Rooms { rooms, .. } => 2 * rooms,
+            Scenario::Churn { max_sessions, .. } => 2 * u64::from(max_sessions),
         }
     }
 
     /// More workers than this would leave some with nothing to do.
     fn max_workers(&self) -> u32 {
         let units = match self.kind {
-            Kind::Rooms { rooms, .. } => rooms,
-            Kind::Churn { max_sessions, .. } => u64::from(max_sessions),
+            Scenario::Rooms { rooms, .. } => rooms,
+            Scenario::Churn { max_sessions, .. } => u64::from(max_sessions),
         };
         u32::try_from(units).unwrap_or(u32::MAX)
     }
@@ -265,7 +252,7 @@ impl Job {
     fn share(&self, index: u32, workers: u32) -> Scenario {
         let (index, workers) = (u64::from(index), u64::from(workers));
         match self.kind {
-            Kind::Rooms { rooms, load, size } => {
+            Scenario::Rooms { rooms, load, size } => {
                 let mine = rooms / workers + u64::from(index < rooms % workers);
                 let load = match load {
                     Load::FixedRate { rate } => Load::FixedRate {
@@ -279,7 +266,7 @@ impl Job {
                     size,
                 }
             }
-            Kind::Churn {
+            Scenario::Churn {
                 rate,
                 messages,
                 max_sessions,
@@ -294,7 +281,7 @@ impl Job {
     /// What the progress line calls the measured window.
     fn window_label(&self) -> &'static str {
         match self.kind {
-            Kind::Rooms {
+            Scenario::Rooms {
                 load: Load::Idle, ..
             } => "holding idle",
             _ => "measuring",
@@ -320,11 +307,11 @@ impl Job {
         let window = outcome.window_secs;
 
         let (requested, opened_per_sec) = match self.kind {
-            Kind::Rooms { rooms, .. } => (
+            Scenario::Rooms { rooms, .. } => (
                 2 * rooms,
                 ratio(counts.connections_opened as f64, setup_secs),
             ),
-            Kind::Churn { .. } => (
+            Scenario::Churn { .. } => (
                 2 * counts.sessions_started,
                 ratio(counts.connections_opened as f64, window),
             ),
@@ -341,7 +328,7 @@ impl Job {
         };
         let chatting = matches!(
             self.kind,
-            Kind::Rooms {
+            Scenario::Rooms {
                 load: Load::ClosedLoop { .. } | Load::FixedRate { .. },
                 ..
             }
@@ -353,7 +340,7 @@ impl Job {
             sent_per_sec: ratio(counts.sent as f64, window),
             delivered_per_sec: ratio(counts.delivered as f64, window),
             offered_per_sec: match self.kind {
-                Kind::Rooms {
+                Scenario::Rooms {
                     load: Load::FixedRate { rate },
                     ..
                 } => Some(rate),
@@ -361,7 +348,7 @@ impl Job {
             },
         });
         let sessions = match self.kind {
-            Kind::Churn { rate, .. } => Some(SessionStats {
+            Scenario::Churn { rate, .. } => Some(SessionStats {
                 window_secs: window,
                 offered_per_sec: rate,
                 started: counts.sessions_started,
@@ -374,7 +361,7 @@ impl Job {
                 completed_per_sec: ratio(counts.sessions_completed as f64, window),
                 duration_us: histogram,
             }),
-            Kind::Rooms { .. } => None,
+            Scenario::Rooms { .. } => None,
         };
 
         let ticks = outcome.ticks;
@@ -382,7 +369,7 @@ impl Job {
             let cpu_secs = ticks.seconds(end.cpu_ticks.saturating_sub(start.cpu_ticks));
             let idle = matches!(
                 self.kind,
-                Kind::Rooms {
+                Scenario::Rooms {
                     load: Load::Idle,
                     ..
                 }
