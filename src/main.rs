@@ -108,6 +108,12 @@ fn duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// jemalloc instead of the system allocator, with its background thread on: freed pages go back
+/// to the system within seconds, so a server whose crowd has gone home shrinks back, where
+/// glibc's malloc keeps its peak for good (BENCHMARKS.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
