@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -252,33 +253,26 @@ where
     let stall_limit = heartbeat_interval;
 
     loop {
-        tokio::select! {
+        let written = tokio::select! {
             // A close request wins over anything still queued: the connection is over.
             biased;
             farewell = &mut close => {
-                match farewell {
-                    Ok(Farewell::Close(frame)) => {
-                        timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
-                    }
-                    // Closing the sink flushes the reply tungstenite queued.
-                    Ok(Farewell::Reply) => {
-                        timeout(CLOSE_TIMEOUT, sink.close()).await.ok();
-                    }
-                    Err(_) => {}
+                if let Ok(farewell) = farewell {
+                    say_farewell(&mut sink, farewell).await;
                 }
                 return Ok(());
             }
             item = outbound.recv() => {
-                let closing = match item {
+                match item {
                     // Only the actor holds the sender, and it only lets go of a live client that
                     // broke a rule of the server: it fell too far behind (see
                     // `ChatServer::send`), kept sending far over the rate limit, or set no
                     // username in time. All three are policy violations, close code 1008; in the
                     // last two the actor queued an `error` saying why, which `recv` has already
                     // handed us, because a closed channel still yields what was queued first.
-                    None => Some(CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() }),
+                    None => Ok(Some(CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() })),
                     Some(Outbound::Close(code, reason)) => {
-                        Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })
+                        Ok(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))
                     }
                     Some(Outbound::Message(text)) => {
                         let batch = async {
@@ -303,21 +297,50 @@ where
                             sink.flush().await?;
                             Ok::<_, WsError>(None)
                         };
-                        timeout(stall_limit, batch).await.map_err(|_| stalled())??
+                        timeout(stall_limit, batch).await.map_err(|_| stalled())?
                     }
-                };
-                if let Some(frame) = closing {
-                    timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await.ok();
-                    return Ok(());
                 }
             }
             _ = heartbeat.tick() => {
                 timeout(stall_limit, sink.send(Message::Ping(Bytes::new())))
                     .await
-                    .map_err(|_| stalled())??;
+                    .map_err(|_| stalled())?
+                    .map(|()| None)
             }
+        };
+        match written {
+            Ok(None) => {}
+            Ok(Some(frame)) => {
+                say_farewell(&mut sink, Farewell::Close(frame)).await;
+                return Ok(());
+            }
+            // The client's Close frame arrived while we were writing: tungstenite queued its
+            // reply as it read the frame, and from then on refuses to send anything else. The
+            // read loop saw the Close too and is about to ask for that reply to go out.
+            Err(WsError::Protocol(ProtocolError::SendAfterClosing)) => {
+                if let Ok(Ok(farewell)) = timeout(CLOSE_TIMEOUT, &mut close).await {
+                    say_farewell(&mut sink, farewell).await;
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(err),
         }
     }
+}
+
+/// Sends the connection's last frame: our own close frame, or the reply to the client's.
+async fn say_farewell<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, farewell: Farewell)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Either way the frame is all that is left to do, so a failure here changes nothing.
+    let _ = match farewell {
+        Farewell::Close(frame) => {
+            timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await
+        }
+        // Closing the sink flushes the reply tungstenite queued.
+        Farewell::Reply => timeout(CLOSE_TIMEOUT, sink.close()).await,
+    };
 }
 
 /// The error a write task ends with when the socket would not take data for too long.

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -197,6 +197,33 @@ async fn a_client_close_is_answered() {
     client.ws.close(None).await.expect("send a close frame");
     // `expect_close` fails on a stream that ends or errors without a close frame.
     client.expect_close().await;
+}
+
+/// A client that closes while messages are still going out to it gets the close reply too.
+/// tungstenite refuses to send anything after it has read a client's Close frame, so a write task
+/// in the middle of a batch at that moment must not give up: it still owes the reply. The race
+/// is a matter of timing, hence the two worker threads and the many rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_in_the_middle_of_a_busy_conversation_is_answered() {
+    let server = TestServer::start().await;
+    for _ in 0..50 {
+        let (mut ada, mut grace, _) = server.pair("ada", "grace").await;
+        // Grace sends a burst; Ada closes as soon as the first of it reaches her, while her
+        // write task is still busy with the rest.
+        for n in 0..100 {
+            let chat = json!({"type": "chat", "content": format!("message {n}")});
+            grace
+                .ws
+                .feed(Message::text(chat.to_string()))
+                .await
+                .expect("queue a chat");
+        }
+        grace.ws.flush().await.expect("send the chats");
+        ada.expect("chat").await;
+        ada.ws.close(None).await.expect("send a close frame");
+        // `expect_close` fails on a stream that ends or errors without a close frame.
+        ada.expect_close().await;
+    }
 }
 
 /// On shutdown every WebSocket is closed with 1001 and `run` returns.
