@@ -280,10 +280,12 @@ async fn soak(clients: u64, duration: Duration, heartbeat: &str, rounds: u32) {
         }
         // The allocator hands freed pages back to the system over about ten seconds (jemalloc's
         // decay, run by its background thread). Poll until resident memory is back near where
-        // it started: within 3 MiB plus a tenth of what the round added, which leaves room for
-        // what a first round sets up once (the allocator's arenas for each thread, tokio's slabs)
-        // and for the tables sized for the busiest moment.
-        let allowance_kib = 3 * 1024 + peak_kib.saturating_sub(start_kib) / 10;
+        // it started: within 4 MiB plus a tenth of what the round added. That leaves room for
+        // what the first clients set up once and keep (the allocator's arenas and caches for
+        // each thread, tokio's slabs; about 2.5 MiB in a debug build after 50 clients) and for
+        // the tables sized for the busiest moment. glibc's malloc, which kept about 16 MiB after
+        // the full soak, fails it.
+        let allowance_kib = 4 * 1024 + peak_kib.saturating_sub(start_kib) / 10;
         let returning = Instant::now();
         let end_kib = loop {
             let (now_kib, _) = server.memory_kib();
