@@ -104,10 +104,7 @@ impl Ending {
             Ending::Shutdown => (CloseCode::Away, "server shutting down"),
             Ending::ActorStopped => (CloseCode::Error, "internal error"),
         };
-        Some(Farewell::Close(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))
+        Some(Farewell::Close(close_frame(code, reason)))
     }
 }
 
@@ -270,10 +267,8 @@ where
                     // username in time. All three are policy violations, close code 1008; in the
                     // last two the actor queued an `error` saying why, which `recv` has already
                     // handed us, because a closed channel still yields what was queued first.
-                    None => Ok(Some(CloseFrame { code: CloseCode::Policy, reason: "policy violation".into() })),
-                    Some(Outbound::Close(code, reason)) => {
-                        Ok(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))
-                    }
+                    None => Ok(Some(close_frame(CloseCode::Policy, "policy violation"))),
+                    Some(Outbound::Close(code, reason)) => Ok(Some(close_frame(code.into(), reason))),
                     Some(Outbound::Message(text)) => {
                         let batch = async {
                             // Everything queued goes out with one flush: one write to the socket
@@ -289,8 +284,7 @@ where
                                     Outbound::Message(text) => sink.feed(Message::Text(text)).await?,
                                     Outbound::Close(code, reason) => {
                                         sink.flush().await?;
-                                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                                        return Ok(Some(frame));
+                                        return Ok(Some(close_frame(code.into(), reason)));
                                     }
                                 }
                             }
@@ -325,6 +319,14 @@ where
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// A close frame with a fixed reason.
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
     }
 }
 
