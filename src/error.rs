@@ -19,11 +19,15 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
-    /// Not JSON, not an object, an unknown `type`, a missing or mistyped field, or a binary frame.
+    /// Not a JSON object (malformed JSON, or an array, string, number, boolean or `null`), an
+    /// unknown `type`, a missing or mistyped field, or a binary frame. Expected from broken or
+    /// hostile clients; the connection carries on.
     InvalidMessage,
     /// `create_room` or `join_room` before `set_username`.
     UsernameRequired,
-    /// A name that is empty after trimming, longer than 32 characters, or holds control characters.
+    /// A name that is empty after trimming, longer than 32 characters, holds a control character
+    /// or a text-direction embedding, override or isolate, or has nothing visible in it (only
+    /// whitespace and invisible characters such as zero-width spaces). `Username` says why.
     InvalidUsername,
     /// The member already in the room has the name the joiner uses.
     UsernameTaken,
@@ -96,7 +100,8 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "That message is not one this server understands.",
             ErrorCode::UsernameRequired => "Choose a username first.",
             ErrorCode::InvalidUsername => {
-                "A username is 1 to 32 characters, without control characters."
+                "A username is 1 to 32 characters, at least one of them visible, without control \
+                 or text-direction characters."
             }
             ErrorCode::UsernameTaken => "The other person in that room already uses this name.",
             ErrorCode::AlreadyInRoom => "Leave the room you are in first.",

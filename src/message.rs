@@ -40,8 +40,30 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     /// Decodes one text frame. A frame that is not a well-formed request becomes the
-    /// `INVALID_MESSAGE` refusal its sender will receive, with serde's explanation in it.
+    /// `INVALID_MESSAGE` refusal its sender will receive: for a JSON object, with serde's
+    /// explanation in it; for anything else, saying that a request is a JSON object.
+    ///
+    /// Only a JSON object is a request. serde's internally tagged enums also accept a JSON array
+    /// and read its elements as the fields in order, so `["set_username","bob"]` would set a
+    /// name; that is refused here, before serde runs.
     pub fn decode(text: &str) -> Result<Self, Refusal> {
+        // In JSON the first byte after whitespace says what kind of value follows, and only `{`
+        // opens an object. JSON whitespace is exactly these four bytes, the ones serde_json skips,
+        // so this check agrees with serde_json on every input: text that starts with `{` goes on
+        // to serde_json, which parses the object or says what is wrong with it, and anything
+        // else is refused here. For a normal request it is one comparison. The serde ways are no
+        // better: parsing into a `serde_json::Value` first allocates for every message, and a
+        // wrapper that asks for a map (`deserialize_map`) is as cheap but answers an array with
+        // a message about types rather than about what a request is.
+        let first = text
+            .bytes()
+            .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+        if first != Some(b'{') {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                r#"Invalid message: a request is one JSON object, such as {"type":"create_room"}."#,
+            ));
+        }
         serde_json::from_str(text).map_err(|err| {
             Refusal::new(
                 ErrorCode::InvalidMessage,
@@ -321,5 +343,226 @@ mod tests {
             encode(&ServerMessage::RoomCreated { room_code: code }),
             json!({"type":"room_created","room_code":"ABC234"})
         );
+    }
+
+    /// Only an object is a request. serde alone would take an array as a request too, reading
+    /// its elements as the fields in order; `decode` refuses arrays, and every other non-object,
+    /// with a message that says what a request is.
+    #[test]
+    fn non_objects_are_refused_as_not_an_object() {
+        // The hole `decode` closes: serde's internally tagged enums accept sequences.
+        assert!(serde_json::from_str::<ClientMessage>(r#"["set_username","bob"]"#).is_ok());
+        for bad in [
+            r#"["set_username","bob"]"#,
+            r#"["chat","hi"]"#,
+            r#"["create_room"]"#,
+            r#"["resume","0123456789abcdef0123456789abcdef",0]"#,
+            r#"[{"type":"create_room"}]"#,
+            " \t\r\n[\"typing\"]",
+            r#""{\"type\":\"typing\"}""#,
+            "true",
+            "-0.5e3",
+            "null",
+            "",
+            " \n ",
+            // A byte order mark is not JSON whitespace, so this is not an object either.
+            "\u{FEFF}{\"type\":\"typing\"}",
+            // Nor is a vertical tab or a no-break space.
+            "\u{B}{\"type\":\"typing\"}",
+            "\u{A0}{\"type\":\"typing\"}",
+        ] {
+            let refusal = ClientMessage::decode(bad).expect_err(bad);
+            assert_eq!(refusal.code, ErrorCode::InvalidMessage, "{bad:?}");
+            assert!(
+                refusal.message.contains("JSON object"),
+                "{bad:?}: {refusal}"
+            );
+        }
+    }
+
+    /// JSON whitespace (space, tab, line feed, carriage return) may come before and after the
+    /// object, as JSON allows.
+    #[test]
+    fn json_whitespace_around_an_object_is_fine() {
+        assert_eq!(
+            ClientMessage::decode(" \t\r\n{ \"type\" : \"typing\" }\r\n"),
+            Ok(ClientMessage::Typing)
+        );
+    }
+
+    /// Something that starts like an object but is not well-formed still gets serde's
+    /// explanation, not the "not an object" one.
+    #[test]
+    fn broken_objects_get_serdes_explanation() {
+        let refusal = ClientMessage::decode(r#"{"type":"chat""#).expect_err("truncated");
+        assert_eq!(refusal.code, ErrorCode::InvalidMessage);
+        assert!(refusal.message.contains("EOF"), "{refusal}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The request types, to make arrays and strings that look like requests.
+        const TYPES: &[&str] = &[
+            "set_username",
+            "create_room",
+            "join_room",
+            "chat",
+            "typing",
+            "stop_typing",
+            "leave_room",
+            "resume",
+            "read",
+        ];
+
+        /// JSON whitespace to put around a message.
+        fn whitespace() -> impl Strategy<Value = String> {
+            "[ \t\n\r]{0,4}"
+        }
+
+        /// Any JSON value that is not an array or an object.
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_filter_map("JSON has no NaN or infinity", |x| {
+                    serde_json::Number::from_f64(x).map(Value::Number)
+                }),
+                any::<String>().prop_map(Value::String),
+                prop::sample::select(TYPES).prop_map(Value::from),
+            ]
+        }
+
+        /// Any JSON value, nested up to four levels.
+        fn any_json() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(4, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..6)
+                        .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A well-formed request as JSON, with the message it must decode to. One unknown extra
+        /// field is sometimes added, which must be ignored.
+        fn request() -> impl Strategy<Value = (Value, ClientMessage)> {
+            let known = prop_oneof![
+                any::<String>().prop_map(|username| (
+                    json!({"type": "set_username", "username": username}),
+                    ClientMessage::SetUsername { username }
+                )),
+                Just((json!({"type": "create_room"}), ClientMessage::CreateRoom)),
+                any::<String>().prop_map(|room_code| (
+                    json!({"type": "join_room", "room_code": room_code}),
+                    ClientMessage::JoinRoom { room_code }
+                )),
+                any::<String>().prop_map(|content| (
+                    json!({"type": "chat", "content": content}),
+                    ClientMessage::Chat { content }
+                )),
+                Just((json!({"type": "typing"}), ClientMessage::Typing)),
+                Just((json!({"type": "stop_typing"}), ClientMessage::StopTyping)),
+                Just((json!({"type": "leave_room"}), ClientMessage::LeaveRoom)),
+                (any::<String>(), any::<u64>()).prop_map(|(session_token, last_id)| (
+                    json!({"type": "resume", "session_token": session_token, "last_id": last_id}),
+                    ClientMessage::Resume {
+                        session_token,
+                        last_id
+                    }
+                )),
+                any::<u64>().prop_map(|up_to| (
+                    json!({"type": "read", "up_to": up_to}),
+                    ClientMessage::Read { up_to }
+                )),
+            ];
+            // "extra_" keeps the extra field's name clear of every real field's.
+            let extra = prop::option::of(("extra_[a-z]{0,8}", any_json()));
+            (known, extra).prop_map(|((mut json, message), extra)| {
+                if let (Some((name, value)), Value::Object(fields)) = (extra, &mut json) {
+                    fields.insert(name, value);
+                }
+                (json, message)
+            })
+        }
+
+        /// Any JSON value that is not an object: scalars, arrays of anything, arrays shaped
+        /// like requests (`["chat","hi"]`, `["read",7]`), and well-formed requests wrapped in
+        /// an array.
+        fn non_object() -> impl Strategy<Value = Value> {
+            let field = prop_oneof![
+                any::<String>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+            ];
+            let request_like = (
+                prop::sample::select(TYPES),
+                prop::collection::vec(field, 0..3),
+            )
+                .prop_map(|(kind, fields)| {
+                    Value::Array(std::iter::once(Value::from(kind)).chain(fields).collect())
+                });
+            prop_oneof![
+                scalar(),
+                prop::collection::vec(any_json(), 0..6).prop_map(Value::Array),
+                request_like,
+                request().prop_map(|(json, _)| Value::Array(vec![json])),
+            ]
+        }
+
+        proptest! {
+            /// No JSON value other than an object decodes, however it is laid out and whatever
+            /// it holds: each is `INVALID_MESSAGE` saying a request is an object, and none
+            /// panics.
+            #[test]
+            fn every_non_object_is_refused(
+                value in non_object(),
+                before in whitespace(),
+                after in whitespace(),
+                pretty in any::<bool>(),
+            ) {
+                let json = if pretty {
+                    serde_json::to_string_pretty(&value)
+                } else {
+                    serde_json::to_string(&value)
+                };
+                let text = format!("{before}{}{after}", json.expect("a Value serialises"));
+                let refusal = ClientMessage::decode(&text);
+                prop_assert!(
+                    matches!(&refusal, Err(r) if r.code == ErrorCode::InvalidMessage
+                        && r.message.contains("JSON object")),
+                    "{text:?} gave {refusal:?}"
+                );
+            }
+
+            /// Every well-formed request object still decodes to its message, in any layout
+            /// and with an unknown field added.
+            #[test]
+            fn every_request_object_decodes(
+                (value, message) in request(),
+                before in whitespace(),
+                after in whitespace(),
+                pretty in any::<bool>(),
+            ) {
+                let json = if pretty {
+                    serde_json::to_string_pretty(&value)
+                } else {
+                    serde_json::to_string(&value)
+                };
+                let text = format!("{before}{}{after}", json.expect("a Value serialises"));
+                prop_assert_eq!(ClientMessage::decode(&text), Ok(message), "{}", text);
+            }
+
+            /// Any text at all decodes to a request or an `INVALID_MESSAGE` refusal, never a
+            /// panic.
+            #[test]
+            fn any_text_decodes_or_is_refused(text in any::<String>()) {
+                if let Err(refusal) = ClientMessage::decode(&text) {
+                    prop_assert_eq!(refusal.code, ErrorCode::InvalidMessage);
+                }
+            }
+        }
     }
 }

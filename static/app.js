@@ -50,7 +50,7 @@ const NOT_RESUMED =
 const ERROR_TEXT = {
   INVALID_MESSAGE: 'The server did not understand that request. Reloading the page should fix it.',
   USERNAME_REQUIRED: 'Choose a name first.',
-  INVALID_USERNAME: 'A name has 1 to 32 characters and no control characters.',
+  INVALID_USERNAME: 'A name has 1 to 32 characters, at least one of them visible, and no control or text-direction characters.',
   USERNAME_TAKEN: 'The person in that room already uses this name. Change your name and try again.',
   ALREADY_IN_ROOM: 'You are already in a room. Leave it first.',
   NOT_IN_ROOM: 'You are not in a room any more.',

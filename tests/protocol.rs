@@ -515,3 +515,43 @@ async fn errors_go_only_to_their_cause() {
     host.expect_error("INVALID_MESSAGE").await;
     guest.expect_nothing_pending().await;
 }
+
+/// A JSON array is not a request, even one laid out like a request: `["set_username","bob"]` is
+/// `INVALID_MESSAGE` and sets no name, so `create_room` afterwards is still `USERNAME_REQUIRED`.
+#[tokio::test]
+async fn an_array_is_not_a_request() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.send_text(r#"["set_username","bob"]"#).await;
+    let refusal = client.expect_error("INVALID_MESSAGE").await;
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("JSON object")),
+        "{refusal}"
+    );
+    client.send(json!({"type": "create_room"})).await;
+    client.expect_error("USERNAME_REQUIRED").await;
+    client.expect_nothing_pending().await;
+}
+
+/// A name of only invisible characters, and a name with a text-direction override in it, are
+/// `INVALID_USERNAME` over a real socket, and neither becomes the client's name.
+#[tokio::test]
+async fn invisible_and_direction_overriding_names_are_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for bad in ["\u{200B}\u{200B}", "ada\u{202E}grace"] {
+        client
+            .send(json!({"type": "set_username", "username": bad}))
+            .await;
+        client.expect_error("INVALID_USERNAME").await;
+    }
+    client.send(json!({"type": "create_room"})).await;
+    client.expect_error("USERNAME_REQUIRED").await;
+    // A joined emoji keeps its zero-width joiner and is a fine name.
+    assert_eq!(
+        client.set_username("👩\u{200D}💻").await["username"],
+        "👩\u{200D}💻"
+    );
+}
