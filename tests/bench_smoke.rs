@@ -3,7 +3,8 @@
 //! `--json`, so that the tool cannot silently rot as the server changes.
 //!
 //! They pin down that each scenario does real work and reports it, not performance figures:
-//! those belong in BENCHMARKS.md.
+//! those belong in BENCHMARKS.md; and that a run the server's limits refused exits non-zero
+//! and names the server flag to change.
 
 mod common;
 
@@ -48,6 +49,26 @@ async fn report(server: &TestServer, args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("one JSON object ({err}): {stdout}"))
+}
+
+/// A server with its per-client limits off except those `tighten` sets: a load that one of
+/// them refuses.
+async fn server_limited(tighten: impl FnOnce(Config) -> Config) -> TestServer {
+    TestServer::with_config(tighten(Config::default().unlimited())).await
+}
+
+/// Runs `chat-bench` with `args` and returns its stdout and stderr, asserting exit status 1:
+/// the run finished and reported, but some of it failed.
+async fn failed_run(server: &TestServer, args: &[&str]) -> (String, String) {
+    let output = chat_bench(server, args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "chat-bench {args:?} should fail its run\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
 }
 
 /// The number at `pointer` in `report` (e.g. `/messages/delivered`).
@@ -212,6 +233,118 @@ async fn too_many_sockets_for_one_process_is_refused_clearly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("needs at least") && stderr.contains("pass --workers"),
+        "{stderr}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `connections` against a server that takes at most 4 connections from one address: 5 rooms
+/// need 10, so at least 3 rooms fail on HTTP 429. The run exits with status 1, says on stderr
+/// what failed, and the report names `--max-connections-per-ip 0` once, for all the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_cap_fails_connections_and_names_its_flag() {
+    let server = server_limited(|config| Config {
+        max_connections_per_ip: 4,
+        ..config
+    })
+    .await;
+    let (stdout, stderr) =
+        failed_run(&server, &["connections", "--rooms", "5", "--hold", "0s"]).await;
+    assert!(
+        stdout.contains("HTTP 429") && stdout.contains("start it with --max-connections-per-ip 0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("--max-connections-per-ip 0").count(),
+        1,
+        "the advice is given once per limit: {stdout}"
+    );
+    assert!(
+        stderr.contains("the run failed:")
+            && stderr.contains("connections failed")
+            && stderr.contains("rooms could not be created or joined")
+            && stderr.contains("--max-connections-per-ip 0"),
+        "{stderr}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `throughput` (in two worker processes) against a server that lets a connection send one
+/// message a second: every host's `create_room` right after its `set_username` gets
+/// `RATE_LIMITED`, so no room is set up. The run exits with status 1 and the JSON report
+/// counts the refusals under `rate_limited`, merged from both workers, with the flags
+/// `--rate-limit 0` and `--max-failed-joins 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_fails_rooms_and_names_its_flags() {
+    let server = server_limited(|config| Config {
+        rate_limit: 1,
+        rate_burst: 1,
+        ..config
+    })
+    .await;
+    let (stdout, stderr) = failed_run(
+        &server,
+        &[
+            "throughput",
+            "--rooms",
+            "4",
+            "--duration",
+            "1s",
+            "--workers",
+            "2",
+            "--json",
+        ],
+    )
+    .await;
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|err| panic!("one JSON object ({err}): {stdout}"));
+    assert_eq!(number(&report, "/workers"), 2.0);
+    assert_eq!(
+        number(&report, "/connections/rooms_failed"),
+        4.0,
+        "{report}"
+    );
+    let refused = report
+        .pointer("/errors/refused")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no /errors/refused list in {report}"));
+    assert_eq!(refused.len(), 1, "one entry per limit: {report}");
+    assert_eq!(refused[0]["limit"], "rate_limited");
+    assert_eq!(
+        number(&refused[0], "/count"),
+        number(&report, "/errors/total"),
+        "every failure was a RATE_LIMITED refusal: {report}"
+    );
+    assert_eq!(
+        refused[0]["flags"],
+        "--rate-limit 0 (and --max-failed-joins 0)"
+    );
+    assert!(
+        stderr
+            .contains("with RATE_LIMITED: start it with --rate-limit 0 (and --max-failed-joins 0)"),
+        "{stderr}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `churn` against a server that holds one connection at most: each session's guest gets
+/// HTTP 503, so every session fails. The run exits with status 1, says on stderr that
+/// sessions failed, and the report names `--max-connections 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_fails_churn_sessions_and_names_its_flag() {
+    let server = server_limited(|config| Config {
+        max_connections: 1,
+        ..config
+    })
+    .await;
+    let (stdout, stderr) =
+        failed_run(&server, &["churn", "--rate", "20", "--duration", "1s"]).await;
+    assert!(
+        stdout.contains("HTTP 503") && stdout.contains("start it with --max-connections 0"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("sessions failed") && stderr.contains("--max-connections 0"),
         "{stderr}"
     );
     server.shut_down().await.expect("clean shutdown");

@@ -16,7 +16,10 @@ use clap::{Args, Parser, Subcommand};
     long_about = "Load generator for chat protocol v1 servers.\n\n\
         Opens rooms of two clients, makes them chat, and reports connections, delivered \
         messages per second, send-to-receipt latency and, given --server-pid, the server's \
-        memory and CPU time read from /proc. Targets must be loopback addresses."
+        memory and CPU time read from /proc. Targets must be loopback addresses.\n\n\
+        Exit status: 0 when everything worked; 1 when the run finished but connections, rooms, \
+        sessions or messages failed (stderr says what and how many, and which server flag to \
+        change when the server's limits refused the load); 2 when the run could not be made."
 )]
 pub struct Cli {
     #[command(flatten)]

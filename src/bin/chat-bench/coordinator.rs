@@ -24,8 +24,8 @@ use crate::limits::{self, Capacity, thousands};
 use crate::measure::{Counts, HistogramData};
 use crate::procfs::{self, ClockTicks, MachineTicks, Pid, Usage};
 use crate::report::{
-    ClientStats, ConnectionStats, ErrorStats, MachineStats, MessageStats, Report, ServerStats,
-    SessionStats, Settings, ratio,
+    ClientStats, ConnectionStats, ErrorStats, MachineStats, MessageStats, Refused, Report,
+    ServerStats, SessionStats, Settings, ratio,
 };
 use crate::scenarios::{Load, Scenario};
 use crate::worker::{self, Phase, WorkerEvent, WorkerReport, WorkerSpec};
@@ -292,10 +292,14 @@ impl Job {
     fn report(self, outcome: Outcome) -> Report {
         let mut counts = Counts::default();
         let mut by_kind = std::collections::BTreeMap::new();
+        let mut refused = std::collections::BTreeMap::new();
         for report in &outcome.reports {
             counts.merge(&report.counts);
             for (kind, count) in &report.failures {
                 *by_kind.entry(kind.clone()).or_insert(0) += count;
+            }
+            for (&limit, count) in &report.refused {
+                *refused.entry(limit).or_insert(0) += count;
             }
         }
         let histogram = HistogramData::summarize(outcome.reports.iter().map(|r| &r.histogram));
@@ -420,6 +424,10 @@ impl Job {
             errors: ErrorStats {
                 total: counts.errors,
                 by_kind,
+                refused: refused
+                    .into_iter()
+                    .map(|(limit, count)| Refused::new(limit, count))
+                    .collect(),
             },
             server,
             client: ClientStats {

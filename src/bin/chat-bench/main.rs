@@ -21,6 +21,18 @@
 //! - `limits`: how many sockets one process can hold here, hence how many workers.
 //! - `procfs`: memory and CPU time of a process from /proc.
 //! - `report`: the results, as a table or as JSON.
+//! - `refusal`: the server's limits refusing the load, and the flags that lift them.
+//!
+//! # Exit status
+//!
+//! - 0: the run finished and everything it asked of the server worked.
+//! - 1: the run finished and its report is printed, but something failed: a connection (TCP,
+//!   WebSocket handshake or upgrade refused), a room that could not be created or joined, a
+//!   churn session, or any other error (an `error` reply where success was due, a lost
+//!   message, a timeout). stderr says what failed and how many, and, when the server's
+//!   limits refused the load (`RATE_LIMITED`, HTTP 429, HTTP 503), which flag to start it with.
+//! - 2: the run could not be made or finished (a bad option or URL, more sockets than the
+//!   workers can hold, /proc of --server-pid unreadable, a worker that died).
 
 mod cli;
 mod client;
@@ -29,6 +41,7 @@ mod limits;
 mod measure;
 mod procfs;
 mod protocol;
+mod refusal;
 mod report;
 mod scenarios;
 mod worker;
@@ -67,12 +80,17 @@ async fn main() -> ExitCode {
                 print!("{report}");
             }
             // The run finished and its figures are printed either way; a non-zero status
-            // tells scripts that some of it failed.
-            if report.errors.total == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            // tells scripts that some of it failed, and stderr tells whoever runs it what, even
+            // when stdout goes to a file or is JSON.
+            let failures = report.failures();
+            if failures.is_empty() {
+                return ExitCode::SUCCESS;
             }
+            eprintln!("chat-bench: the run failed: {}", failures.join(", "));
+            for refused in &report.errors.refused {
+                eprintln!("chat-bench: {}", refused.advice);
+            }
+            ExitCode::from(1)
         }
         Err(message) => {
             eprintln!("chat-bench: {message}");

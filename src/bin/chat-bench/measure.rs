@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::client::{BenchError, Closed};
+use crate::refusal::Limit;
 
 /// Everything a worker's client tasks record into.
 pub struct Shared {
@@ -24,8 +25,18 @@ pub struct Shared {
     pub counters: Counters,
     /// Send-to-receipt latencies (throughput) or session lengths (churn), in microseconds.
     pub histogram: Recorder,
-    /// Failures, counted by [`BenchError::kind`].
-    failures: Mutex<BTreeMap<String, u64>>,
+    /// Failures, counted by [`BenchError::kind`], and refusals by the server's limits.
+    failures: Mutex<Failures>,
+}
+
+/// What [`Shared::fail`] records, behind one lock.
+#[derive(Default)]
+struct Failures {
+    /// Every failure, by [`BenchError::kind`].
+    by_kind: BTreeMap<String, u64>,
+    /// The failures that were a limit of the server refusing the load, by limit: counted apart
+    /// so that the report can name the flag to change once per limit.
+    refused: BTreeMap<Limit, u64>,
 }
 
 impl Shared {
@@ -35,7 +46,7 @@ impl Shared {
             clock: Clock::new(),
             counters: Counters::default(),
             histogram: Recorder::new(),
-            failures: Mutex::new(BTreeMap::new()),
+            failures: Mutex::new(Failures::default()),
         })
     }
 
@@ -45,7 +56,10 @@ impl Shared {
         // A poisoned lock means another client task panicked while counting; the counts are
         // still valid integers, so keep using them.
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        *failures.entry(error.kind()).or_default() += 1;
+        *failures.by_kind.entry(error.kind()).or_default() += 1;
+        if let Some(limit) = Limit::of(error) {
+            *failures.refused.entry(limit).or_default() += 1;
+        }
     }
 
     /// Counts how a connection closed: [`Closed::WithoutReply`] is counted apart, an error
@@ -63,6 +77,16 @@ impl Shared {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .by_kind
+            .clone()
+    }
+
+    /// The failures so far that were the server's limits refusing the load, by limit.
+    pub fn refused(&self) -> BTreeMap<Limit, u64> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused
             .clone()
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::limits::thousands;
 use crate::measure::Summary;
+use crate::refusal::Limit;
 
 /// Everything a run measured.
 #[derive(Debug, Serialize)]
@@ -139,6 +140,34 @@ pub struct SessionStats {
 pub struct ErrorStats {
     pub total: u64,
     pub by_kind: BTreeMap<String, u64>,
+    /// Those of the failures that were the server's limits refusing the load, one entry per
+    /// limit, each with the flag that lifts it (empty when no limit refused anything).
+    pub refused: Vec<Refused>,
+}
+
+/// How often one of the server's limits refused the load, and what to do about it.
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    /// `rate_limited`, `per_address` (HTTP 429) or `server_full` (HTTP 503).
+    pub limit: Limit,
+    /// Failures it caused.
+    pub count: u64,
+    /// The chat-server flags that turn it off.
+    pub flags: &'static str,
+    /// The sentence the report prints, count and flags included.
+    pub advice: String,
+}
+
+impl Refused {
+    /// The entry for `count` refusals by `limit`.
+    pub fn new(limit: Limit, count: u64) -> Refused {
+        Refused {
+            limit,
+            count,
+            flags: limit.flags(),
+            advice: limit.advice(count),
+        }
+    }
 }
 
 /// The server process as /proc saw it.
@@ -189,6 +218,59 @@ pub struct MachineStats {
     /// What is left after the server (if measured) and chat-bench: other programs, the
     /// kernel's work not charged to either. High values mean noisy figures.
     pub others_percent: f64,
+}
+
+impl Report {
+    /// What failed, one phrase per kind of failure with its count ("3 connections failed");
+    /// empty when everything the scenario asked for worked. chat-bench exits with status 1
+    /// exactly when this is not empty, so that a script cannot take a run that lost
+    /// connections, rooms or sessions for a clean measurement.
+    ///
+    /// Every failure counted by a scenario is also one of the errors, but the connection,
+    /// room and session counts are checked on their own too: a failure is a failure whether
+    /// or not it reached the error list. Skipped churn sessions (chat-bench's own
+    /// `--max-sessions` cap) and connections closed without a Close reply are reported but
+    /// are not failures: nothing the scenario asked of the server went wrong.
+    pub fn failures(&self) -> Vec<String> {
+        let c = &self.connections;
+        let mut failed = Vec::new();
+        if c.failed > 0 {
+            failed.push(format!("{} failed", count(c.failed, "connection")));
+        }
+        if c.rooms_failed > 0 {
+            failed.push(format!(
+                "{} could not be created or joined",
+                count(c.rooms_failed, "room")
+            ));
+        }
+        if let Some(sessions) = &self.sessions {
+            if sessions.failed > 0 {
+                failed.push(format!("{} failed", count(sessions.failed, "session")));
+            }
+            if sessions.unfinished > 0 {
+                failed.push(format!(
+                    "{} did not finish",
+                    count(sessions.unfinished, "session")
+                ));
+            }
+        }
+        if self.errors.total > 0 {
+            failed.push(format!(
+                "{} in all (listed by kind in the report)",
+                count(self.errors.total, "error")
+            ));
+        }
+        failed
+    }
+}
+
+/// `n` and the noun, in the plural unless `n` is 1: "1 room", "3 rooms".
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {noun}s", thousands(n))
+    }
 }
 
 /// Divides, giving 0 rather than NaN or infinity for an empty denominator.
@@ -340,6 +422,10 @@ impl fmt::Display for Report {
         for (kind, count) in &self.errors.by_kind {
             writeln!(f, "  {:<13}   {} × {kind}", "", thousands(*count))?;
         }
+        for (i, refused) in self.errors.refused.iter().enumerate() {
+            let label = if i == 0 { "server limits" } else { "" };
+            writeln!(f, "  {label:<13} {}", refused.advice)?;
+        }
         if let Some(server) = &self.server {
             write!(
                 f,
@@ -384,5 +470,119 @@ impl fmt::Display for Report {
             writeln!(f, "  note: {note}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A churn report in which every count is zero.
+    fn clean_churn() -> Report {
+        Report {
+            scenario: "churn",
+            url: "ws://127.0.0.1:8080/ws".to_string(),
+            workers: 1,
+            settings: Settings::default(),
+            connections: ConnectionStats {
+                requested: 4,
+                opened: 4,
+                failed: 0,
+                rooms_ready: 2,
+                rooms_failed: 0,
+                setup_secs: 0.0,
+                opened_per_sec: 4.0,
+                closed_without_reply: 0,
+            },
+            messages: None,
+            latency_us: None,
+            sessions: Some(SessionStats {
+                window_secs: 1.0,
+                offered_per_sec: 2.0,
+                started: 2,
+                completed: 2,
+                failed: 0,
+                skipped: 0,
+                unfinished: 0,
+                completed_per_sec: 2.0,
+                duration_us: Summary::default(),
+            }),
+            errors: ErrorStats {
+                total: 0,
+                by_kind: BTreeMap::new(),
+                refused: Vec::new(),
+            },
+            server: None,
+            client: ClientStats {
+                cpu_secs: 0.0,
+                cpu_percent: 0.0,
+                rss_kib: 0,
+            },
+            machine: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Connections closed without a Close reply and sessions chat-bench itself skipped are
+    /// reported, but the run did everything it asked of the server: no failure.
+    #[test]
+    fn a_clean_run_has_no_failures() {
+        let mut report = clean_churn();
+        report.connections.closed_without_reply = 4;
+        if let Some(sessions) = &mut report.sessions {
+            sessions.skipped = 3;
+        }
+        assert_eq!(report.failures(), Vec::<String>::new());
+    }
+
+    /// Each count of failed connections, rooms and sessions is named with its number, even
+    /// if no error was recorded for it.
+    #[test]
+    fn every_failed_count_is_a_failure() {
+        let mut report = clean_churn();
+        report.connections.failed = 1;
+        report.connections.rooms_failed = 2;
+        if let Some(sessions) = &mut report.sessions {
+            sessions.failed = 2;
+            sessions.unfinished = 1;
+        }
+        assert_eq!(
+            report.failures(),
+            [
+                "1 connection failed",
+                "2 rooms could not be created or joined",
+                "2 sessions failed",
+                "1 session did not finish",
+            ]
+        );
+
+        let mut report = clean_churn();
+        report.errors.total = 3;
+        assert_eq!(
+            report.failures(),
+            ["3 errors in all (listed by kind in the report)"]
+        );
+    }
+
+    /// The table gives each limit's advice on its own line, once, after the errors.
+    #[test]
+    fn the_table_gives_each_limits_advice_once() {
+        let mut report = clean_churn();
+        report.errors.total = 7;
+        report.errors.refused = vec![
+            Refused::new(Limit::RateLimited, 5),
+            Refused::new(Limit::PerAddress, 2),
+        ];
+        let table = report.to_string();
+        assert_eq!(table.matches("--rate-limit 0").count(), 1, "{table}");
+        assert_eq!(
+            table.matches("--max-connections-per-ip 0").count(),
+            1,
+            "{table}"
+        );
+        assert!(
+            table.contains("server limits the server refused 5 requests with RATE_LIMITED"),
+            "{table}"
+        );
     }
 }

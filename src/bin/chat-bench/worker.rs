@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{BenchError, Connector, Target};
 use crate::measure::{Counts, HistogramData, Shared};
 use crate::procfs::{self, Pid};
+use crate::refusal::Limit;
 use crate::scenarios::{self, Scenario};
 
 /// How often a worker reports its counts for the progress line.
@@ -95,6 +96,9 @@ pub struct WorkerReport {
     pub counts: Counts,
     /// Failures by kind.
     pub failures: std::collections::BTreeMap<String, u64>,
+    /// The failures that were the server's limits refusing the load, by limit (also counted
+    /// in `failures`).
+    pub refused: std::collections::BTreeMap<Limit, u64>,
     /// Latencies (throughput) or session lengths (churn), in µs.
     pub histogram: HistogramData,
     /// Seconds from the worker's start until every room was set up.
@@ -184,6 +188,7 @@ pub async fn run(
     let report = WorkerReport {
         counts: shared.counters.snapshot(),
         failures: shared.failures(),
+        refused: shared.refused(),
         histogram: shared.histogram.export(),
         setup_secs,
         cpu_ticks: cpu_at_end.saturating_sub(cpu_at_start),
