@@ -10,14 +10,51 @@ use crate::error::SendError;
 use crate::limits::TokenBucket;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
-/// What the actor queues for a connection's write task.
+/// What a connection's write task takes from its outbound queue.
 #[derive(Debug)]
 pub enum Outbound {
     /// One encoded server message.
     Message(Utf8Bytes),
-    /// Close the connection with this close code and reason. Used when another connection has
-    /// taken over the session (4000). Nothing queued after it is sent.
-    Close(u16, &'static str),
+    /// Several messages that belong together, in order: a `room_joined` or `resumed` and the
+    /// history that did not fit in it (see [`crate::message::MAX_FRAME_BYTES`]). One item, so
+    /// that a long history counts once against the queue's bound, which is there for the
+    /// messages a slow reader lets pile up, not for what it is owed on arrival.
+    Batch(Vec<Utf8Bytes>),
+    /// Close the connection. Always the last item: the actor closed the queue with it
+    /// ([`outbox::Sender::close`]), after everything queued before.
+    Close(Close),
+}
+
+/// Why the actor ends a connection: the close frame the write task sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// The close frame's reason, for people (and logs) on the other side.
+    pub reason: &'static str,
+}
+
+impl Close {
+    /// Another connection resumed this session (protocol: 4000, do not reconnect).
+    pub const TAKEN_OVER: Close = Close {
+        code: 4000,
+        reason: "session resumed elsewhere",
+    };
+    /// The client's queue filled up: it reads slower than its peer writes (1008).
+    pub const TOO_SLOW: Close = Close {
+        code: 1008,
+        reason: "too slow: fell too far behind",
+    };
+    /// The client kept sending far over the rate limit (1008). An `error` said so first.
+    pub const FLOODING: Close = Close {
+        code: 1008,
+        reason: "too many messages",
+    };
+    /// The client chose no username in time (1008). An `error` said so first.
+    pub const UNNAMED: Close = Close {
+        code: 1008,
+        reason: "no username in time",
+    };
 }
 
 /// One connected client, as the [`ChatServer`](crate::server::ChatServer) actor sees it.
@@ -93,10 +130,13 @@ impl Client {
         self.outbound.is_some()
     }
 
-    /// Lets go of the connection, keeping the session. Dropping the sender tells the write task
-    /// that the actor is done with it.
-    pub fn detach(&mut self) {
-        self.outbound = None;
+    /// Lets go of the connection, keeping the session. With `close`, the connection's write task
+    /// sends that close frame once it has sent what is queued; without, the connection is
+    /// already gone and only the queue is dropped.
+    pub fn detach(&mut self, close: Option<Close>) {
+        if let (Some(outbound), Some(close)) = (self.outbound.take(), close) {
+            outbound.close(close);
+        }
     }
 
     /// Takes the connection's queue away, to attach it to the session being resumed.
@@ -112,12 +152,19 @@ impl Client {
 
     /// Queues one encoded message for this client without waiting.
     pub fn send(&self, frame: Utf8Bytes) -> Result<(), SendError> {
+        self.queue(Outbound::Message(frame))
+    }
+
+    /// Queues messages that belong together as one item (see [`Outbound::Batch`]).
+    pub fn send_batch(&self, frames: Vec<Utf8Bytes>) -> Result<(), SendError> {
+        self.queue(Outbound::Batch(frames))
+    }
+
+    fn queue(&self, item: Outbound) -> Result<(), SendError> {
         let outbound = self.outbound.as_ref().ok_or(SendError::Disconnected)?;
-        outbound
-            .try_send(Outbound::Message(frame))
-            .map_err(|err| match err {
-                TrySendError::Full(_) => SendError::QueueFull,
-                TrySendError::Closed(_) => SendError::Disconnected,
-            })
+        outbound.try_send(item).map_err(|err| match err {
+            TrySendError::Full(_) => SendError::QueueFull,
+            TrySendError::Closed(_) => SendError::Disconnected,
+        })
     }
 }

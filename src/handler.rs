@@ -15,19 +15,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::client::Outbound;
+use crate::client::{Close, Outbound};
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
@@ -42,6 +43,20 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How long the write task may take to hand a close frame to a client that is going away. A
 /// client that does not read must not hold up shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a socket on which we sent our close frame is read on (and what arrives discarded)
+/// before it is dropped, waiting for the client to close its side; see [`linger`].
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The most bytes read and discarded while lingering: a client still sending after this much
+/// is not going to stop, and gets a reset.
+pub const LINGER_BYTES: usize = 1024 * 1024;
+
+/// How a connection ends when the actor is gone: "internal error".
+const INTERNAL_ERROR: Close = Close {
+    code: 1011,
+    reason: "internal error",
+};
 
 /// The tungstenite settings of every connection, chosen for many mostly idle connections.
 ///
@@ -75,8 +90,9 @@ enum Ending {
     ProtocolViolation(CloseCode),
     /// The server is shutting down.
     Shutdown,
-    /// The write task ended first: the actor dropped the client (too slow, flooding, or unnamed
-    /// for too long), or writing failed.
+    /// The write task ended first: the actor closed the client's queue (too slow, flooding,
+    /// unnamed for too long, or its session resumed elsewhere), the actor is gone, or writing
+    /// failed.
     WriterEnded,
     /// The actor is gone; only in a shutdown or after a bug.
     ActorStopped,
@@ -106,6 +122,16 @@ impl Ending {
         };
         Some(Farewell::Close(close_frame(code, reason)))
     }
+
+    /// Whether the frames still arriving can be read as frames. After an oversized or broken
+    /// frame, tungstenite's reading is out of step with the stream: what follows is not worth
+    /// parsing, only discarding (see [`linger`]).
+    fn can_read_on(self) -> bool {
+        !matches!(
+            self,
+            Ending::TooBig | Ending::ProtocolViolation(_) | Ending::Dropped
+        )
+    }
 }
 
 impl From<WsError> for Ending {
@@ -117,6 +143,26 @@ impl From<WsError> for Ending {
             _ => Ending::Dropped,
         }
     }
+}
+
+/// How the write task ended.
+#[derive(Debug)]
+enum WriterEnd {
+    /// It sent our close frame: the server closed the connection, and now closes the socket
+    /// gracefully ([`linger`]).
+    Closed,
+    /// It answered the client's close frame: the close handshake is complete.
+    Answered,
+    /// Writing failed or stalled, or the last frame could not be sent in time: the socket is
+    /// of no further use.
+    Failed(WsError),
+}
+
+/// The write task's result: how it ended, and the sending half of the socket, handed back so
+/// that the socket can be closed gracefully.
+struct WriterExit<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    end: WriterEnd,
 }
 
 /// Serves one client, connected from `address`, from the completed handshake until the
@@ -140,47 +186,191 @@ pub async fn serve<S>(
         outbound: outbound_tx,
     };
     if server.send(connect).await.is_err() {
+        // The actor is gone: say so rather than leave the client with a silent socket. Boxed,
+        // like `finish` below, so that idle connections do not carry room for it.
+        Box::pin(close_at_once(socket, CloseCode::Error, "internal error")).await;
         return;
     }
 
-    let (sink, stream) = socket.split();
-    let (close_tx, close_rx) = oneshot::channel();
+    let (sink, mut stream) = socket.split();
+    let (farewell_tx, farewell_rx) = oneshot::channel();
     let mut writer = tokio::spawn(write_loop(
         sink,
         outbound_rx,
-        close_rx,
+        farewell_rx,
         config.heartbeat_interval,
     ));
 
-    let ending = tokio::select! {
-        ending = read_loop(stream, client_id, &server, config.heartbeat_interval * 2) => ending,
-        () = shutdown.cancelled() => Ending::Shutdown,
-        _ = &mut writer => Ending::WriterEnded,
+    // The read loop borrows the stream rather than owning it: when another branch wins, the
+    // stream survives, to be read on while the farewell goes out and then closed gracefully.
+    let (ending, finished_writer) = tokio::select! {
+        ending = read_loop(&mut stream, client_id, &server, config.heartbeat_interval * 2) => {
+            (ending, None)
+        }
+        () = shutdown.cancelled() => (Ending::Shutdown, None),
+        exit = &mut writer => (Ending::WriterEnded, Some(exit)),
     };
     debug!(client = %client_id, ?ending, "connection ending");
+    // Boxed: these last moments of a connection need the whole socket and several futures of
+    // their own, and every idle connection would carry room for them if they were inline.
+    let last_moments = finish(
+        ending,
+        finished_writer,
+        writer,
+        farewell_tx,
+        stream,
+        &server,
+        client_id,
+    );
+    Box::pin(last_moments).await;
+}
 
+/// Closes a socket we have not split, with our close frame, for the rare connection that
+/// cannot even be registered.
+async fn close_at_once<S>(mut socket: WebSocketStream<S>, code: CloseCode, reason: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = close_frame(code, reason);
+    if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await {
+        linger(socket, true).await;
+    }
+}
+
+/// Ends a connection: asks the write task for its farewell, tells the actor, waits for the
+/// farewell and then, if it was our close frame, closes the socket gracefully ([`linger`]).
+async fn finish<S>(
+    ending: Ending,
+    finished_writer: Option<Result<WriterExit<S>, JoinError>>,
+    mut writer: JoinHandle<WriterExit<S>>,
+    farewell_tx: oneshot::Sender<Farewell>,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    server: &ChatServerHandle,
+    client_id: ClientId,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // Ask the writer for its farewell *before* telling the actor: the actor then drops our
     // outbound queue, and the writer must not mistake that for being dropped by the actor.
-    match ending.farewell() {
-        Some(farewell) => {
-            let _ = close_tx.send(farewell);
+    if finished_writer.is_none() {
+        match ending.farewell() {
+            Some(farewell) => {
+                let _ = farewell_tx.send(farewell);
+            }
+            None => writer.abort(),
         }
-        None => writer.abort(),
     }
     // Whatever happened to the socket, the peer hears about it now.
     let _ = server.send(ServerCommand::Disconnect { client_id }).await;
-    // Wait for the writer to send its close frame, unless it has already finished: the
-    // `select!` above polled its `JoinHandle` to completion in that case, and polling a
-    // finished `JoinHandle` again panics.
-    if ending != Ending::WriterEnded && timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
-        // The client is not reading; dropping the task drops the socket.
-        writer.abort();
+
+    let mut frames_readable = ending.can_read_on();
+    let exit = match finished_writer {
+        // The `select!` in `serve` polled the writer's `JoinHandle` to completion; polling a
+        // finished `JoinHandle` again would panic.
+        Some(exit) => exit.ok(),
+        None => wait_for_farewell(&mut writer, &mut stream, &mut frames_readable).await,
+    };
+    match exit {
+        Some(WriterExit {
+            sink,
+            end: WriterEnd::Closed,
+        }) => {
+            // Both halves come from the same `split`, so they always fit back together.
+            if let Ok(socket) = sink.reunite(stream) {
+                linger(socket, frames_readable).await;
+            }
+        }
+        Some(WriterExit {
+            end: WriterEnd::Failed(err),
+            ..
+        }) => debug!(client = %client_id, cause = %err, "write failed"),
+        Some(WriterExit {
+            end: WriterEnd::Answered,
+            ..
+        }) => {}
+        // Aborted, because the socket is dead or the client would not take our last frame.
+        None => {}
     }
+}
+
+/// Waits for the write task to send its farewell, reading on meanwhile, and returns how it
+/// ended; `None` if it took longer than [`CLOSE_TIMEOUT`] and was aborted.
+///
+/// Reading on matters: a client that is blocked writing to us (a flooder, or a big message
+/// cut off half way) may read nothing until its write completes, so it would never see our
+/// close frame if we stopped reading first. What arrives now is discarded. `frames_readable`
+/// says whether frames can still be read, and turns false when reading fails.
+async fn wait_for_farewell<S>(
+    writer: &mut JoinHandle<WriterExit<S>>,
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    frames_readable: &mut bool,
+) -> Option<WriterExit<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::sleep(CLOSE_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            exit = &mut *writer => return exit.ok(),
+            () = &mut deadline => {
+                // The client is not reading; dropping the task drops its half of the socket.
+                writer.abort();
+                return None;
+            }
+            frame = stream.next(), if *frames_readable => {
+                *frames_readable = matches!(frame, Some(Ok(_)));
+            }
+        }
+    }
+}
+
+/// Closes a socket on which we have sent our close frame, so that the frame reaches the
+/// client (the "lingering close" of HTTP servers).
+///
+/// Closing a TCP socket that still holds unread input makes the kernel answer with a reset,
+/// and a reset makes the client's kernel throw away what it had received but not yet read:
+/// our close frame with its code. So we first shut down our sending side (a FIN after the
+/// close frame, which also tells the client we are done), then read and discard whatever the
+/// client still sends, for at most [`LINGER_TIME`] and [`LINGER_BYTES`], until its close
+/// frame arrives (nothing may follow it) or it closes its side; only then is the socket
+/// dropped. When frames cannot be told apart any more (after an oversized or broken one), the
+/// bytes are discarded unread until the end of the stream.
+async fn linger<S>(mut socket: WebSocketStream<S>, frames_readable: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let drain = async {
+        socket.get_mut().shutdown().await?;
+        let mut discarded = 0;
+        if frames_readable {
+            while discarded < LINGER_BYTES {
+                match socket.next().await {
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(message)) => discarded += message.len(),
+                    // Out of step with the stream: discard what is left unread, below.
+                    Some(Err(_)) => break,
+                }
+            }
+        }
+        // On the heap, and only now: a buffer in the future itself would cost every idle
+        // connection its size.
+        let mut buffer = vec![0; 4096];
+        let socket = socket.get_mut();
+        while discarded < LINGER_BYTES {
+            match socket.read(&mut buffer).await? {
+                0 => break, // The client closed its side: a clean end.
+                read => discarded += read,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = timeout(LINGER_TIME, drain).await;
 }
 
 /// Reads frames and turns them into commands for the actor, until the connection ends.
 async fn read_loop<S>(
-    mut stream: SplitStream<WebSocketStream<S>>,
+    stream: &mut SplitStream<WebSocketStream<S>>,
     client_id: ClientId,
     server: &ChatServerHandle,
     silence_limit: Duration,
@@ -233,14 +423,14 @@ where
     }
 }
 
-/// Writes queued messages and heartbeat pings until asked to close or until the actor drops the
-/// queue.
+/// Writes queued messages and heartbeat pings until asked to say farewell or until the actor
+/// closes the queue, then hands the sending half back.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbound: outbox::Receiver,
-    mut close: oneshot::Receiver<Farewell>,
+    mut farewell: oneshot::Receiver<Farewell>,
     heartbeat_interval: Duration,
-) -> Result<(), WsError>
+) -> WriterExit<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -249,77 +439,100 @@ where
     // A writer that stalls for longer than a heartbeat interval is talking to a dead peer.
     let stall_limit = heartbeat_interval;
 
-    loop {
+    // `break 'writing` rather than `return`, so that the sink can be handed back at the end.
+    let end = 'writing: loop {
+        let sink = &mut sink;
         let written = tokio::select! {
-            // A close request wins over anything still queued: the connection is over.
+            // A farewell wins over anything still queued: the connection is over.
             biased;
-            farewell = &mut close => {
-                if let Ok(farewell) = farewell {
-                    say_farewell(&mut sink, farewell).await;
-                }
-                return Ok(());
+            farewell = &mut farewell => {
+                break 'writing match farewell {
+                    Ok(farewell) => say_farewell(sink, farewell).await,
+                    // The handler is gone without a word: it was aborted, so nobody is
+                    // waiting for us either.
+                    Err(_) => WriterEnd::Failed(WsError::ConnectionClosed),
+                };
             }
             item = outbound.recv() => {
                 match item {
-                    // Only the actor holds the sender, and it only lets go of a live client that
-                    // broke a rule of the server: it fell too far behind (see
-                    // `ChatServer::send`), kept sending far over the rate limit, or set no
-                    // username in time. All three are policy violations, close code 1008; in the
-                    // last two the actor queued an `error` saying why, which `recv` has already
-                    // handed us, because a closed channel still yields what was queued first.
-                    None => Ok(Some(close_frame(CloseCode::Policy, "policy violation"))),
-                    Some(Outbound::Close(code, reason)) => Ok(Some(close_frame(code.into(), reason))),
-                    Some(Outbound::Message(text)) => {
+                    Some(Outbound::Close(close)) => Ok(Some(close)),
+                    // The actor let go of the queue without closing it: the actor itself is
+                    // gone (it panicked), so every connection ends with "internal error".
+                    None => Ok(Some(INTERNAL_ERROR)),
+                    Some(first) => {
                         let batch = async {
                             // Everything queued goes out with one flush: one write to the socket
-                            // for many messages. Yielding once first lets the tasks that are
-                            // already runnable (the actor working through its batch, the other
-                            // read loops) queue theirs too: in a busy room the echo of one's own
-                            // message and the peer's next one then share a write, about a third
-                            // fewer writes (BENCHMARKS.md).
-                            sink.feed(Message::Text(text)).await?;
-                            tokio::task::yield_now().await;
-                            while let Ok(item) = outbound.try_recv() {
+                            // for many messages. Yielding once, after the first, lets the tasks
+                            // that are already runnable (the actor working through its batch, the
+                            // other read loops) queue theirs too: in a busy room the echo of one's
+                            // own message and the peer's next one then share a write, about a
+                            // third fewer writes (BENCHMARKS.md).
+                            let mut item = first;
+                            let mut yielded = false;
+                            let close = loop {
                                 match item {
                                     Outbound::Message(text) => sink.feed(Message::Text(text)).await?,
-                                    Outbound::Close(code, reason) => {
-                                        sink.flush().await?;
-                                        return Ok(Some(close_frame(code.into(), reason)));
-                                    }
+                                    // Rare (a join or a resume with a long history): boxed, so
+                                    // that every idle connection does not carry room for it.
+                                    Outbound::Batch(frames) => Box::pin(feed_all(sink, frames)).await?,
+                                    Outbound::Close(close) => break Some(close),
                                 }
-                            }
+                                if !yielded {
+                                    tokio::task::yield_now().await;
+                                    yielded = true;
+                                }
+                                match outbound.try_recv() {
+                                    Ok(next) => item = next,
+                                    Err(_) => break None,
+                                }
+                            };
                             sink.flush().await?;
-                            Ok::<_, WsError>(None)
+                            Ok::<_, WsError>(close)
                         };
-                        timeout(stall_limit, batch).await.map_err(|_| stalled())?
+                        timeout(stall_limit, batch).await.unwrap_or_else(|_| Err(stalled()))
                     }
                 }
             }
             _ = heartbeat.tick() => {
-                timeout(stall_limit, sink.send(Message::Ping(Bytes::new())))
-                    .await
-                    .map_err(|_| stalled())?
-                    .map(|()| None)
+                match timeout(stall_limit, sink.send(Message::Ping(Bytes::new()))).await {
+                    Ok(sent) => sent.map(|()| None),
+                    Err(_) => Err(stalled()),
+                }
             }
         };
         match written {
             Ok(None) => {}
-            Ok(Some(frame)) => {
-                say_farewell(&mut sink, Farewell::Close(frame)).await;
-                return Ok(());
+            Ok(Some(close)) => {
+                let frame = close_frame(close.code.into(), close.reason);
+                break say_farewell(sink, Farewell::Close(frame)).await;
             }
             // The client's Close frame arrived while we were writing: tungstenite queued its
             // reply as it read the frame, and from then on refuses to send anything else. The
             // read loop saw the Close too and is about to ask for that reply to go out.
             Err(WsError::Protocol(ProtocolError::SendAfterClosing)) => {
-                if let Ok(Ok(farewell)) = timeout(CLOSE_TIMEOUT, &mut close).await {
-                    say_farewell(&mut sink, farewell).await;
-                }
-                return Ok(());
+                break match timeout(CLOSE_TIMEOUT, &mut farewell).await {
+                    Ok(Ok(farewell)) => say_farewell(sink, farewell).await,
+                    _ => WriterEnd::Failed(WsError::Protocol(ProtocolError::SendAfterClosing)),
+                };
             }
-            Err(err) => return Err(err),
+            Err(err) => break WriterEnd::Failed(err),
         }
+    };
+    WriterExit { sink, end }
+}
+
+/// Hands several messages to the sink, in order, without flushing.
+async fn feed_all<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    frames: Vec<Utf8Bytes>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for text in frames {
+        sink.feed(Message::Text(text)).await?;
     }
+    Ok(())
 }
 
 /// A close frame with a fixed reason.
@@ -331,18 +544,29 @@ fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
 }
 
 /// Sends the connection's last frame: our own close frame, or the reply to the client's.
-async fn say_farewell<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, farewell: Farewell)
+async fn say_farewell<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    farewell: Farewell,
+) -> WriterEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Either way the frame is all that is left to do, so a failure here changes nothing.
-    let _ = match farewell {
-        Farewell::Close(frame) => {
-            timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await
-        }
+    let (sent, end) = match farewell {
+        Farewell::Close(frame) => (
+            timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await,
+            WriterEnd::Closed,
+        ),
         // Closing the sink flushes the reply tungstenite queued.
-        Farewell::Reply => timeout(CLOSE_TIMEOUT, sink.close()).await,
+        Farewell::Reply => (
+            timeout(CLOSE_TIMEOUT, sink.close()).await,
+            WriterEnd::Answered,
+        ),
     };
+    match sent {
+        Ok(Ok(())) => end,
+        Ok(Err(err)) => WriterEnd::Failed(err),
+        Err(_) => WriterEnd::Failed(stalled()),
+    }
 }
 
 /// The error a write task ends with when the socket would not take data for too long.

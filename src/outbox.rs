@@ -7,6 +7,11 @@
 //! This queue is a `VecDeque` behind a `std::sync::Mutex`, plus a `Notify` to wake the consumer:
 //! about 100 bytes when idle, growing only while messages are actually waiting.
 //!
+//! The actor ends a connection by closing the queue with [`Sender::close`]: the close goes in a
+//! slot of its own, so that it gets through even when the queue is full (a slow consumer, or a
+//! session taken over while its old connection had stopped reading), and comes out after what
+//! was queued before it. A sender dropped without a close means the actor itself is gone.
+//!
 //! A std `Mutex` is right here because it is held for a push or a pop only, never across an
 //! `.await`, and the two sides barely ever contend.
 
@@ -16,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 pub use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
-use crate::client::Outbound;
+use crate::client::{Close, Outbound};
 
 /// Creates a queue that holds at most `capacity` items.
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
@@ -26,6 +31,7 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
             capacity: capacity.max(1),
             sender_alive: true,
             receiver_alive: true,
+            close: None,
         }),
         item_or_close: Notify::new(),
     });
@@ -48,6 +54,8 @@ struct State {
     capacity: usize,
     sender_alive: bool,
     receiver_alive: bool,
+    /// How the sender closed the queue, handed out once the queue is empty.
+    close: Option<Close>,
 }
 
 impl Shared {
@@ -82,6 +90,15 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Closes the queue with `close`: the receiver gets everything queued so far, then
+    /// [`Outbound::Close`]. Needs no room in the queue.
+    pub fn close(self, close: Close) {
+        self.0.lock().close = Some(close);
+        // Dropping `self` marks the sender gone and wakes the receiver.
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         self.0.lock().sender_alive = false;
@@ -94,7 +111,8 @@ impl Drop for Sender {
 pub struct Receiver(Arc<Shared>);
 
 impl Receiver {
-    /// The next item, waiting for one; `None` once the sender is gone and the queue is empty.
+    /// The next item, waiting for one. Once the sender is gone and the queue is empty: its
+    /// [`Outbound::Close`] if it closed the queue with one, then `None`.
     pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
             match self.try_recv() {
@@ -111,7 +129,11 @@ impl Receiver {
         match state.queue.pop_front() {
             Some(item) => Ok(item),
             None if state.sender_alive => Err(TryRecvError::Empty),
-            None => Err(TryRecvError::Disconnected),
+            None => state
+                .close
+                .take()
+                .map(Outbound::Close)
+                .ok_or(TryRecvError::Disconnected),
         }
     }
 }
@@ -137,7 +159,8 @@ mod tests {
     fn text(item: Outbound) -> String {
         match item {
             Outbound::Message(text) => text.to_string(),
-            Outbound::Close(code, _) => format!("close {code}"),
+            Outbound::Batch(frames) => format!("{} messages", frames.len()),
+            Outbound::Close(close) => format!("close {}", close.code),
         }
     }
 
@@ -182,5 +205,26 @@ mod tests {
             sender.try_send(message("lost")),
             Err(TrySendError::Closed(_))
         ));
+    }
+
+    /// A close gets through a full queue and comes out after what was queued before it, once.
+    #[tokio::test]
+    async fn a_close_needs_no_room_and_comes_last() {
+        let (sender, mut receiver) = channel(1);
+        sender.try_send(message("last words")).expect("room");
+        assert!(matches!(
+            sender.try_send(message("no room")),
+            Err(TrySendError::Full(_))
+        ));
+        sender.close(Close::TAKEN_OVER);
+        assert_eq!(
+            receiver.recv().await.map(text).as_deref(),
+            Some("last words")
+        );
+        assert_eq!(
+            receiver.recv().await.map(text).as_deref(),
+            Some("close 4000")
+        );
+        assert!(receiver.recv().await.is_none());
     }
 }

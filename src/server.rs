@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, warn};
 
-use crate::client::{Client, Outbound};
+use crate::client::{Client, Close};
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
 use crate::limits::{TokenBucket, limit_key};
@@ -250,7 +250,7 @@ impl ChatServer {
                 address,
                 outbound,
             } => self.connect(client_id, address, outbound),
-            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id),
+            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id, None),
             ServerCommand::Request { client_id, request } => {
                 // A forgotten client (dropped as too slow, say) may still have requests on
                 // their way: `admit` ignores them.
@@ -303,7 +303,7 @@ impl ChatServer {
                 "Far too many messages, for too long: closing the connection.",
             );
             self.refuse(id, &refusal);
-            self.forget(id);
+            self.forget(id, Some(Close::FLOODING));
         } else {
             let refusal = self.rate_refusal.clone();
             self.refuse(id, &refusal);
@@ -464,9 +464,10 @@ impl ChatServer {
         self.send(id, greeting);
     }
 
-    /// A client's connection ended. A room member keeps its seat for the grace period, so that
-    /// a new connection can `resume` the session; anyone else is forgotten at once.
-    fn connection_lost(&mut self, id: ClientId) {
+    /// A client's connection ended, or is to end with `close` (a slow consumer). A room member
+    /// keeps its seat for the grace period, so that a new connection can `resume` the session;
+    /// anyone else is forgotten at once.
+    fn connection_lost(&mut self, id: ClientId, close: Option<Close>) {
         let Some(client) = self.clients.get(&id) else {
             return; // Already forgotten (dropped as a flooder, or its session resumed elsewhere).
         };
@@ -474,14 +475,14 @@ impl ChatServer {
             return; // Already held: it was dropped as too slow, and its handler has now ended.
         }
         if self.resume_grace.is_zero() || client.room.is_none() {
-            self.forget(id);
+            self.forget(id, close);
             return;
         }
         // The peer sees typing end before it sees the member go.
         self.end_typing(id);
         let grace = self.grace_timers.insert(id, self.resume_grace);
         if let Some(client) = self.clients.get_mut(&id) {
-            client.detach();
+            client.detach(close);
             client.grace = Some(grace);
         }
         self.metrics.connections.decrement(1.0);
@@ -500,19 +501,20 @@ impl ChatServer {
         if let Some(client) = self.clients.get_mut(&id) {
             client.grace = None;
             debug!(client = %id, "resume grace period over");
-            self.forget(id);
+            self.forget(id, None);
         }
     }
 
     /// Forgets a client for good: it leaves its room (the peer gets `peer_left` with
     /// `"disconnected"`), its session can no longer be resumed, and its connection, if it still
-    /// has one, is dropped.
-    fn forget(&mut self, id: ClientId) {
+    /// has one, is closed with `close`.
+    fn forget(&mut self, id: ClientId, close: Option<Close>) {
         let Some(connected) = self.clients.get(&id).map(|client| client.is_connected()) else {
             return; // Already gone.
         };
         self.leave(id, LeaveReason::Disconnected);
-        if let Some(client) = self.clients.remove(&id) {
+        if let Some(mut client) = self.clients.remove(&id) {
+            client.detach(close);
             // Timer keys still in the client are pending (an expired key is taken out of the
             // client before anything else), so they are there to remove.
             if let Some(key) = client.naming_deadline {
@@ -799,9 +801,9 @@ impl ChatServer {
 
         if let Some(old_connection) = old_connection {
             // Still open: another device or tab, or a connection that is dead but not yet
-            // noticed. Ask its write task to close it; if its queue is full, dropping the
-            // sender below closes it anyway.
-            let _ = old_connection.try_send(Outbound::Close(4000, "session resumed elsewhere"));
+            // noticed. Its write task sends what is queued, then closes with 4000; the close
+            // needs no room in the queue, so a full one cannot turn it into anything else.
+            old_connection.close(Close::TAKEN_OVER);
             self.metrics.connections.decrement(1.0);
         }
         debug!(client = %id, previous = %old_id, "session resumed");
@@ -919,7 +921,7 @@ impl ChatServer {
             "No username was chosen in time: closing the connection.",
         );
         self.refuse(id, &refusal);
-        self.forget(id);
+        self.forget(id, Some(Close::UNNAMED));
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
@@ -1056,9 +1058,10 @@ impl ChatServer {
             {
                 warn!(client = %id, "disconnecting a slow consumer: its outbound queue is full");
                 self.metrics.slow_consumers.increment(1);
-                // Dropping the client's queue ends its connection: the write task sees the queue
-                // close. Like any lost connection, a room member may still `resume`.
-                self.connection_lost(id);
+                // Closing the client's queue ends its connection: the write task sends what is
+                // queued, then the close frame. Like any lost connection, a room member may
+                // still `resume`.
+                self.connection_lost(id, Some(Close::TOO_SLOW));
             }
         }
     }
@@ -1110,16 +1113,19 @@ fn unix_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Outbound;
     use serde_json::Value;
     use tokio::time::Instant;
 
     /// The address every test client connects from.
     const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    /// A client of the actor without a socket: its id and the receiving end of its queue.
+    /// A client of the actor without a socket: its id, the receiving end of its queue, and the
+    /// session token its `connected` gave.
     struct Peer {
         id: ClientId,
         inbox: outbox::Receiver,
+        token: String,
     }
 
     impl Peer {
@@ -1142,7 +1148,8 @@ mod tests {
     fn decode(item: Outbound) -> Value {
         match item {
             Outbound::Message(frame) => serde_json::from_str(&frame).expect("JSON"),
-            Outbound::Close(code, _) => serde_json::json!({ "close": code }),
+            Outbound::Batch(_) => panic!("a batch where one message was expected"),
+            Outbound::Close(close) => serde_json::json!({ "close": close.code }),
         }
     }
 
@@ -1158,7 +1165,8 @@ mod tests {
         ChatServer::new(&config, Arc::new(Metrics::new()))
     }
 
-    fn connect(server: &mut ChatServer, name: &str) -> Peer {
+    /// A new connection, greeted with `connected`.
+    fn connect_unnamed(server: &mut ChatServer) -> Peer {
         let (outbound, inbox) = outbox::channel(server.outbound_queue());
         let id = ClientId::new();
         server.handle(ServerCommand::Connect {
@@ -1166,8 +1174,22 @@ mod tests {
             address: LOCALHOST,
             outbound,
         });
-        let mut peer = Peer { id, inbox };
-        assert_eq!(peer.next()["type"], "connected");
+        let mut peer = Peer {
+            id,
+            inbox,
+            token: String::new(),
+        };
+        let connected = peer.next();
+        assert_eq!(connected["type"], "connected");
+        peer.token = connected["session_token"]
+            .as_str()
+            .expect("a token")
+            .to_string();
+        peer
+    }
+
+    fn connect(server: &mut ChatServer, name: &str) -> Peer {
+        let mut peer = connect_unnamed(server);
         request(
             server,
             &peer,
@@ -1266,6 +1288,38 @@ mod tests {
         assert_eq!(host.next()["reason"], "disconnected");
         assert_eq!((server.client_count(), server.room_count()), (1, 1));
         drop(guest);
+    }
+
+    /// A session resumed elsewhere closes its old connection with 4000 even when that
+    /// connection's queue is full, after what was queued.
+    #[tokio::test]
+    async fn a_takeover_closes_a_full_queue_with_4000() {
+        let (mut server, _handle) = actor(Config {
+            outbound_queue: 2,
+            ..Config::default()
+        });
+        let (mut host, mut guest, _) = pair(&mut server);
+        // The guest's old connection reads nothing: two chats fill its queue.
+        for n in 0..2 {
+            let content = format!("m{n}");
+            request(&mut server, &host, ClientMessage::Chat { content });
+            assert_eq!(host.next()["type"], "chat");
+        }
+        let mut new_guest = connect_unnamed(&mut server);
+        let resume = ClientMessage::Resume {
+            session_token: guest.token.clone(),
+            last_id: 0,
+        };
+        request(&mut server, &new_guest, resume);
+        assert_eq!(new_guest.next()["type"], "resumed");
+        assert_eq!(host.next()["type"], "peer_reconnected");
+        assert_eq!(guest.next()["content"], "m0");
+        assert_eq!(guest.next()["content"], "m1");
+        assert_eq!(guest.next(), serde_json::json!({ "close": 4000 }));
+        assert!(matches!(
+            guest.inbox.try_recv(),
+            Err(outbox::TryRecvError::Disconnected)
+        ));
     }
 
     /// A member whose connection drops keeps its seat for exactly the grace period: the peer

@@ -35,7 +35,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use chat_server::Config;
-use chat_server::client::Outbound;
+use chat_server::client::{Close, Outbound};
 use chat_server::error::{ErrorCode, Refusal};
 use chat_server::limits::TokenBucket;
 use chat_server::message::ClientMessage;
@@ -256,8 +256,10 @@ struct Conn {
     inbox: outbox::Receiver,
     capacity: usize,
     slow: bool,
-    /// Still known to the actor: not dropped as a slow consumer.
+    /// Still known to the actor: not dropped as a slow consumer or a flooder.
     live: bool,
+    /// Once dropped: the close frame the actor queued for it.
+    closed_with: Option<Close>,
     name: Option<String>,
     room: Option<String>,
     typing: bool,
@@ -352,7 +354,7 @@ impl Model {
         }
         match *op {
             Op::Connect { .. } | Op::Read { .. } | Op::Wait { .. } => {}
-            Op::Disconnect { slot } => self.disconnect(slot),
+            Op::Disconnect { slot } => self.disconnect(slot, None),
             Op::Garbage { slot } => self.error(slot, ErrorCode::InvalidMessage),
             Op::SetUsername { slot, name } => {
                 if self.conn(slot).room.is_some() {
@@ -502,7 +504,7 @@ impl Model {
         let flooding = !refusals.try_take(now);
         self.error(slot, ErrorCode::RateLimited);
         if flooding {
-            self.disconnect(slot);
+            self.disconnect(slot, Some(Close::FLOODING));
         }
         false
     }
@@ -593,11 +595,13 @@ impl Model {
         }
     }
 
-    /// The actor forgets the client; its peer is told.
-    fn disconnect(&mut self, slot: usize) {
+    /// The actor forgets the client and closes its connection with `close`, or the connection
+    /// ended by itself (`None`); its peer is told.
+    fn disconnect(&mut self, slot: usize, close: Option<Close>) {
         if self.conn(slot).live {
             self.leave(slot, "disconnected");
             self.conn(slot).live = false;
+            self.conn(slot).closed_with = close;
         }
     }
 
@@ -605,7 +609,7 @@ impl Model {
     /// does; telling their peers may find more.
     fn drop_slow_consumers(&mut self) {
         while let Some(slot) = self.too_slow.pop() {
-            self.disconnect(slot);
+            self.disconnect(slot, Some(Close::TOO_SLOW));
         }
     }
 
@@ -684,6 +688,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
                 capacity,
                 slow,
                 live: true,
+                closed_with: None,
                 name: None,
                 room: None,
                 typing: false,
@@ -787,14 +792,16 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
 fn read_all(conn: &mut Conn) -> Result<(), String> {
     loop {
         match conn.inbox.try_recv() {
-            Ok(Outbound::Close(code, reason)) => {
-                return Err(format!("unexpected close {code} {reason}"));
+            Ok(Outbound::Close(close)) => {
+                // Only a client the actor dropped is closed, with the close it was dropped for.
+                if conn.live || conn.closed_with != Some(close) {
+                    return Err(format!("unexpected close {close:?}"));
+                }
             }
-            Ok(Outbound::Message(frame)) => {
-                let got = Msg::parse(&frame);
-                match conn.expected.pop_front() {
-                    Some(want) if want == got => {}
-                    want => return Err(format!("expected {want:?}, got {got:?}")),
+            Ok(Outbound::Message(frame)) => expect_next(conn, &frame)?,
+            Ok(Outbound::Batch(frames)) => {
+                for frame in frames {
+                    expect_next(conn, &frame)?;
                 }
             }
             Err(TryRecvError::Empty) => {
@@ -814,6 +821,15 @@ fn read_all(conn: &mut Conn) -> Result<(), String> {
     match conn.expected.front() {
         Some(missing) => Err(format!("{missing:?} never arrived")),
         None => Ok(()),
+    }
+}
+
+/// Checks that `frame` is the next message the model expects `conn` to receive.
+fn expect_next(conn: &mut Conn, frame: &str) -> Result<(), String> {
+    let got = Msg::parse(frame);
+    match conn.expected.pop_front() {
+        Some(want) if want == got => Ok(()),
+        want => Err(format!("expected {want:?}, got {got:?}")),
     }
 }
 

@@ -64,6 +64,42 @@ impl TestServer {
         }
     }
 
+    /// Starts a server with `config` whose actor panics when the returned sender is used (or
+    /// dropped), as a bug in the actor would make it.
+    pub async fn with_actor_stop(config: Config) -> (Self, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run_with_actor_stop(
+            listener,
+            config,
+            async {
+                let _ = shutdown_rx.await;
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let server = TestServer {
+            addr,
+            shutdown: Some(shutdown_tx),
+            task: Some(task),
+        };
+        (server, stop_tx)
+    }
+
+    /// Waits for `run` to return by itself, without asking it to shut down.
+    pub async fn finished(mut self) -> std::io::Result<()> {
+        let task = self.task.take().expect("server task");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the server stops within the patience period")
+            .expect("the server task does not panic")
+    }
+
     /// The WebSocket URL.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
@@ -182,7 +218,11 @@ pub async fn try_connect(
             HeaderValue::from_str(origin).expect("a valid origin"),
         );
     }
-    let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+    let handshake = tokio_tungstenite::client_async_with_config(
+        request,
+        MaybeTlsStream::Plain(stream),
+        Some(client_config()),
+    );
     let handshake = tokio::time::timeout(PATIENCE, handshake)
         .await
         .expect("a handshake answer within the patience period");
@@ -191,6 +231,17 @@ pub async fn try_connect(
         Err(Error::Http(response)) => Err(response.status().as_u16()),
         Err(other) => panic!("handshake failed: {other}"),
     }
+}
+
+/// The largest message the test clients accept: 1 MiB, the default of common WebSocket
+/// libraries (Python's `websockets`, for one). The server must never send more in one frame.
+pub const CLIENT_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// The WebSocket settings of every test client: [`CLIENT_MAX_MESSAGE`] as the limit.
+pub fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(CLIENT_MAX_MESSAGE))
+        .max_frame_size(Some(CLIENT_MAX_MESSAGE))
 }
 
 /// A WebSocket client that speaks the chat protocol's JSON.
@@ -204,9 +255,10 @@ pub struct TestClient {
 impl TestClient {
     /// Connects and reads the `connected` greeting.
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket handshake");
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(client_config()), false)
+                .await
+                .expect("websocket handshake");
         Self::greeted(ws).await
     }
 
@@ -314,6 +366,35 @@ impl TestClient {
                 other => panic!("expected a close frame, got {other:?}"),
             }
         }
+    }
+
+    /// Reads every message until the server's close frame, and returns them with the frame.
+    /// The server must then end the stream cleanly: a reset instead would have thrown away
+    /// what the client had not read yet, close frame included.
+    pub async fn read_to_close(&mut self) -> (Vec<Value>, CloseFrame) {
+        let mut messages = Vec::new();
+        let close = loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the server closes within the patience period");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    messages.push(serde_json::from_str(&text).expect("JSON"));
+                }
+                Some(Ok(Message::Close(Some(frame)))) => break frame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected messages and a close frame, got {other:?}"),
+            }
+        };
+        // Our close reply goes out as we read on; then the server's FIN ends the stream.
+        let end = tokio::time::timeout(PATIENCE, self.ws.next())
+            .await
+            .expect("the stream ends within the patience period");
+        assert!(
+            end.is_none(),
+            "a clean end after the close frame, not {end:?}"
+        );
+        (messages, close)
     }
 
     /// Reads until the connection has ended (closed or reset), ignoring what comes before.
