@@ -49,6 +49,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
 const STYLE_CSS: &str = include_str!("../static/style.css");
+const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
 
 /// What the page may load and connect to: its own script and stylesheet, and connections to its
 /// own origin (`'self'` covers `ws:`/`wss:` to the same host). Nothing inline and no `eval`, so
@@ -69,8 +70,14 @@ pub struct App {
     /// Cancelled when the server shuts down: WebSocket handlers close with 1001, and plain HTTP
     /// connections finish their current request and close.
     pub shutdown: CancellationToken,
-    /// Tracks the WebSocket handler tasks so that shutdown can wait for them to finish.
+    /// Tracks every connection's task, so that shutdown can wait for them to finish.
     pub tasks: TaskTracker,
+    /// Tracks the WebSocket connections' tasks among them, so that after a failure of the
+    /// actor the server can wait for exactly those to close.
+    pub websockets: TaskTracker,
+    /// Cancelled if the actor stops while the server runs (a bug): `/healthz` then answers
+    /// 503 and upgrades are refused, since no WebSocket could be served.
+    pub actor_stopped: CancellationToken,
     /// `--max-connections` and `--max-connections-per-ip`. Only WebSocket connections count:
     /// plain HTTP requests (`/healthz`, `/metrics`, pages) are answered even when the caps are
     /// reached, so that a full server can still be watched, and those connections are short
@@ -91,6 +98,8 @@ impl App {
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            websockets: TaskTracker::new(),
+            actor_stopped: CancellationToken::new(),
         }
     }
 }
@@ -180,8 +189,14 @@ where
 
 /// Picks the response for one request.
 fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Response<Body> {
-    let wants_websocket = header_has_token(request.headers(), header::UPGRADE, "websocket");
-    match (request.method(), request.uri().path()) {
+    let path = request.uri().path();
+    if path != "/ws" && header_has_token(request.headers(), header::UPGRADE, "websocket") {
+        // Only `/ws` speaks WebSocket; an upgrade anywhere else is a mistake to say so about,
+        // not a page to serve.
+        app.metrics.handshakes_refused.increment(1);
+        return not_found();
+    }
+    match (request.method(), path) {
         (_, "/ws") => upgrade(request, peer, app),
         (&Method::GET | &Method::HEAD, "/") => web_file("text/html; charset=utf-8", INDEX_HTML),
         (&Method::GET | &Method::HEAD, "/app.js") => {
@@ -190,20 +205,28 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
         (&Method::GET | &Method::HEAD, "/style.css") => {
             web_file("text/css; charset=utf-8", STYLE_CSS)
         }
+        // Browsers ask for /favicon.ico when a page names no icon; ours names this one, and
+        // both paths serve it, so that no browser shows a 404 for it.
+        (&Method::GET | &Method::HEAD, "/favicon.svg" | "/favicon.ico") => {
+            web_file("image/svg+xml", FAVICON_SVG)
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
+            if app.actor_stopped.is_cancelled() {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "the chat server has failed and is closing\n",
+                )
+            } else {
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
+            }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             app.metrics.render(),
         ),
-        _ => {
-            if wants_websocket {
-                app.metrics.handshakes_refused.increment(1);
-            }
-            not_found()
-        }
+        _ => not_found(),
     }
 }
 
@@ -238,6 +261,11 @@ fn upgrade(mut request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> 
         ))
     } else if headers.get(header::SEC_WEBSOCKET_KEY).is_none() {
         Some((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing.\n"))
+    } else if app.actor_stopped.is_cancelled() {
+        Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server has failed and is restarting: try again shortly.\n",
+        ))
     } else {
         None
     };
@@ -291,7 +319,9 @@ fn upgrade(mut request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> 
     // WebSocket side runs in its own task, which waits for it.
     let upgrade = hyper::upgrade::on(&mut request);
     let app = Arc::clone(app);
-    app.tasks.clone().spawn(async move {
+    let tasks = app.tasks.clone();
+    let websockets = app.websockets.clone();
+    tasks.spawn(websockets.track_future(async move {
         // Held for as long as this task runs, however it ends: dropping it frees the place.
         let _permit = permit;
         match upgrade.await {
@@ -304,7 +334,7 @@ fn upgrade(mut request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> 
             }
             Err(err) => debug!(cause = %err, "websocket upgrade failed"),
         }
-    });
+    }));
 
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

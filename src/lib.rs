@@ -58,16 +58,49 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every WebSocket with code
 /// 1001 ("going away") and returns once they are closed, or after a few seconds at most.
+///
+/// If the [`ChatServer`] actor stops first (a bug made it panic), nothing can be served any
+/// more: `/healthz` answers 503 and new WebSockets are refused while every open connection is
+/// closed with 1011 ("internal error"), and then this returns an error, so that the process
+/// exits with a failure and its supervisor restarts it.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve(listener, config, shutdown, std::future::pending()).await
+}
+
+/// [`run`], with a way for tests to make the actor panic: when `stop_actor` completes, the
+/// actor's task panics, as a bug in it would.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub async fn run_with_actor_stop(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    stop_actor: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(listener, config, shutdown, stop_actor).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    stop_actor: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (server, handle) = ChatServer::new(&config, Arc::clone(&metrics));
     // The actor runs until the last handle is dropped: the one in `app`, and the clones held by
     // connection handlers. So it outlives every connection and stops on its own after them.
-    tokio::spawn(server.run());
+    // Its `JoinHandle` is how `run` notices if it stops before that.
+    let mut actor = tokio::spawn(async move {
+        tokio::select! {
+            () = server.run() => {}
+            () = stop_actor => panic!("the actor was stopped on purpose (a test)"),
+        }
+    });
 
     let serves_tls = config.tls.is_some();
     let app = Arc::new(App::new(handle, config, metrics));
@@ -80,10 +113,30 @@ pub async fn run(
     }
 
     tokio::pin!(shutdown);
+    let mut actor_failure = None;
+    // Set when the actor fails: how long its connections may take to close.
+    let drained = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drained);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
+            stopped = &mut actor, if actor_failure.is_none() => {
+                let cause = match stopped {
+                    Err(err) if err.is_panic() => "it panicked",
+                    _ => "its command channel closed",
+                };
+                error!(cause, "the chat server actor stopped: closing every connection with 1011");
+                app.actor_stopped.cancel();
+                // Every connection's queue went with the actor, so each write task is already
+                // closing with 1011. Until they are done, keep answering: /healthz says 503.
+                app.websockets.close();
+                drained.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                actor_failure = Some(cause);
+                continue;
+            }
+            () = app.websockets.wait(), if actor_failure.is_some() => break,
+            () = &mut drained => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -117,5 +170,10 @@ pub async fn run(
     {
         warn!("some connections did not close in time");
     }
-    Ok(())
+    match actor_failure {
+        Some(cause) => Err(std::io::Error::other(format!(
+            "the chat server actor stopped: {cause}"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -122,3 +122,17 @@ fn the_script_never_parses_strings_as_html_or_code() {
         assert!(!APP_JS.contains(sink), "app.js uses {sink}");
     }
 }
+
+/// The page names its icon, and the icon is served (also at /favicon.ico, where browsers look
+/// when a page names none), so a fresh browser shows no 404 for it.
+#[tokio::test]
+async fn the_page_has_an_icon() {
+    let server = TestServer::start().await;
+    assert!(INDEX_HTML.contains(r#"<link rel="icon" href="/favicon.svg" type="image/svg+xml">"#));
+    for path in ["/favicon.svg", "/favicon.ico"] {
+        let (status, headers, body) = get(&server, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(header(&headers, CONTENT_TYPE), "image/svg+xml", "{path}");
+        assert!(body.starts_with("<svg"), "{path}");
+    }
+}
