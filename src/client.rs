@@ -94,6 +94,9 @@ pub struct Client {
     /// While the connection is gone but the seat is kept (`--resume-grace`): the grace timer's
     /// entry, so that a resume can cancel it. `Some` exactly when `outbound` is `None`.
     pub grace: Option<delay_queue::Key>,
+    /// The first chat `id` of its room this member may be given on a resume: what a joiner
+    /// saw when it entered (1 for the room's creator). Meaningless outside a room.
+    pub history_from: u64,
     /// The highest chat `id` this member has said it has read (`read`), 0 for none. Receipts
     /// only ever move forward; it goes back to 0 when the member leaves the room.
     pub read_up_to: u64,
@@ -120,6 +123,7 @@ impl Client {
             failed_join_tokens: None,
             session_token: SessionToken::random(),
             grace: None,
+            history_from: 0,
             read_up_to: 0,
             outbound: Some(outbound),
         }

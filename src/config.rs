@@ -49,6 +49,11 @@ pub struct Config {
     /// connection that never names itself is closed with 1008, so idle sockets cannot be
     /// hoarded.
     pub username_timeout: Duration,
+    /// The most bytes all rooms together keep of their conversations (`--max-stored-bytes`):
+    /// history for joiners and messages kept for resumes. Past it the oldest messages of the
+    /// largest rooms are shed. Each room also has its own bound
+    /// ([`crate::room::Room::MAX_STORED_BYTES`]). `0` turns this one off.
+    pub max_stored_bytes: usize,
     /// Origins, besides the server's own, whose pages may open a WebSocket (`--allowed-origin`);
     /// `*` allows any. Clients that send no `Origin` (programs, not browsers) are always allowed.
     pub allowed_origins: Vec<String>,
@@ -84,6 +89,10 @@ impl Config {
     /// Default for [`Config::max_failed_joins`]: a person mistyping a code fails a few times; at
     /// 10 a minute, trying every code would take 170 years per address.
     pub const DEFAULT_MAX_FAILED_JOINS: u32 = 10;
+    /// Default for [`Config::max_stored_bytes`]: 128 MiB, an eighth of a small 1 GiB machine.
+    /// An ordinary conversation keeps about 150 bytes a message, so this holds the last
+    /// hundred messages of 8,000 busy rooms before anything is shed.
+    pub const DEFAULT_MAX_STORED_BYTES: usize = 128 * 1024 * 1024;
     /// Default for [`Config::handshake_timeout`].
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default for [`Config::username_timeout`]: generous for a person typing a name.
@@ -104,6 +113,7 @@ impl Default for Config {
             max_failed_joins: Config::DEFAULT_MAX_FAILED_JOINS,
             handshake_timeout: Config::DEFAULT_HANDSHAKE_TIMEOUT,
             username_timeout: Config::DEFAULT_USERNAME_TIMEOUT,
+            max_stored_bytes: Config::DEFAULT_MAX_STORED_BYTES,
             allowed_origins: Vec::new(),
             tls: None,
         }

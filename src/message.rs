@@ -2,10 +2,9 @@
 //! ([`ServerMessage`]). Every message is one JSON object in one text frame, with a `"type"` field
 //! naming the variant in snake_case; docs/protocol.md tells the whole story.
 
-use std::collections::VecDeque;
-
-use serde::ser::SerializeSeq;
+use serde::ser::{Error as _, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{ErrorCode, Refusal};
@@ -100,9 +99,11 @@ pub enum ServerMessage<'a> {
         session_token: &'a SessionToken,
     },
     /// `{"type":"resumed","client_id":"…","username":"ada","room_code":"ABC234","peer":"grace",
-    /// "peer_connected":true,"missed":[{"type":"chat",…}]}`: reply to a successful `resume`.
-    /// `room_code` and `peer` are `null` when there is none; `missed` holds the room's messages
-    /// after the `last_id` the client gave, oldest first.
+    /// "peer_connected":true,"missed":[{"type":"chat",…}],"more":0,"lost":0}`: reply to a
+    /// successful `resume`. `room_code` and `peer` are `null` when there is none; `missed` holds
+    /// the room's messages after the `last_id` the client gave, oldest first, as many as fit in
+    /// the frame; `more` counts the `chat` frames that follow at once with the rest; `lost`
+    /// counts those the server no longer had.
     Resumed {
         client_id: ClientId,
         username: Option<&'a Username>,
@@ -110,13 +111,16 @@ pub enum ServerMessage<'a> {
         peer: Option<&'a Username>,
         peer_connected: bool,
         missed: ChatHistory<'a>,
+        more: usize,
+        lost: u64,
     },
     /// `{"type":"username_set","username":"ada"}`: the name as stored (trimmed).
     UsernameSet { username: &'a Username },
     /// `{"type":"room_created","room_code":"ABC234"}`: the sender is the host of a new room.
     RoomCreated { room_code: RoomCode },
     /// `{"type":"room_joined","room_code":"ABC234","peer":"ada","history":[{"type":"chat",…}]}`:
-    /// the sender joined; `history` is what was said since the room last lost a member.
+    /// the sender joined; `history` is what was said since the room last lost a member, as
+    /// much as fits in the frame (the rest follows as `chat` frames).
     RoomJoined {
         room_code: RoomCode,
         peer: &'a Username,
@@ -171,61 +175,62 @@ pub enum LeaveReason {
     Disconnected,
 }
 
-/// Some of a room's remembered messages, serialised the way they were first sent: each a
-/// `chat` object with its `"type"`, so a client handles history and live messages alike.
+/// The largest frame the server sends, in bytes: as large as the largest a client may send
+/// ([`crate::handler::MAX_MESSAGE_BYTES`]), far under the 1 MiB that common WebSocket libraries
+/// accept by default, and small enough that a connection's write buffer, which keeps the size
+/// of the largest frame it ever wrote, stays small. The largest single message, a `chat` of
+/// 4,096 characters that JSON must escape, is about 25 KiB; only a history can be longer, and
+/// [`with_history`] splits it.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Chat messages of a room as they were first sent: each a `chat` frame, with its `"type"`,
+/// so a client handles history and live messages alike. Serialised as the frames' own JSON,
+/// copied as it is.
 #[derive(Debug, Clone, Copy)]
-pub struct ChatHistory<'a> {
-    /// Older messages kept aside for a member who was away (see `ChatServer::resume`).
-    earlier: &'a VecDeque<ChatMessage>,
-    /// The room's history, oldest first.
-    later: &'a VecDeque<ChatMessage>,
-    /// Only messages with a larger `id` are included.
-    after_id: u64,
-}
+pub struct ChatHistory<'a>(&'a [Utf8Bytes]);
 
-/// The empty history, for the parts of a [`ChatHistory`] that have nothing to show.
-static NO_MESSAGES: VecDeque<ChatMessage> = VecDeque::new();
-
-impl<'a> ChatHistory<'a> {
-    /// Every message of a room's history.
-    pub fn all(messages: &'a VecDeque<ChatMessage>) -> Self {
-        ChatHistory {
-            earlier: &NO_MESSAGES,
-            later: messages,
-            after_id: 0,
-        }
-    }
-
-    /// The messages of `earlier` and then of `later`, if any, with an `id` above `after_id`.
-    pub fn after(
-        earlier: &'a VecDeque<ChatMessage>,
-        later: Option<&'a VecDeque<ChatMessage>>,
-        after_id: u64,
-    ) -> Self {
-        ChatHistory {
-            earlier,
-            later: later.unwrap_or(&NO_MESSAGES),
-            after_id,
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &'a ChatMessage> + use<'a> {
-        let after_id = self.after_id;
-        self.earlier
-            .iter()
-            .chain(self.later.iter())
-            .filter(move |message| message.id > after_id)
-    }
+impl ChatHistory<'_> {
+    /// No messages.
+    pub const NONE: ChatHistory<'static> = ChatHistory(&[]);
 }
 
 impl Serialize for ChatHistory<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(None)?;
-        for message in self.iter() {
-            seq.serialize_element(&ServerMessage::Chat(message))?;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for frame in self.0 {
+            // Every frame is a `chat` the server encoded itself, so it is always JSON; reading
+            // it as a raw value only checks that and borrows it, copying nothing.
+            let raw: &RawValue = serde_json::from_str(frame).map_err(S::Error::custom)?;
+            seq.serialize_element(raw)?;
         }
         seq.end()
     }
+}
+
+/// Encodes a message that carries a history (`room_joined`, `resumed`) with as many of
+/// `frames` as fit in one frame of [`MAX_FRAME_BYTES`], oldest first, and returns it followed
+/// by the frames that did not fit, in order, to be sent as they are: nothing is dropped to make
+/// a history fit. `message` is given the part of the history inside and how many frames follow.
+pub fn with_history<'h>(
+    frames: &'h [Utf8Bytes],
+    message: impl Fn(ChatHistory<'h>, usize) -> ServerMessage<'h>,
+) -> Vec<Utf8Bytes> {
+    // The message with an empty history (and the largest count that can follow, so that the
+    // estimate is never short), then each frame adds its length and a comma.
+    let mut size = message(ChatHistory::NONE, frames.len()).encode().len();
+    let fit = frames
+        .iter()
+        .enumerate()
+        .take_while(|(index, frame)| {
+            size += frame.len() + usize::from(*index > 0);
+            size <= MAX_FRAME_BYTES
+        })
+        .count();
+    let (inside, after) = frames.split_at(fit);
+    let mut encoded = Vec::with_capacity(1 + after.len());
+    encoded.push(message(ChatHistory(inside), after.len()).encode());
+    encoded.extend(after.iter().cloned());
+    encoded
 }
 
 #[cfg(test)]
@@ -298,6 +303,56 @@ mod tests {
         }
     }
 
+    /// A history that fits goes inside its message; one that does not is split: as many
+    /// messages as fit inside, the rest after it as they are, in order, and no frame is over
+    /// `MAX_FRAME_BYTES`.
+    #[test]
+    fn a_long_history_is_split_over_frames_in_order() {
+        let ada = Username::parse("ada").expect("valid");
+        let code = RoomCode::parse("ABC234").expect("valid");
+        let frames: Vec<Utf8Bytes> = (1..=100)
+            .map(|id| {
+                let chat = ChatMessage {
+                    id,
+                    from: ada.clone(),
+                    content: "😀".repeat(4096),
+                    timestamp: 5,
+                };
+                ServerMessage::Chat(&chat).encode()
+            })
+            .collect();
+        let joined = |history, _more| ServerMessage::RoomJoined {
+            room_code: code,
+            peer: &ada,
+            history,
+        };
+        let short = with_history(&frames[..2], joined);
+        assert_eq!(short.len(), 1);
+        assert_eq!(
+            serde_json::from_str::<Value>(&short[0]).expect("JSON")["history"][1]["id"],
+            2
+        );
+
+        let long = with_history(&frames, joined);
+        assert!(long.len() > 1);
+        assert!(long.iter().all(|frame| frame.len() <= MAX_FRAME_BYTES));
+        let first: Value = serde_json::from_str(&long[0]).expect("JSON");
+        assert_eq!(first["type"], "room_joined");
+        let mut ids: Vec<Value> = first["history"]
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|chat| chat["id"].clone())
+            .collect();
+        assert!(!ids.is_empty(), "the first frame carries what fits");
+        for frame in &long[1..] {
+            let chat: Value = serde_json::from_str(frame).expect("JSON");
+            assert_eq!(chat["type"], "chat");
+            ids.push(chat["id"].clone());
+        }
+        assert_eq!(ids, (1..=100).map(Value::from).collect::<Vec<_>>());
+    }
+
     /// Server messages carry the documented `type` and field names.
     #[test]
     fn server_messages_encode_to_their_documented_json() {
@@ -309,7 +364,7 @@ mod tests {
             content: "hi".into(),
             timestamp: 5,
         };
-        let history = VecDeque::from([chat.clone()]);
+        let history = [ServerMessage::Chat(&chat).encode()];
 
         assert_eq!(
             encode(&ServerMessage::Chat(&chat)),
@@ -319,7 +374,7 @@ mod tests {
             encode(&ServerMessage::RoomJoined {
                 room_code: code,
                 peer: &ada,
-                history: ChatHistory::all(&history)
+                history: ChatHistory(&history)
             }),
             json!({"type":"room_joined","room_code":"ABC234","peer":"ada","history":[
                 {"type":"chat","id":1,"from":"ada","content":"hi","timestamp":5}

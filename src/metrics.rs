@@ -33,6 +33,12 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Chat messages accepted and relayed to their room (`chat_messages_relayed_total`).
     pub messages_relayed: Counter,
+    /// What the rooms keep of their conversations, in bytes, as `--max-stored-bytes` counts it
+    /// (`chat_stored_bytes`).
+    pub stored_bytes: Gauge,
+    /// Stored messages dropped to keep under `--max-stored-bytes`
+    /// (`chat_messages_shed_total`).
+    pub messages_shed: Counter,
     /// Clients disconnected because their outbound queue was full
     /// (`chat_slow_consumers_disconnected_total`).
     pub slow_consumers: Counter,
@@ -109,6 +115,14 @@ impl Metrics {
             messages_relayed: counter(
                 "chat_messages_relayed_total",
                 "Chat messages accepted and relayed to their room.",
+            ),
+            stored_bytes: gauge(
+                "chat_stored_bytes",
+                "Bytes the rooms keep of their conversations, as --max-stored-bytes counts them.",
+            ),
+            messages_shed: counter(
+                "chat_messages_shed_total",
+                "Stored messages dropped to keep under --max-stored-bytes, largest rooms first.",
             ),
             slow_consumers: counter(
                 "chat_slow_consumers_disconnected_total",

@@ -1,12 +1,43 @@
-//! A room: two seats and the conversation since the last time someone left.
+//! A room: two seats and what was said in it, kept for joiners and for resumes.
 
 use std::collections::VecDeque;
 
-use crate::message::ChatMessage;
-use crate::types::{ClientId, RoomCode, Username};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::types::{ClientId, RoomCode};
+
+/// One chat message as a room keeps it: its id, and the `chat` frame both members received,
+/// encoded once. Keeping the frame rather than its parts means a joiner's history and a
+/// resume's replay are sent without encoding anything again, and the bytes are shared with the
+/// frames still waiting in the members' queues.
+#[derive(Debug, Clone)]
+pub struct StoredChat {
+    /// The message's `id` in the room.
+    pub id: u64,
+    /// The encoded `chat` frame.
+    pub frame: Utf8Bytes,
+}
+
+impl StoredChat {
+    /// What keeping this message costs, as the room's and the server's storage bounds count it:
+    /// the frame, plus the bookkeeping around it (this record in the room's queue, and the
+    /// shared header the frame gets once it is queued for a member).
+    pub fn stored_bytes(&self) -> usize {
+        self.frame.len() + Room::OVERHEAD_PER_MESSAGE
+    }
+}
 
 /// A private room for two. Its first member is the host; whoever joins with the code is the
 /// guest. When a member goes, the other one becomes (or stays) the host and the seat is free again.
+///
+/// The room keeps what was said (its *log*) for two readers with different rights:
+/// - a joiner sees only what was said since the last member went ([`Room::history`]): a
+///   newcomer never reads a conversation it was not part of;
+/// - a member that resumes after a drop gets everything after the last message it saw, back to
+///   when it entered the room ([`Room::messages_from`]): its own conversation, even if its peer
+///   has left since. So the log keeps more than a joiner sees, up to [`Room::MAX_STORED`]
+///   messages and [`Room::MAX_STORED_BYTES`], and what a bound pushes out is remembered as lost
+///   ([`Room::lost_through`]), so that a resume can say so rather than leave a silent gap.
 #[derive(Debug)]
 pub struct Room {
     /// The code people type to join.
@@ -16,22 +47,40 @@ pub struct Room {
     host: ClientId,
     /// The second member, once someone has joined.
     guest: Option<ClientId>,
-    /// The last [`Room::HISTORY_LEN`] messages, oldest first, sent to whoever joins. Emptied when a
-    /// member goes, so a newcomer never reads a conversation they were not part of.
-    history: VecDeque<ChatMessage>,
+    /// What was said, oldest first, with ids counting up by one.
+    log: VecDeque<StoredChat>,
+    /// What [`Room::log`] costs, by [`StoredChat::stored_bytes`].
+    stored_bytes: usize,
+    /// The first id a joiner may see: the id after the last message said before a member last
+    /// went.
+    visible_from: u64,
+    /// The highest id pushed out of the log by a storage bound (0 for none): every message up
+    /// to it is gone.
+    lost_through: u64,
     /// The `id` the next message gets. Keeps counting across departures, so ids never repeat
     /// within a room.
     next_id: u64,
 }
 
 impl Room {
-    /// How many messages a room remembers for a joiner.
+    /// How many messages a joiner is given in `room_joined`, at most.
     pub const HISTORY_LEN: usize = 100;
 
-    /// How many messages a room remembers while a member is away and may `resume`: everything
-    /// said meanwhile must be there to replay. At the default rate limit (20 a second, bursts of
-    /// 120) the peer says at most 720 things in a 30-second grace period.
-    pub const REPLAY_LEN: usize = 1000;
+    /// How many messages a room keeps for resumes, at most. A member whose connection died
+    /// without a word still looks present until the heartbeat notices (two intervals, 40 s by
+    /// default), and then keeps its seat for the resume grace (30 s): at the default rate limit
+    /// (20 a second, bursts of 120) its peer can say about 1,500 things meanwhile, but the
+    /// first 40 s are only at risk when the dead connection is not noticed at all, which makes
+    /// 1,000 enough for any drop a person makes.
+    pub const MAX_STORED: usize = 1000;
+
+    /// How many bytes a room keeps, at most ([`StoredChat::stored_bytes`]): enough for
+    /// [`Room::HISTORY_LEN`] of the largest messages (4,096 characters that JSON must escape,
+    /// six bytes each), so that a joiner's history is never cut short by it.
+    pub const MAX_STORED_BYTES: usize = 4 * 1024 * 1024;
+
+    /// The bookkeeping counted for each stored message besides its frame.
+    pub const OVERHEAD_PER_MESSAGE: usize = 64;
 
     /// A new room with its host alone in it.
     pub fn new(code: RoomCode, host: ClientId) -> Self {
@@ -39,7 +88,10 @@ impl Room {
             code,
             host,
             guest: None,
-            history: VecDeque::new(),
+            log: VecDeque::new(),
+            stored_bytes: 0,
+            visible_from: 1,
+            lost_through: 0,
             next_id: 1,
         }
     }
@@ -54,6 +106,11 @@ impl Room {
         self.host
     }
 
+    /// The guest, if someone has joined.
+    pub fn guest(&self) -> Option<ClientId> {
+        self.guest
+    }
+
     /// Both seats are taken.
     pub fn is_full(&self) -> bool {
         self.guest.is_some()
@@ -64,19 +121,24 @@ impl Room {
         std::iter::once(self.host).chain(self.guest)
     }
 
-    /// The other member, seen from `member`.
+    /// The other member, seen from `member`; `None` if there is none, or if `member` is not in
+    /// the room at all.
     pub fn peer_of(&self, member: ClientId) -> Option<ClientId> {
         if member == self.host {
             self.guest
-        } else {
+        } else if self.guest == Some(member) {
             Some(self.host)
+        } else {
+            None
         }
     }
 
-    /// Seats `guest` in the free seat. The caller has checked [`Room::is_full`].
-    pub fn admit(&mut self, guest: ClientId) {
-        debug_assert!(self.guest.is_none(), "admit into a full room");
+    /// Seats `guest` in the free seat and returns the first id it may be given (see
+    /// [`Room::messages_from`]). The caller has checked [`Room::is_full`].
+    pub fn seat(&mut self, guest: ClientId) -> u64 {
+        debug_assert!(self.guest.is_none(), "seat in a full room");
         self.guest = Some(guest);
+        self.visible_from
     }
 
     /// Gives `old`'s seat to `new`: the same member on a new connection (`resume`).
@@ -93,11 +155,17 @@ impl Room {
         self.next_id - 1
     }
 
-    /// Frees `member`'s seat and forgets the conversation, returning it, so that a member who is
-    /// away can still be given what it missed. Returns the member who stays, now the host, or
-    /// `None` when the room is empty and must be deleted.
-    pub fn remove(&mut self, member: ClientId) -> (Option<ClientId>, VecDeque<ChatMessage>) {
-        let history = std::mem::take(&mut self.history);
+    /// The `id` the next message will get.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Frees `member`'s seat. From now on a joiner sees nothing said before; the log keeps it
+    /// for the member who stays (whose own conversation it is) until [`Room::forget_before`].
+    /// Returns the member who stays, now the host, or `None` when the room is empty and must be
+    /// deleted.
+    pub fn remove(&mut self, member: ClientId) -> Option<ClientId> {
+        self.visible_from = self.next_id;
         let stays = if member == self.host {
             self.guest.take()
         } else {
@@ -107,42 +175,104 @@ impl Room {
         if let Some(stays) = stays {
             self.host = stays;
         }
-        (stays, history)
+        stays
     }
 
-    /// Forgets all but the last `keep` messages.
-    pub fn trim_history(&mut self, keep: usize) {
-        let excess = self.history.len().saturating_sub(keep);
-        self.history.drain(..excess);
+    /// Keeps a message said in the room, which must have [`Room::next_id`], then applies the
+    /// room's bounds. Returns how many stored bytes the room holds more (or fewer) than before.
+    pub fn store(&mut self, message: StoredChat) -> isize {
+        debug_assert_eq!(message.id, self.next_id, "messages are stored in order");
+        let before = self.stored_bytes;
+        self.next_id = message.id + 1;
+        self.stored_bytes += message.stored_bytes();
+        self.log.push_back(message);
+        while self.log.len() > Room::MAX_STORED || self.stored_bytes > Room::MAX_STORED_BYTES {
+            self.shed_oldest();
+        }
+        self.stored_bytes as isize - before as isize
     }
 
-    /// Records a message said in the room and returns it, numbered. The history keeps the last
-    /// `keep` messages: [`Room::HISTORY_LEN`], or [`Room::REPLAY_LEN`] while a member is away.
-    pub fn record(
-        &mut self,
-        from: Username,
-        content: String,
-        timestamp: u64,
-        keep: usize,
-    ) -> &ChatMessage {
-        self.trim_history(keep.saturating_sub(1));
-        let message = ChatMessage {
-            id: self.next_id,
-            from,
-            content,
-            timestamp,
+    /// Drops the oldest stored message to make room, remembering it as lost. Returns the bytes
+    /// freed, 0 if there was nothing to drop.
+    pub fn shed_oldest(&mut self) -> usize {
+        let Some(oldest) = self.log.pop_front() else {
+            return 0;
         };
-        self.next_id += 1;
-        self.history.push_back(message);
-        // Just pushed, so the deque is not empty.
-        self.history
-            .back()
-            .expect("history holds the message just recorded")
+        self.lost_through = self.lost_through.max(oldest.id);
+        let freed = oldest.stored_bytes();
+        self.stored_bytes -= freed;
+        freed
     }
 
-    /// What was said since the room last lost a member, oldest first.
-    pub fn history(&self) -> &VecDeque<ChatMessage> {
-        &self.history
+    /// Drops the messages before `id` that no member may be given any more (nobody in the room
+    /// was there when they were said). Not a loss: nobody is owed them. Returns the bytes freed.
+    pub fn forget_before(&mut self, id: u64) -> usize {
+        let mut freed = 0;
+        while self.log.front().is_some_and(|oldest| oldest.id < id) {
+            if let Some(oldest) = self.log.pop_front() {
+                freed += oldest.stored_bytes();
+            }
+        }
+        self.stored_bytes -= freed;
+        freed
+    }
+
+    /// What a joiner sees: the last [`Room::HISTORY_LEN`] messages said since a member last
+    /// went, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &StoredChat> {
+        let visible = self
+            .log
+            .iter()
+            .rev()
+            .take_while(|message| message.id >= self.visible_from)
+            .take(Room::HISTORY_LEN)
+            .count();
+        self.log.range(self.log.len() - visible..)
+    }
+
+    /// The stored messages from `id` on, oldest first.
+    pub fn messages_from(&self, id: u64) -> impl Iterator<Item = &StoredChat> {
+        let skip = self.log.partition_point(|message| message.id < id);
+        self.log.range(skip..)
+    }
+
+    /// The highest id a storage bound pushed out of the log (0 for none): every message with
+    /// an id up to it is gone.
+    pub fn lost_through(&self) -> u64 {
+        self.lost_through
+    }
+
+    /// What the room's log costs, by [`StoredChat::stored_bytes`].
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
+
+    /// How many messages the log holds.
+    pub fn stored_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Checks the log's own bookkeeping: ids in order and counted bytes right.
+    pub fn check_log(&self) -> Result<(), String> {
+        let bytes: usize = self.log.iter().map(StoredChat::stored_bytes).sum();
+        if bytes != self.stored_bytes {
+            return Err(format!(
+                "room {} counts {} stored bytes but holds {bytes}",
+                self.code, self.stored_bytes
+            ));
+        }
+        let in_order = self
+            .log
+            .iter()
+            .zip(self.log.iter().skip(1))
+            .all(|(a, b)| b.id == a.id + 1);
+        if !in_order || self.log.back().is_some_and(|last| last.id >= self.next_id) {
+            return Err(format!("room {}'s log is out of order", self.code));
+        }
+        if self.log.len() > Room::MAX_STORED || self.stored_bytes > Room::MAX_STORED_BYTES {
+            return Err(format!("room {} holds more than its bounds", self.code));
+        }
+        Ok(())
     }
 }
 
@@ -150,49 +280,88 @@ impl Room {
 mod tests {
     use super::*;
 
-    fn name(text: &str) -> Username {
-        Username::parse(text).expect("valid name")
+    /// A stored message `id` whose frame is `len` bytes long.
+    fn chat(id: u64, len: usize) -> StoredChat {
+        StoredChat {
+            id,
+            frame: Utf8Bytes::from("x".repeat(len)),
+        }
     }
 
-    /// The guest becomes host when the host leaves; the room empties when the last member goes.
+    fn ids<'a>(messages: impl Iterator<Item = &'a StoredChat>) -> Vec<u64> {
+        messages.map(|message| message.id).collect()
+    }
+
+    /// The guest becomes host when the host leaves; the room empties when the last member goes;
+    /// only members have peers.
     #[test]
     fn the_member_who_stays_becomes_host() {
         let (host, guest) = (ClientId::new(), ClientId::new());
         let mut room = Room::new(RoomCode::random(), host);
-        room.admit(guest);
+        room.seat(guest);
         assert!(room.is_full());
         assert_eq!(room.peer_of(host), Some(guest));
         assert_eq!(room.peer_of(guest), Some(host));
+        assert_eq!(room.peer_of(ClientId::new()), None);
 
-        assert_eq!(room.remove(host).0, Some(guest));
+        assert_eq!(room.remove(host), Some(guest));
         assert_eq!(room.host(), guest);
         assert!(!room.is_full());
         assert_eq!(room.members().collect::<Vec<_>>(), vec![guest]);
-        assert_eq!(room.remove(guest).0, None);
+        assert_eq!(room.remove(guest), None);
     }
 
-    /// History keeps the last 100 messages, ids keep counting, and a departure empties it.
+    /// A joiner sees the last 100 messages since a member last went; ids keep counting; the
+    /// log keeps the earlier ones for the member who stayed until it is told to forget them.
     #[test]
-    fn history_is_bounded_and_emptied_on_departure() {
+    fn a_joiner_sees_only_what_was_said_since_the_last_departure() {
         let (host, guest) = (ClientId::new(), ClientId::new());
         let mut room = Room::new(RoomCode::random(), host);
-        room.admit(guest);
-        for n in 1..=150 {
-            assert_eq!(
-                room.record(name("ada"), format!("m{n}"), 0, Room::HISTORY_LEN)
-                    .id,
-                n
-            );
+        assert_eq!(room.seat(guest), 1);
+        for id in 1..=150 {
+            room.store(chat(id, 10));
         }
-        assert_eq!(room.history().len(), Room::HISTORY_LEN);
-        assert_eq!(room.history().front().map(|m| m.id), Some(51));
+        assert_eq!(ids(room.history()), (51..=150).collect::<Vec<_>>());
+        assert_eq!(ids(room.messages_from(1)).len(), 150);
 
         room.remove(guest);
-        assert!(room.history().is_empty());
+        assert_eq!(ids(room.history()), Vec::<u64>::new());
         assert_eq!(
-            room.record(name("ada"), "again".into(), 0, Room::HISTORY_LEN)
-                .id,
-            151
+            ids(room.messages_from(140)),
+            (140..=150).collect::<Vec<_>>()
         );
+        room.store(chat(151, 10));
+        assert_eq!(room.seat(ClientId::new()), 151);
+        assert_eq!(ids(room.history()), vec![151]);
+        room.forget_before(151);
+        assert_eq!(ids(room.messages_from(1)), vec![151]);
+        assert_eq!(room.lost_through(), 0, "forgetting is not losing");
+        room.check_log().expect("consistent");
+    }
+
+    /// The log keeps at most `MAX_STORED` messages and `MAX_STORED_BYTES`; what the bounds push
+    /// out is remembered as lost, and the bytes are counted exactly.
+    #[test]
+    fn the_log_is_bounded_in_messages_and_bytes() {
+        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        for id in 1..=(Room::MAX_STORED as u64 + 10) {
+            room.store(chat(id, 10));
+        }
+        assert_eq!(room.stored_len(), Room::MAX_STORED);
+        assert_eq!(room.lost_through(), 10);
+        room.check_log().expect("consistent");
+
+        let big = 100 * 1024;
+        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        let mut delta = 0;
+        for id in 1..=100 {
+            delta += room.store(chat(id, big));
+        }
+        assert!(room.stored_bytes() <= Room::MAX_STORED_BYTES);
+        assert_eq!(delta, room.stored_bytes() as isize);
+        let kept = Room::MAX_STORED_BYTES / (big + Room::OVERHEAD_PER_MESSAGE);
+        assert_eq!(room.stored_len(), kept);
+        assert_eq!(room.lost_through(), 100 - kept as u64);
+        room.check_log().expect("consistent");
     }
 }

@@ -6,7 +6,7 @@
 //! without a single lock. It answers by queueing encoded messages on each client's own outbound
 //! channel, never by waiting for a client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 // The actor's maps use foldhash, the fast hasher `hashbrown` defaults to, seeded at random per
 // process: a lookup costs a few nanoseconds instead of SipHash's tens, on every message.
@@ -26,10 +26,10 @@ use crate::client::{Client, Close};
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
 use crate::limits::{TokenBucket, limit_key};
-use crate::message::{ChatHistory, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
+use crate::message::{self, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
 use crate::outbox;
-use crate::room::Room;
+use crate::room::{Room, StoredChat};
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// How many commands may wait for the actor. When it is full, handlers wait to send, which in
@@ -145,10 +145,11 @@ pub struct ChatServer {
     /// One timer per held session, firing when its grace period is over. Like the typing
     /// timers: one `DelayQueue` polled by the actor's loop, no task per timer.
     grace_timers: DelayQueue<ClientId>,
-    /// Messages a held member missed that are no longer in its room's history, because the
-    /// other member left meanwhile and took the conversation with it (a newcomer must never read
-    /// it). Given to the member on `resume`, dropped when its grace ends.
-    replays: FastMap<ClientId, VecDeque<ChatMessage>>,
+    /// What all rooms' logs cost together ([`Room::stored_bytes`]).
+    stored_bytes: usize,
+    /// `--max-stored-bytes`: the most [`ChatServer::stored_bytes`] may reach, or `None` for no
+    /// bound but each room's own.
+    max_stored_bytes: Option<usize>,
     /// Counters for `/metrics`.
     metrics: Arc<Metrics>,
 }
@@ -184,7 +185,8 @@ impl ChatServer {
             sessions: FastMap::default(),
             resume_grace: config.resume_grace,
             grace_timers: DelayQueue::new(),
-            replays: FastMap::default(),
+            stored_bytes: 0,
+            max_stored_bytes: (config.max_stored_bytes > 0).then_some(config.max_stored_bytes),
             metrics,
         };
         (
@@ -343,8 +345,8 @@ impl ChatServer {
                 .map(|(code, room)| {
                     let view = RoomView {
                         host: room.host(),
-                        guest: room.peer_of(room.host()),
-                        history: room.history().iter().map(|message| message.id).collect(),
+                        guest: room.guest(),
+                        history: room.history().map(|message| message.id).collect(),
                     };
                     (*code, view)
                 })
@@ -355,8 +357,11 @@ impl ChatServer {
     /// Checks the rules that must hold between any two events, and says which one is broken:
     /// every room has one or two members, who are known clients that agree they are in it;
     /// every client in a room is one of its members and has a name; only members type; a
-    /// named client has no naming deadline; each timer queue holds one entry per client that
-    /// needs one; and no slow consumer is left waiting to be dropped.
+    /// named client has no naming deadline; each timer queue (typing, naming, grace) holds one
+    /// entry per client that needs one; every client's session token leads to it, and a held
+    /// session has a grace timer; no slow consumer is left waiting to be dropped; and every
+    /// room's log is in order, within its bounds and counted right, with the rooms' total
+    /// within `--max-stored-bytes`.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         for (code, room) in &self.rooms {
@@ -417,6 +422,38 @@ impl ChatServer {
         }
         if !self.too_slow.is_empty() {
             return Err("slow consumers are left over after an event".into());
+        }
+        // Sessions: one per client, under its own token; a held one has a grace timer.
+        if self.sessions.len() != self.clients.len() {
+            return Err("sessions and clients differ in number".into());
+        }
+        for (id, client) in &self.clients {
+            if self.sessions.get(&client.session_token) != Some(id) {
+                return Err(format!("client {id}'s token does not lead to it"));
+            }
+            if client.grace.is_some() == client.is_connected() {
+                return Err(format!(
+                    "client {id} is held without a grace timer, or the reverse"
+                ));
+            }
+        }
+        if self.grace_timers.len() != self.clients.values().filter(|c| c.grace.is_some()).count() {
+            return Err("grace timers and held sessions differ".into());
+        }
+        // Storage: each room's log is sound, and the total is theirs and within the budget.
+        let mut stored = 0;
+        for room in self.rooms.values() {
+            room.check_log()?;
+            stored += room.stored_bytes();
+        }
+        if stored != self.stored_bytes {
+            return Err(format!(
+                "rooms hold {stored} stored bytes, the total says {}",
+                self.stored_bytes
+            ));
+        }
+        if self.max_stored_bytes.is_some_and(|budget| stored > budget) {
+            return Err(format!("{stored} stored bytes are over the budget"));
         }
         Ok(())
     }
@@ -525,7 +562,6 @@ impl ChatServer {
             }
             self.sessions.remove(&client.session_token);
         }
-        self.replays.remove(&id);
         if connected {
             self.metrics.connections.decrement(1.0);
         }
@@ -561,7 +597,9 @@ impl ChatServer {
             }
         };
         self.rooms.insert(code, Room::new(code, id));
-        self.client_mut(id)?.room = Some(code);
+        let client = self.client_mut(id)?;
+        client.room = Some(code);
+        client.history_from = 1;
         self.metrics.rooms.increment(1.0);
         debug!(client = %id, room = %code, "room created");
         self.send(id, ServerMessage::RoomCreated { room_code: code }.encode());
@@ -658,12 +696,13 @@ impl ChatServer {
             return Err(ErrorCode::UsernameTaken.into());
         }
 
-        let welcome = ServerMessage::RoomJoined {
+        // The history, and the `room_joined` carrying what fits of it; the rest follows it.
+        let history: Vec<Utf8Bytes> = room.history().map(|chat| chat.frame.clone()).collect();
+        let welcome = message::with_history(&history, |history, _| ServerMessage::RoomJoined {
             room_code: code,
             peer: &host_name,
-            history: ChatHistory::all(room.history()),
-        }
-        .encode();
+            history,
+        });
         let announcement = ServerMessage::PeerJoined {
             username: joiner_name,
         }
@@ -672,10 +711,12 @@ impl ChatServer {
             .clients
             .get(&host)
             .is_some_and(|client| client.is_connected());
-        self.room_mut(code)?.admit(id);
-        self.client_mut(id)?.room = Some(code);
+        let history_from = self.room_mut(code)?.seat(id);
+        let joiner = self.client_mut(id)?;
+        joiner.room = Some(code);
+        joiner.history_from = history_from;
         debug!(client = %id, room = %code, "room joined");
-        self.send(id, welcome);
+        self.send_all(id, welcome);
         self.send(host, announcement);
         if host_away {
             // The host's connection dropped and it may still resume: say so, as its peer would
@@ -700,22 +741,28 @@ impl ChatServer {
         // The peer must see the typing indicator go away before the message it turned into.
         self.end_typing(id);
 
-        // While a member is away, the room remembers more, so that it can be given everything it
-        // missed when it resumes.
-        let keep = if self.member_away(code) {
-            Room::REPLAY_LEN
-        } else {
-            Room::HISTORY_LEN
-        };
         let room = self.room_mut(code)?;
-        let message = room.record(from, content, unix_millis(), keep);
-        let frame = ServerMessage::Chat(message).encode();
+        let message = ChatMessage {
+            id: room.next_id(),
+            from,
+            content,
+            timestamp: unix_millis(),
+        };
+        // Encoded once; the room keeps the frame, and each member's queue gets a
+        // reference-counted copy of the same bytes.
+        let frame = ServerMessage::Chat(&message).encode();
+        let stored = StoredChat {
+            id: message.id,
+            frame: frame.clone(),
+        };
+        let grown = room.store(stored);
         let members = room.members();
-        // Encoded once above; each member's queue gets a reference-counted copy of the bytes.
+        self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
         for member in members {
             self.send(member, frame.clone());
         }
         self.metrics.messages_relayed.increment(1);
+        self.keep_to_storage_budget();
         Ok(())
     }
 
@@ -794,9 +841,9 @@ impl ChatServer {
         {
             room.replace(old_id, id);
         }
-        let replay = self.replays.remove(&old_id).unwrap_or_default();
         let username = session.username.clone();
         let room_code = session.room;
+        let history_from = session.history_from;
         self.clients.insert(id, session);
 
         if let Some(old_connection) = old_connection {
@@ -808,23 +855,38 @@ impl ChatServer {
         }
         debug!(client = %id, previous = %old_id, "session resumed");
 
-        // The reply: where the session stands, and every message it may have missed.
+        // The reply: where the session stands, and every message it may have missed, back to
+        // when it entered the room; what a storage bound dropped meanwhile is counted as lost.
         let room = room_code.and_then(|code| self.rooms.get(&code));
         let peer = room
             .and_then(|room| room.peer_of(id))
             .and_then(|peer| self.clients.get(&peer));
         let peer_name = peer.and_then(|peer| peer.username.clone());
         let peer_read = peer.map_or(0, |peer| peer.read_up_to);
-        let reply = ServerMessage::Resumed {
+        let wanted_from = last_id.saturating_add(1).max(history_from);
+        let (missed, lost): (Vec<Utf8Bytes>, u64) = match room {
+            Some(room) => (
+                room.messages_from(wanted_from)
+                    .map(|chat| chat.frame.clone())
+                    .collect(),
+                (room.lost_through() + 1).saturating_sub(wanted_from),
+            ),
+            None => (Vec::new(), 0),
+        };
+        let reply = message::with_history(&missed, |missed, more| ServerMessage::Resumed {
             client_id: id,
             username: username.as_ref(),
             room_code,
             peer: peer_name.as_ref(),
             peer_connected: peer.is_some_and(|client| client.is_connected()),
-            missed: ChatHistory::after(&replay, room.map(Room::history), last_id),
+            missed,
+            more,
+            lost,
+        });
+        if lost > 0 {
+            debug!(client = %id, lost, "resumed with messages lost to the storage bounds");
         }
-        .encode();
-        self.send(id, reply);
+        self.send_all(id, reply);
         if let (Some(peer_name), true) = (&peer_name, peer_read > 0) {
             let receipt = ServerMessage::Read {
                 username: peer_name,
@@ -833,12 +895,6 @@ impl ChatServer {
             self.send(id, receipt.encode());
         }
         if let (Some(code), Some(username)) = (room_code, &username) {
-            // Back to normal: the history no longer needs to hold more than a joiner sees.
-            if !self.member_away(code)
-                && let Some(room) = self.rooms.get_mut(&code)
-            {
-                room.trim_history(Room::HISTORY_LEN);
-            }
             let notice = ServerMessage::PeerReconnected { username };
             self.send_to_peer(code, id, notice.encode());
         }
@@ -867,14 +923,6 @@ impl ChatServer {
         };
         self.send_to_peer(code, id, receipt.encode());
         Ok(())
-    }
-
-    /// Whether a member of room `code` is away: its connection dropped and its seat is held.
-    fn member_away(&self, code: RoomCode) -> bool {
-        self.rooms.get(&code).is_some_and(|room| {
-            room.members()
-                .any(|member| self.clients.get(&member).is_some_and(|c| !c.is_connected()))
-        })
     }
 
     fn leave_room(&mut self, id: ClientId) -> Result<(), Refusal> {
@@ -960,14 +1008,13 @@ impl ChatServer {
         let Some(room) = self.rooms.get_mut(&code) else {
             return;
         };
-        let (stays, history) = room.remove(id);
-        match stays {
+        match room.remove(id) {
             Some(stays) => {
-                if self.clients.get(&stays).is_some_and(|c| !c.is_connected()) {
-                    // The member who stays is away: keep what was said for its resume, outside
-                    // the room, where the next joiner cannot read it.
-                    self.replays.entry(stays).or_default().extend(history);
-                }
+                // What was said before the one who stays entered is nobody's any more. The rest
+                // is its own conversation: kept for its resume, though a joiner will not see it.
+                let history_from = self.clients.get(&stays).map_or(0, |c| c.history_from);
+                let freed = room.forget_before(history_from);
+                self.stored_bytes -= freed;
                 let notice = ServerMessage::PeerLeft {
                     username: &username,
                     reason,
@@ -976,11 +1023,52 @@ impl ChatServer {
                 self.send(stays, notice);
             }
             None => {
-                self.rooms.remove(&code);
+                if let Some(room) = self.rooms.remove(&code) {
+                    self.stored_bytes -= room.stored_bytes();
+                }
                 self.metrics.rooms.decrement(1.0);
                 debug!(room = %code, "room deleted");
             }
         }
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
+    }
+
+    /// Sheds stored messages while all rooms together hold more than `--max-stored-bytes`.
+    ///
+    /// Fairness: the largest rooms are cut down to a common level, oldest messages first, and
+    /// no room below that level loses anything, so a few rooms full of long messages cannot
+    /// push out everyone else's conversation. Shedding goes a little below the budget (by an
+    /// eighth), so that it runs once per many messages rather than on each. A member whose
+    /// messages were shed learns it when it resumes (`lost`): never a silent gap.
+    fn keep_to_storage_budget(&mut self) {
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
+        let Some(budget) = self.max_stored_bytes else {
+            return;
+        };
+        if self.stored_bytes <= budget {
+            return;
+        }
+        let target = budget - budget / 8;
+        let mut sizes: Vec<usize> = self.rooms.values().map(Room::stored_bytes).collect();
+        let level = level_for(&mut sizes, target);
+        let mut shed = 0;
+        for room in self.rooms.values_mut() {
+            while room.stored_bytes() > level {
+                let freed = room.shed_oldest();
+                if freed == 0 {
+                    break;
+                }
+                self.stored_bytes -= freed;
+                shed += 1;
+            }
+        }
+        warn!(
+            shed,
+            stored_bytes = self.stored_bytes,
+            "over --max-stored-bytes: shed the oldest messages of the largest rooms"
+        );
+        self.metrics.messages_shed.increment(shed);
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
     }
 
     /// Sends an `error` to the client that caused it.
@@ -1048,6 +1136,24 @@ impl ChatServer {
         }
     }
 
+    /// Queues frames that belong together for one client, as one item: a message that carries
+    /// a history, and the rest of the history after it.
+    fn send_all(&mut self, to: ClientId, mut frames: Vec<Utf8Bytes>) {
+        if frames.len() == 1 {
+            if let Some(frame) = frames.pop() {
+                self.send(to, frame);
+            }
+            return;
+        }
+        let Some(client) = self.clients.get(&to) else {
+            return;
+        };
+        match client.send_batch(frames) {
+            Ok(()) | Err(SendError::Disconnected) => {}
+            Err(SendError::QueueFull) => self.too_slow.push(to),
+        }
+    }
+
     /// Disconnects every client found too slow. Telling their peers may find more, so loop.
     fn disconnect_slow_consumers(&mut self) {
         while let Some(id) = self.too_slow.pop() {
@@ -1099,6 +1205,23 @@ pub struct RoomView {
     pub guest: Option<ClientId>,
     /// The ids of the messages in its history, oldest first.
     pub history: Vec<u64>,
+}
+
+/// The highest level such that rooms of the given sizes, each cut down to at most that level,
+/// hold at most `target` bytes together ("water-filling"). Sorts `sizes`.
+fn level_for(sizes: &mut [usize], target: usize) -> usize {
+    sizes.sort_unstable();
+    // Raise the level room by room, smallest first: below the level a room keeps everything,
+    // above it every room is cut to the level.
+    let mut below = 0; // bytes of the rooms entirely under the level
+    for (index, &size) in sizes.iter().enumerate() {
+        let above = sizes.len() - index;
+        if below + size * above > target {
+            return (target - below) / above;
+        }
+        below += size;
+    }
+    usize::MAX
 }
 
 /// Now, in milliseconds since the Unix epoch, as chat timestamps are.
@@ -1345,6 +1468,28 @@ mod tests {
             (Some("peer_left"), Some("disconnected"))
         );
         assert_eq!(started.elapsed(), grace);
+    }
+
+    /// `--username-timeout 0s` turns the limit off: a client may stay unnamed for as long as it
+    /// likes, and names itself whenever it wants.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_username_timeout_is_no_limit() {
+        let (mut server, handle) = actor(Config {
+            username_timeout: Duration::ZERO,
+            ..Config::default()
+        });
+        let mut idle = connect_unnamed(&mut server);
+        tokio::spawn(server.run());
+        tokio::time::sleep(Duration::from_secs(24 * 60 * 60)).await;
+        let name = ClientMessage::SetUsername {
+            username: "ada".into(),
+        };
+        let request = ServerCommand::Request {
+            client_id: idle.id,
+            request: name,
+        };
+        handle.send(request).await.expect("actor runs");
+        assert_eq!(idle.wait().await["type"], "username_set");
     }
 
     /// A typing member produces `stop_typing` for the peer exactly one typing timeout after its

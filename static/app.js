@@ -135,6 +135,12 @@ const state = {
   peerReadUpTo: 0,
   /** Whether the peer's connection dropped and the server holds its seat, waiting for it. */
   peerAway: false,
+  /**
+   * How many `chat` frames of a replay are still to come after `resumed` (its `more`: the
+   * rest of `missed`, which did not fit in one frame). Until they are in, our last message
+   * may still be among them.
+   */
+  replayPending: 0,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -354,14 +360,20 @@ function onResumed(message) {
     } else if (message.missed.length > 0) {
       addEvent('Earlier in this room'); // A reload: the page starts empty.
     }
+    // Messages the server no longer had (its storage bounds): say so, rather than let the
+    // conversation look complete.
+    if (message.lost > 0) {
+      const what = message.lost === 1 ? '1 earlier message' : `${message.lost} earlier messages`;
+      addEvent(`${what} could not be recovered.`);
+    }
     // Handled like live messages (our own confirm what we sent); `addChat` skips what is
-    // already on screen, so nothing shows twice.
+    // already on screen, so nothing shows twice. The rest, if any, follows as `chat` frames.
     message.missed.forEach(onChat);
+    state.replayPending = message.more || 0;
     state.peerAway = message.peer !== null && !message.peer_connected;
     updateRoomBar();
     if (state.peerAway) addEvent(peerAwayText(message.peer));
-    giveBackUnsentMessage();
-    scheduleRead();
+    if (state.replayPending === 0) replayDone();
     return;
   }
   if ($('messages').dataset.room) {
@@ -373,6 +385,12 @@ function onResumed(message) {
   document.title = 'Chat';
   if (!message.username) showView('name');
   else if (currentView() !== 'name') showView('lobby');
+}
+
+/** Every missed message is in: what was not among them never reached the server. */
+function replayDone() {
+  giveBackUnsentMessage();
+  scheduleRead();
 }
 
 /**
@@ -451,6 +469,10 @@ function onChat(message) {
     hidePeerTyping();
   }
   addChat(message);
+  if (state.replayPending > 0) {
+    state.replayPending -= 1;
+    if (state.replayPending === 0) replayDone();
+  }
 }
 
 function onPeerLeft(message) {

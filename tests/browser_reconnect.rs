@@ -35,6 +35,62 @@ const SHORT_GRACE: Duration = Duration::from_secs(1);
 /// told its session moved elsewhere is watched this long to show that it does not retry.
 const NO_RETRY_WINDOW: Duration = Duration::from_secs(3);
 
+/// Bob's network drops and Alice, a program, says more than the room keeps (1,010 messages,
+/// too many for one frame): when Bob's page is back it shows the last 1,000 in order, once
+/// each, and says that the 10 before could not be recovered, rather than pretending the
+/// conversation is complete; and it does not offer to resend anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_absence_is_replayed_and_what_was_lost_is_said() {
+    if !browser_available("a_long_absence_is_replayed_and_what_was_lost_is_said") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::with_config(Config {
+        resume_grace: RESUME_GRACE,
+        ..Config::default().unlimited()
+    })
+    .await;
+    let proxy = Proxy::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    closing_pages_after(&[&bob], async {
+        let mut alice = server.named("Alice").await;
+        let code = alice.create_room().await;
+        bob.goto(&format!("http://{}/", proxy.addr)).await;
+        bob.choose_name().await;
+        bob.join_room(&code).await;
+        alice.expect("peer_joined").await;
+
+        proxy.go_offline();
+        alice.expect("peer_disconnected").await;
+        let said: Vec<String> = (1..=1010)
+            .map(|n| format!("message {n} of a long monologue, long enough to need many frames"))
+            .collect();
+        for text in &said {
+            alice.chat(text).await;
+            alice.expect("chat").await;
+        }
+
+        proxy.go_online();
+        let shown = bob.wait_for_message("Alice", &said[1009]).await;
+        let texts: Vec<&str> = shown.iter().map(|m| m.text.as_str()).collect();
+        let expected: Vec<&str> = said[10..].iter().map(String::as_str).collect();
+        assert_eq!(texts, expected, "the last 1,000, in order, once each");
+        bob.wait_for_text(
+            "#messages",
+            "10 earlier messages could not be recovered.",
+            "Bob's page says what was lost",
+        )
+        .await;
+        assert_eq!(
+            bob.text("#composer-error").await,
+            "",
+            "nothing to resend: Bob sent nothing"
+        );
+    })
+    .await;
+}
+
 /// Bob's network drops mid-conversation. Bob's page says it is reconnecting; Alice's page shows
 /// Bob as "connection lost — waiting" in its header and conversation; Alice keeps writing. When
 /// the network is back, Bob's page reconnects and resumes without anyone clicking anything, and

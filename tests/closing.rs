@@ -70,6 +70,55 @@ async fn a_message_over_the_limit_reads_its_1009() {
     assert_eq!(u16::from(close.code), 1009);
 }
 
+/// When a session is resumed on a new connection while its old connection is busy sending,
+/// the old connection reads everything that was queued for it, then close code 4000.
+#[tokio::test]
+async fn a_busy_old_connection_reads_its_4000() {
+    let server = TestServer::with_config(Config::default().unlimited()).await;
+    let (mut ada, mut grace, _) = server.pair("ada", "grace").await;
+    send_without_reading(&mut grace, 300, "before").await;
+    // Once Ada has them all, the room has accepted them all.
+    for _ in 0..300 {
+        ada.expect("chat").await;
+    }
+
+    let mut grace_again = server.client().await;
+    grace_again
+        .send(json!({"type": "resume", "session_token": grace.session_token, "last_id": 0}))
+        .await;
+    let resumed = grace_again.expect("resumed").await;
+    // Every chat the old connection sent before the takeover reached the room first.
+    let missed = resumed["missed"].as_array().expect("missed");
+    let mut ids: Vec<u64> = missed.iter().filter_map(|m| m["id"].as_u64()).collect();
+    // Replayed messages are `chat` frames after `resumed` when they do not fit in it.
+    while ids.len() < 300 {
+        ids.push(
+            grace_again.expect("chat").await["id"]
+                .as_u64()
+                .expect("an id"),
+        );
+    }
+    assert_eq!(ids, (1..=300).collect::<Vec<u64>>());
+
+    // The old connection keeps sending after the takeover: nobody reads it any more.
+    send_without_reading(&mut grace, 300, "after").await;
+    let (messages, close) = grace.read_to_close().await;
+    assert_eq!(u16::from(close.code), 4000);
+    assert_eq!(close.reason.as_str(), "session resumed elsewhere");
+    assert!(messages.iter().all(|m| m["type"] == "chat"));
+
+    // Nothing the old connection said after the takeover was taken as the session's.
+    grace_again.chat("the new tab").await;
+    assert_eq!(grace_again.expect("chat").await["id"], 301);
+    // The old connection still looked open, so Ada only hears that Grace is back.
+    assert_eq!(ada.expect("peer_reconnected").await["username"], "grace");
+    let chat = ada.expect("chat").await;
+    assert_eq!(
+        (chat["id"].as_u64(), chat["content"].as_str()),
+        (Some(301), Some("the new tab"))
+    );
+}
+
 /// A client that never reads while the server shuts down, and goes on sending meanwhile,
 /// reads its messages and then close code 1001 once it does read.
 #[tokio::test]

@@ -492,3 +492,94 @@ impl ServerProcess {
         command
     }
 }
+
+/// A TCP proxy in front of a server whose connections can be cut the way a dead network cuts
+/// them: no FIN, no reset, nothing at all any more in either direction, while both sockets stay
+/// open. The server cannot tell until its heartbeat notices.
+pub struct CuttableProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cut: tokio_util::sync::CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Starts a proxy to `server` on a free port.
+    pub async fn start(server: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let cut = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(Self::serve(listener, server, cut.clone()));
+        CuttableProxy { addr, cut, task }
+    }
+
+    /// The WebSocket URL through the proxy.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops forwarding on every connection, for good, without closing any socket.
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+
+    async fn serve(
+        listener: TcpListener,
+        server: SocketAddr,
+        cut: tokio_util::sync::CancellationToken,
+    ) {
+        // Each connection's task; dropping the set (with this future, when the proxy goes)
+        // aborts them and closes their sockets.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = cut.cancelled() => {
+                    // Keep every connection open and silent until the proxy goes.
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            };
+            let Ok((client, _)) = accepted else { return };
+            let Ok(upstream) = TcpStream::connect(server).await else {
+                return;
+            };
+            let cut = cut.clone();
+            connections.spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = upstream.into_split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut client_read, &mut server_write) => return,
+                    _ = tokio::io::copy(&mut server_read, &mut client_write) => return,
+                    () = cut.cancelled() => {}
+                }
+                // Cut: hold the sockets open and silent.
+                let _held = (client_read, client_write, server_read, server_write);
+                std::future::pending::<()>().await;
+            });
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// (current, peak) resident memory of process `pid`, in KiB, from /proc.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
