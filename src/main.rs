@@ -1,7 +1,6 @@
 //! The `chat-server` binary: reads the command line, sets up logging, binds, and runs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -13,32 +12,33 @@ use chat_server::Config;
 ///
 /// Open http://ADDR/ in a browser, or speak the JSON protocol (docs/protocol.md) on ws://ADDR/ws.
 /// Logging follows RUST_LOG (default: info).
+//
+// Every default below is `Config`'s own (`Config::DEFAULT_…`), so the flags and the library
+// cannot disagree.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// Address to listen on, as HOST:PORT.
-    #[arg(
-        long,
-        env = "CHAT_BIND",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "CHAT_BIND", default_value = DEFAULT_BIND, value_name = "ADDR")]
     bind: String,
 
     /// How long a member shows as typing after its last keystroke signal, e.g. 5s or 400ms.
-    #[arg(long, env = "CHAT_TYPING_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
-    typing_timeout: Duration,
+    #[arg(long, env = "CHAT_TYPING_TIMEOUT", value_name = "DURATION",
+          default_value_t = Config::DEFAULT_TYPING_TIMEOUT.into(), value_parser = period)]
+    typing_timeout: humantime::Duration,
 
     /// How often the server pings each client, e.g. 20s. A client silent for two intervals is
     /// disconnected.
-    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value = "20s", value_parser = duration, value_name = "DURATION")]
-    heartbeat_interval: Duration,
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", value_name = "DURATION",
+          default_value_t = Config::DEFAULT_HEARTBEAT_INTERVAL.into(), value_parser = period)]
+    heartbeat_interval: humantime::Duration,
 
     /// How long a room member whose connection dropped keeps its seat for a new connection to
     /// resume the session, e.g. 30s; the peer sees peer_disconnected meanwhile. 0s turns
     /// resuming off (protocol v1: peer_left at once).
-    #[arg(long, env = "CHAT_RESUME_GRACE", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    resume_grace: Duration,
+    #[arg(long, env = "CHAT_RESUME_GRACE", value_name = "DURATION",
+          default_value_t = Config::DEFAULT_RESUME_GRACE.into())]
+    resume_grace: humantime::Duration,
 
     /// Messages per second one connection may send on average; more are refused with
     /// RATE_LIMITED, and a client that keeps sending at over twice this rate is disconnected
@@ -66,15 +66,24 @@ struct Cli {
     #[arg(long, env = "CHAT_MAX_FAILED_JOINS", default_value_t = Config::DEFAULT_MAX_FAILED_JOINS, value_name = "N")]
     max_failed_joins: u32,
 
+    /// The most memory all rooms together keep of their conversations (history for joiners,
+    /// messages kept for resumes), e.g. 128MiB or 1GiB; past it the oldest messages of the
+    /// largest rooms are shed. 0 turns this bound off (each room keeps its own bound).
+    #[arg(long, env = "CHAT_MAX_STORED_BYTES", value_name = "SIZE",
+          default_value_t = Size(Config::DEFAULT_MAX_STORED_BYTES), value_parser = size)]
+    max_stored_bytes: Size,
+
     /// Time a new connection has to send its HTTP request and complete the WebSocket handshake;
     /// slower connections are dropped. Plain HTTP connections are closed after it too.
-    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    handshake_timeout: Duration,
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", value_name = "DURATION",
+          default_value_t = Config::DEFAULT_HANDSHAKE_TIMEOUT.into(), value_parser = period)]
+    handshake_timeout: humantime::Duration,
 
     /// Time a WebSocket client has to set a valid username; an unnamed connection is then closed
-    /// with code 1008.
-    #[arg(long, env = "CHAT_USERNAME_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
-    username_timeout: Duration,
+    /// with code 1008. 0s turns this limit off.
+    #[arg(long, env = "CHAT_USERNAME_TIMEOUT", value_name = "DURATION",
+          default_value_t = Config::DEFAULT_USERNAME_TIMEOUT.into())]
+    username_timeout: humantime::Duration,
 
     /// An origin (scheme://host[:port]) whose web pages may open a WebSocket, besides the
     /// server's own; repeat it for several, or give * to allow any. Clients that send no Origin
@@ -96,16 +105,73 @@ struct Cli {
     /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
     #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// How log lines are written: text for people, or json (one object a line) for log
+    /// collectors.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-/// Parses a duration such as `400ms`, `5s` or `1m`; zero is refused, because every duration here
-/// is a period or a timeout.
-fn duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+/// The address the server listens on by default: this machine only, port 8080.
+const DEFAULT_BIND: &str = "127.0.0.1:8080";
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, with the fields as keys.
+    Json,
+}
+
+/// Parses a duration that is a period or a timeout, such as `400ms`, `5s` or `1m`: zero is
+/// refused, since a period of zero cannot be kept.
+fn period(text: &str) -> Result<humantime::Duration, String> {
+    let duration: humantime::Duration = text.parse().map_err(|err| format!("{err}"))?;
     if duration.is_zero() {
         return Err("must be greater than zero".into());
     }
     Ok(duration)
+}
+
+/// An amount of memory, in bytes, written with a binary unit when it has one (`128MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size(usize);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let units = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        match units
+            .iter()
+            .find(|(_, unit)| self.0 >= *unit && self.0.is_multiple_of(*unit))
+        {
+            Some((name, unit)) => write!(f, "{}{name}", self.0 / unit),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Parses an amount of memory: a number of bytes, or a number followed by KiB, MiB or GiB.
+fn size(text: &str) -> Result<Size, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 128MiB or 1GiB"))?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(unit)
+        .map(Size)
+        .ok_or_else(|| format!("{text} is too large"))
 }
 
 /// jemalloc instead of the system allocator, with its background thread on: freed pages go back
@@ -117,11 +183,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
 
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => match chat_server::tls::server_config(cert, key) {
@@ -136,16 +205,17 @@ async fn main() -> std::io::Result<()> {
         _ => None,
     };
     let config = Config {
-        typing_timeout: cli.typing_timeout,
-        heartbeat_interval: cli.heartbeat_interval,
-        resume_grace: cli.resume_grace,
+        typing_timeout: cli.typing_timeout.into(),
+        heartbeat_interval: cli.heartbeat_interval.into(),
+        resume_grace: cli.resume_grace.into(),
         rate_limit: cli.rate_limit,
         rate_burst: cli.rate_burst,
         max_connections: cli.max_connections,
         max_connections_per_ip: cli.max_connections_per_ip,
         max_failed_joins: cli.max_failed_joins,
-        handshake_timeout: cli.handshake_timeout,
-        username_timeout: cli.username_timeout,
+        max_stored_bytes: cli.max_stored_bytes.0,
+        handshake_timeout: cli.handshake_timeout.into(),
+        username_timeout: cli.username_timeout.into(),
         allowed_origins: cli.allowed_origins,
         tls,
         ..Config::default()

@@ -294,6 +294,9 @@ fn the_command_line_documents_its_flags() {
         "--max-connections",
         "--max-connections-per-ip",
         "--max-failed-joins",
+        "--max-stored-bytes",
+        "--resume-grace",
+        "--log-format",
         "--handshake-timeout",
         "--username-timeout",
         "--allowed-origin",
@@ -311,6 +314,9 @@ fn the_command_line_documents_its_flags() {
         "CHAT_MAX_CONNECTIONS",
         "CHAT_MAX_CONNECTIONS_PER_IP",
         "CHAT_MAX_FAILED_JOINS",
+        "CHAT_MAX_STORED_BYTES",
+        "CHAT_RESUME_GRACE",
+        "CHAT_LOG_FORMAT",
         "CHAT_HANDSHAKE_TIMEOUT",
         "CHAT_USERNAME_TIMEOUT",
         "CHAT_ALLOWED_ORIGIN",
@@ -331,4 +337,51 @@ fn the_command_line_documents_its_flags() {
         .expect("run");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("rate-limit"));
+    // The defaults shown are the library's own, written the way the flags are.
+    for default in [
+        "[default: 5s]",
+        "[default: 20s]",
+        "[default: 1m]",
+        "[default: 128MiB]",
+    ] {
+        assert!(help.contains(default), "{default} missing from:\n{help}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--max-stored-bytes", "lots"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max-stored-bytes"));
+}
+
+/// `--log-format json` writes one JSON object a line, and the other new settings are taken
+/// as written: `--username-timeout 0s` (no limit), `--max-stored-bytes 1MiB`.
+#[tokio::test]
+async fn the_binary_logs_json_lines_when_asked() {
+    let mut server = ServerProcess::start(
+        ServerProcess::command()
+            .args(["--bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--username-timeout", "0s", "--max-stored-bytes", "1MiB"])
+            .env("RUST_LOG", "chat_server=debug"),
+    );
+    let startup = server.startup.last().expect("a startup line");
+    let line: serde_json::Value = serde_json::from_str(startup).expect("a JSON line");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening")),
+        "{line}"
+    );
+    let mut client = TestClient::connect(&format!("ws://{}/ws", server.addr)).await;
+    client.set_username("ada").await;
+    // Every line that follows is JSON too: the connection's debug line among them.
+    let line = server
+        .lines
+        .recv_timeout(PATIENCE)
+        .expect("a log line about the connection");
+    let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(line["level"], "DEBUG", "{line}");
+    let _ = server.child.kill();
+    let _ = server.child.wait();
 }
