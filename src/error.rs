@@ -4,8 +4,8 @@
 //!   *expected*: the client gets an `error` message and the connection carries on.
 //! - [`SendError`]: the actor could not hand a message to a client's queue. Expected too: the
 //!   client is gone or too slow, and the actor disconnects it.
-//! - [`AppError`]: the server itself could not do its job (bind, accept, an HTTP or WebSocket
-//!   failure on one connection). Logged, never sent to a client.
+//! - [`AppError`]: the server itself could not do its job (its TLS settings, or its actor
+//!   stopped). Logged, never sent to a client.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -165,27 +165,17 @@ pub enum SendError {
     Disconnected,
 }
 
-/// A failure of the server itself or of one connection's transport. Logged, never sent to a client.
+/// A failure of the server itself. Logged, never sent to a client. (A connection's own
+/// transport failures, a reset or a broken frame, are ordinary ends of that connection: the
+/// handler logs them at debug level and they go no further.)
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Socket IO failed: binding, accepting, or a connection reset. Resets are routine on the
-    /// internet; a failed bind at startup is fatal.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The HTTP exchange before the upgrade failed, usually because the client went away or sent
-    /// something that is not HTTP/1.1.
-    #[error("http error: {0}")]
-    Http(#[from] hyper::Error),
-    /// The WebSocket layer failed on an established connection (a protocol violation by the
-    /// client, or the socket closing under it).
-    #[error("websocket error: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     /// The TLS certificate or key could not be loaded, or do not fit together. Fatal at
     /// startup: the operator asked for TLS, so serving without it would be wrong.
     #[error("TLS setup failed: {0}")]
     Tls(String),
     /// The chat server actor is no longer running. Only happens during shutdown, or after a bug
-    /// made the actor panic.
+    /// made the actor panic (then `run` fails; see [`crate::run`]).
     #[error("the chat server actor has stopped")]
     ActorStopped,
 }

@@ -385,3 +385,55 @@ async fn the_binary_logs_json_lines_when_asked() {
     let _ = server.child.kill();
     let _ = server.child.wait();
 }
+
+/// A write that fails is logged at debug level with its cause: here a client that stops
+/// reading while its peer talks, until the server's socket takes nothing more for a heartbeat
+/// interval.
+#[tokio::test]
+async fn a_failed_write_is_logged_with_its_cause() {
+    let server = ServerProcess::start(
+        ServerProcess::command()
+            .args(["--bind", "127.0.0.1:0", "--heartbeat-interval", "1s"])
+            .args(["--rate-limit", "0"])
+            .env("RUST_LOG", "chat_server=debug"),
+    );
+    let url = format!("ws://{}/ws", server.addr);
+    let mut ada = TestClient::connect(&url).await;
+    ada.set_username("ada").await;
+    let code = ada.create_room().await;
+    let mut grace = TestClient::connect(&url).await;
+    grace.set_username("grace").await;
+    grace.join(&code).await;
+    ada.expect("peer_joined").await;
+
+    // Grace reads nothing from now on; Ada talks until the server gives up on Grace.
+    let text = "x".repeat(4000);
+    loop {
+        ada.chat(&text).await;
+        let reply = ada.recv().await;
+        match reply["type"].as_str() {
+            Some("chat") => continue,
+            Some("peer_disconnected" | "peer_left") => break,
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    let lines = server.lines;
+    let logged = tokio::task::spawn_blocking(move || {
+        while let Ok(line) = lines.recv_timeout(PATIENCE) {
+            if line.contains("write failed") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .expect("join");
+    let line = logged.expect("a 'write failed' line");
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(line.contains("cause="), "{line}");
+    assert!(line.contains("socket write stalled"), "{line}");
+    drop(grace);
+    let mut child = server.child;
+    let _ = child.kill();
+    let _ = child.wait();
+}
