@@ -8,6 +8,8 @@
 #
 # Usage: bench/compare.sh            (RUNS=5 by default; see the settings below)
 #        RUNS=1 DURATION=5s bench/compare.sh      a quick look, not figures to publish
+#        SCENARIOS=fixed FIXED_RATES="5000 20000" bench/compare.sh   fixed rates only
+#        SERVER_BIN=../old/target/release/chat-server bench/compare.sh  another chat-server build
 # Output: bench/results/<date>/results.jsonl (one chat-bench report per line, tagged) and
 #         bench/results/<date>/summary.md (the table printed at the end).
 # Needs: cargo, node and npm, jq.
@@ -21,7 +23,8 @@ IDLE_ROOMS=${IDLE_ROOMS:-9000}       # connections scenario: 2 x this many socke
 HOLD=${HOLD:-10s}                    # connections scenario: idle hold before reading RSS
 BUSY_ROOMS=${BUSY_ROOMS:-1000}       # throughput at many rooms
 FEW_ROOMS=${FEW_ROOMS:-20}           # throughput at few rooms
-FIXED_RATE=${FIXED_RATE:-5000}       # fixed offered load, msgs/s over BUSY_ROOMS rooms
+FIXED_RATES=${FIXED_RATES:-5000}     # fixed offered loads, msgs/s over BUSY_ROOMS rooms
+SCENARIOS=${SCENARIOS:-idle closed-loop fixed churn}  # which of the scenarios below to run
 CHURN_RATE=${CHURN_RATE:-200}        # churn: sessions started per second
 CHURN_DURATION=${CHURN_DURATION:-10s}
 PEER_SRC=${PEER_SRC:-../shared/peers/node-ws}
@@ -41,7 +44,7 @@ RESULTS="$OUT/results.jsonl"
 
 echo "== building release binaries" >&2
 cargo build --release --bins --quiet
-SERVER_BIN=target/release/chat-server
+SERVER_BIN=${SERVER_BIN:-target/release/chat-server}
 BENCH_BIN=target/release/chat-bench
 
 # The Node peer runs from a copy under target/, so that shared/ stays read-only.
@@ -106,7 +109,8 @@ measure() {
   echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "open files: $(ulimit -n); ephemeral ports: $(tr '\t' '-' </proc/sys/net/ipv4/ip_local_port_range)"
   echo "rustc: $(rustc --version); node: $(node --version); ws: $(jq -r .version "$NODE_DIR/node_modules/ws/package.json")"
-  echo "git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+  echo "git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)'); chat-server: $SERVER_BIN"
+  echo "scenarios: $SCENARIOS; fixed rates: $FIXED_RATES"
   echo "servers: chat-server --bind 127.0.0.1:PORT $CHAT_SERVER_FLAGS; node server.js --bind 127.0.0.1:PORT"
   echo "started: $(date -u +%FT%TZ); runs: $RUNS"
 } | tee "$OUT/machine.txt" >&2
@@ -116,15 +120,24 @@ for run in $(seq "$RUNS"); do
   if [ $((run % 2)) -eq 1 ]; then order="chat-server node"; else order="node chat-server"; fi
   echo "== run $run of $RUNS ($order)" >&2
   for SERVER in $order; do
-    measure "idle-$IDLE_ROOMS-rooms" "$run" connections --rooms "$IDLE_ROOMS" --hold "$HOLD"
-    measure "closed-loop-$BUSY_ROOMS-rooms" "$run" throughput --rooms "$BUSY_ROOMS" \
-      --duration "$DURATION" --warmup "$WARMUP" --in-flight 1
-    measure "closed-loop-$FEW_ROOMS-rooms" "$run" throughput --rooms "$FEW_ROOMS" \
-      --duration "$DURATION" --warmup "$WARMUP" --in-flight 1
-    measure "fixed-$FIXED_RATE-per-sec-$BUSY_ROOMS-rooms" "$run" throughput --rooms "$BUSY_ROOMS" \
-      --duration "$DURATION" --warmup "$WARMUP" --rate "$FIXED_RATE"
-    measure "churn-$CHURN_RATE-per-sec" "$run" churn --rate "$CHURN_RATE" \
-      --duration "$CHURN_DURATION"
+    for scenario in $SCENARIOS; do
+      case "$scenario" in
+        idle) measure "idle-$IDLE_ROOMS-rooms" "$run" connections --rooms "$IDLE_ROOMS" --hold "$HOLD" ;;
+        closed-loop)
+          measure "closed-loop-$BUSY_ROOMS-rooms" "$run" throughput --rooms "$BUSY_ROOMS" \
+            --duration "$DURATION" --warmup "$WARMUP" --in-flight 1
+          measure "closed-loop-$FEW_ROOMS-rooms" "$run" throughput --rooms "$FEW_ROOMS" \
+            --duration "$DURATION" --warmup "$WARMUP" --in-flight 1 ;;
+        fixed)
+          for rate in $FIXED_RATES; do
+            measure "fixed-$rate-per-sec-$BUSY_ROOMS-rooms" "$run" throughput --rooms "$BUSY_ROOMS" \
+              --duration "$DURATION" --warmup "$WARMUP" --rate "$rate"
+          done ;;
+        churn) measure "churn-$CHURN_RATE-per-sec" "$run" churn --rate "$CHURN_RATE" \
+          --duration "$CHURN_DURATION" ;;
+        *) echo "compare.sh: unknown scenario $scenario" >&2; exit 2 ;;
+      esac
+    done
   done
 done
 

@@ -160,10 +160,21 @@ impl ServerMessage<'_> {
     pub fn encode(&self) -> Utf8Bytes {
         // Serialising to a `String` can only fail for maps with non-string keys or a failing
         // `Serialize` impl; none of the types above has either.
-        let json = serde_json::to_string(self).expect("server messages always serialise");
+        let mut json = serde_json::to_string(self).expect("server messages always serialise");
+        // The bytes keep the string's whole allocation, and a room may keep a frame for long:
+        // give back what growing the string over-reserved (up to half of it) when it is worth
+        // a copy. Small frames keep their few spare bytes.
+        let spare = json.capacity() - json.len();
+        if spare > SPARE_BYTES_KEPT && spare > json.len() / 8 {
+            json.shrink_to_fit();
+        }
         Utf8Bytes::from(json)
     }
 }
+
+/// How many unused bytes an encoded frame may keep in its allocation before
+/// [`ServerMessage::encode`] gives them back.
+const SPARE_BYTES_KEPT: usize = 1024;
 
 /// Why a peer left, in `peer_left`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
