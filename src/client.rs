@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::delay_queue;
 
 use crate::error::SendError;
-use crate::limits::TokenBucket;
+use crate::limits::ClientBuckets;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// What a connection's write task takes from its outbound queue.
@@ -79,16 +79,8 @@ pub struct Client {
     /// Until the client has set a valid username: its entry in the actor's naming timers. A
     /// client that is still unnamed when it fires is closed, so idle sockets cannot be hoarded.
     pub naming_deadline: Option<delay_queue::Key>,
-    /// One token per message the client may send (`--rate-limit`, `--rate-burst`); `None`
-    /// when rate limiting is off.
-    pub message_tokens: Option<TokenBucket>,
-    /// One token per message the client may have *refused* for going over the rate limit,
-    /// refilled at the same rate. A client that empties this one too is not a person typing
-    /// fast but a program flooding, and is disconnected. `None` when rate limiting is off.
-    pub refusal_tokens: Option<TokenBucket>,
-    /// One token per failed `join_room` the client may make (`--max-failed-joins` a minute);
-    /// `None` when that limit is off.
-    pub failed_join_tokens: Option<TokenBucket>,
+    /// Its buckets under the limits the actor enforces: messages, refusals, failed joins.
+    pub limits: ClientBuckets,
     /// The secret a later connection presents to `resume` this session.
     pub session_token: SessionToken,
     /// While the connection is gone but the seat is kept (`--resume-grace`): the grace timer's
@@ -118,9 +110,7 @@ impl Client {
             typing: None,
             address,
             naming_deadline: None,
-            message_tokens: None,
-            refusal_tokens: None,
-            failed_join_tokens: None,
+            limits: ClientBuckets::default(),
             session_token: SessionToken::random(),
             grace: None,
             history_from: 0,
@@ -137,7 +127,7 @@ impl Client {
     /// Lets go of the connection, keeping the session. With `close`, the connection's write task
     /// sends that close frame once it has sent what is queued; without, the connection is
     /// already gone and only the queue is dropped.
-    pub fn detach(&mut self, close: Option<Close>) {
+    pub fn detach(&mut self, close: Option<&'static Close>) {
         if let (Some(outbound), Some(close)) = (self.outbound.take(), close) {
             outbound.close(close);
         }

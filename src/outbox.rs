@@ -54,8 +54,10 @@ struct State {
     capacity: usize,
     sender_alive: bool,
     receiver_alive: bool,
-    /// How the sender closed the queue, handed out once the queue is empty.
-    close: Option<Close>,
+    /// How the sender closed the queue, handed out once the queue is empty. A reference to one
+    /// of the [`Close`] constants: a pointer, where the value would cost every idle connection
+    /// more than the pointer's size.
+    close: Option<&'static Close>,
 }
 
 impl Shared {
@@ -93,7 +95,7 @@ impl Sender {
 impl Sender {
     /// Closes the queue with `close`: the receiver gets everything queued so far, then
     /// [`Outbound::Close`]. Needs no room in the queue.
-    pub fn close(self, close: Close) {
+    pub fn close(self, close: &'static Close) {
         self.0.lock().close = Some(close);
         // Dropping `self` marks the sender gone and wakes the receiver.
     }
@@ -132,7 +134,7 @@ impl Receiver {
             None => state
                 .close
                 .take()
-                .map(Outbound::Close)
+                .map(|close| Outbound::Close(*close))
                 .ok_or(TryRecvError::Disconnected),
         }
     }
@@ -216,7 +218,7 @@ mod tests {
             sender.try_send(message("no room")),
             Err(TrySendError::Full(_))
         ));
-        sender.close(Close::TAKEN_OVER);
+        sender.close(&Close::TAKEN_OVER);
         assert_eq!(
             receiver.recv().await.map(text).as_deref(),
             Some("last words")

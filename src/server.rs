@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use crate::client::{Client, Close};
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode, Refusal, SendError};
-use crate::limits::{TokenBucket, limit_key};
+use crate::limits::{MessageLimits, Verdict, limit_key};
 use crate::message::{self, ChatMessage, ClientMessage, LeaveReason, ServerMessage};
 use crate::metrics::Metrics;
 use crate::outbox;
@@ -41,13 +41,6 @@ const COMMAND_BATCH: usize = 64;
 
 /// The longest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 4096;
-
-/// The period of `--max-failed-joins`: that many failures are allowed per minute.
-const FAILED_JOINS_PERIOD: Duration = Duration::from_secs(60);
-
-/// The per-address failed-join buckets are swept for forgettable entries when the map reaches
-/// this size, and then whenever it has doubled since the last sweep.
-const MIN_FAILED_JOINS_SWEEP: usize = 1024;
 
 /// What a connection handler can ask of the actor.
 #[derive(Debug)]
@@ -113,21 +106,11 @@ pub struct ChatServer {
     typing_timeout: Duration,
     /// Capacity of each client's outbound queue.
     outbound_queue: usize,
-    /// `--rate-limit` and `--rate-burst`: the messages per second and the burst each client
-    /// gets, or `None` when rate limiting is off.
-    rate: Option<(u32, u32)>,
+    /// `--rate-limit`, `--rate-burst` and `--max-failed-joins`, and the failed joins counted
+    /// per address.
+    limits: MessageLimits,
     /// What a client over the rate limit is told; made once, since it names the limit.
     rate_refusal: Refusal,
-    /// `--max-failed-joins`: failed `join_room`s allowed per minute per client and per address,
-    /// or `None` when that limit is off.
-    max_failed_joins: Option<u32>,
-    /// Failed joins per address ([`limit_key`]), so that a guesser cannot get a fresh allowance
-    /// by reconnecting. Entries whose bucket has refilled are swept out now and then
-    /// (see [`ChatServer::count_failed_join`]), which keeps the map as small as the set of
-    /// addresses that failed recently.
-    failed_joins_by_address: FastMap<IpAddr, TokenBucket>,
-    /// The size of [`ChatServer::failed_joins_by_address`] at which it is next swept.
-    failed_joins_sweep_at: usize,
     /// How long a client may stay without a username, or `None` for no limit.
     username_timeout: Option<Duration>,
     /// One timer per unnamed client, firing `username_timeout` after it connected. Like the
@@ -158,7 +141,6 @@ impl ChatServer {
     /// Creates the actor and its first handle. The caller spawns [`ChatServer::run`].
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> (ChatServer, ChatServerHandle) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let rate = (config.rate_limit > 0).then_some((config.rate_limit, config.rate_burst.max(1)));
         let rate_refusal = Refusal::new(
             ErrorCode::RateLimited,
             format!(
@@ -167,11 +149,12 @@ impl ChatServer {
             ),
         );
         let server = ChatServer {
-            rate,
+            limits: MessageLimits::new(
+                config.rate_limit,
+                config.rate_burst,
+                config.max_failed_joins,
+            ),
             rate_refusal,
-            max_failed_joins: (config.max_failed_joins > 0).then_some(config.max_failed_joins),
-            failed_joins_by_address: FastMap::default(),
-            failed_joins_sweep_at: MIN_FAILED_JOINS_SWEEP,
             username_timeout: (!config.username_timeout.is_zero())
                 .then_some(config.username_timeout),
             naming_timers: DelayQueue::new(),
@@ -287,17 +270,11 @@ impl ChatServer {
             // Its connection was dropped (too slow) but its reader had more on the way.
             return false;
         }
-        let Some(tokens) = &mut client.message_tokens else {
-            return true;
-        };
-        if tokens.try_take(now) {
+        let verdict = self.limits.check_message(&mut client.limits, now);
+        if verdict == Verdict::Allowed {
             return true;
         }
-        let flooding = client
-            .refusal_tokens
-            .as_mut()
-            .is_some_and(|refusals| !refusals.try_take(now));
-        if flooding {
+        if verdict == Verdict::Flooding {
             warn!(client = %id, "disconnecting a client that keeps sending over the rate limit");
             self.metrics.flooders_disconnected.increment(1);
             let refusal = Refusal::new(
@@ -305,7 +282,7 @@ impl ChatServer {
                 "Far too many messages, for too long: closing the connection.",
             );
             self.refuse(id, &refusal);
-            self.forget(id, Some(Close::FLOODING));
+            self.forget(id, Some(&Close::FLOODING));
         } else {
             let refusal = self.rate_refusal.clone();
             self.refuse(id, &refusal);
@@ -479,14 +456,7 @@ impl ChatServer {
         debug!(client = %id, "client connected");
         let now = Instant::now();
         let mut client = Client::new(id, limit_key(address), outbound);
-        if let Some((per_second, burst)) = self.rate {
-            client.message_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
-            client.refusal_tokens = Some(TokenBucket::new(burst, f64::from(per_second), now));
-        }
-        if let Some(max) = self.max_failed_joins {
-            client.failed_join_tokens =
-                Some(TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now));
-        }
+        client.limits = self.limits.new_client(now);
         if let Some(timeout) = self.username_timeout {
             client.naming_deadline = Some(self.naming_timers.insert(id, timeout));
         }
@@ -504,7 +474,7 @@ impl ChatServer {
     /// A client's connection ended, or is to end with `close` (a slow consumer). A room member
     /// keeps its seat for the grace period, so that a new connection can `resume` the session;
     /// anyone else is forgotten at once.
-    fn connection_lost(&mut self, id: ClientId, close: Option<Close>) {
+    fn connection_lost(&mut self, id: ClientId, close: Option<&'static Close>) {
         let Some(client) = self.clients.get(&id) else {
             return; // Already forgotten (dropped as a flooder, or its session resumed elsewhere).
         };
@@ -545,7 +515,7 @@ impl ChatServer {
     /// Forgets a client for good: it leaves its room (the peer gets `peer_left` with
     /// `"disconnected"`), its session can no longer be resumed, and its connection, if it still
     /// has one, is closed with `close`.
-    fn forget(&mut self, id: ClientId, close: Option<Close>) {
+    fn forget(&mut self, id: ClientId, close: Option<&'static Close>) {
         let Some(connected) = self.clients.get(&id).map(|client| client.is_connected()) else {
             return; // Already gone.
         };
@@ -630,18 +600,12 @@ impl ChatServer {
 
     /// `RATE_LIMITED` if `id`, or its address, has used up its failed joins for now.
     fn check_failed_joins(&mut self, id: ClientId) -> Result<(), Refusal> {
-        let now = Instant::now();
         let client = self.clients.get_mut(&id).ok_or(ErrorCode::InternalError)?;
         let address = client.address;
-        let client_may = client
-            .failed_join_tokens
-            .as_mut()
-            .is_none_or(|tokens| tokens.has_token(now));
-        let address_may = self
-            .failed_joins_by_address
-            .get_mut(&address)
-            .is_none_or(|tokens| tokens.has_token(now));
-        if client_may && address_may {
+        if self
+            .limits
+            .may_fail_a_join(&mut client.limits, address, Instant::now())
+        {
             Ok(())
         } else {
             debug!(client = %id, "too many failed joins");
@@ -654,28 +618,11 @@ impl ChatServer {
 
     /// Takes one failed join from `id`'s allowance and from its address's.
     fn count_failed_join(&mut self, id: ClientId) {
-        let (Some(max), Some(client)) = (self.max_failed_joins, self.clients.get_mut(&id)) else {
-            return;
-        };
-        let now = Instant::now();
-        if let Some(tokens) = &mut client.failed_join_tokens {
-            tokens.try_take(now);
+        if let Some(client) = self.clients.get_mut(&id) {
+            let address = client.address;
+            self.limits
+                .count_failed_join(&mut client.limits, address, Instant::now());
         }
-        let address = client.address;
-        if !self.failed_joins_by_address.contains_key(&address)
-            && self.failed_joins_by_address.len() >= self.failed_joins_sweep_at
-        {
-            // A full bucket remembers nothing: forgetting it changes no decision. Sweeping only
-            // when the map has doubled keeps the cost per failed join constant on average.
-            self.failed_joins_by_address
-                .retain(|_, tokens| !tokens.is_full(now));
-            self.failed_joins_sweep_at =
-                (self.failed_joins_by_address.len() * 2).max(MIN_FAILED_JOINS_SWEEP);
-        }
-        self.failed_joins_by_address
-            .entry(address)
-            .or_insert_with(|| TokenBucket::per_period(max, FAILED_JOINS_PERIOD, now))
-            .try_take(now);
     }
 
     /// The part of `join_room` that depends on the room: whether it exists, has a free seat,
@@ -850,7 +797,7 @@ impl ChatServer {
             // Still open: another device or tab, or a connection that is dead but not yet
             // noticed. Its write task sends what is queued, then closes with 4000; the close
             // needs no room in the queue, so a full one cannot turn it into anything else.
-            old_connection.close(Close::TAKEN_OVER);
+            old_connection.close(&Close::TAKEN_OVER);
             self.metrics.connections.decrement(1.0);
         }
         debug!(client = %id, previous = %old_id, "session resumed");
@@ -969,7 +916,7 @@ impl ChatServer {
             "No username was chosen in time: closing the connection.",
         );
         self.refuse(id, &refusal);
-        self.forget(id, Some(Close::UNNAMED));
+        self.forget(id, Some(&Close::UNNAMED));
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
@@ -1167,7 +1114,7 @@ impl ChatServer {
                 // Closing the client's queue ends its connection: the write task sends what is
                 // queued, then the close frame. Like any lost connection, a room member may
                 // still `resume`.
-                self.connection_lost(id, Some(Close::TOO_SLOW));
+                self.connection_lost(id, Some(&Close::TOO_SLOW));
             }
         }
     }

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use chat_server::Config;
 use chat_server::client::{Close, Outbound};
 use chat_server::error::{ErrorCode, Refusal};
-use chat_server::limits::TokenBucket;
+use chat_server::limits::{Rate, TokenBucket};
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
 use chat_server::outbox::{self, TryRecvError};
@@ -276,6 +276,17 @@ const RATE_BURST: u32 = 4;
 /// See [`RATE_LIMIT`].
 const MAX_FAILED_JOINS: u32 = 2;
 
+/// The rule of the message and refusal buckets, as documented: `RATE_BURST` at once, then
+/// `RATE_LIMIT` a second.
+fn message_rate() -> Rate {
+    Rate::new(RATE_BURST, f64::from(RATE_LIMIT))
+}
+
+/// The rule of the failed-join buckets: `MAX_FAILED_JOINS` a minute.
+fn join_rate() -> Rate {
+    Rate::per_period(MAX_FAILED_JOINS, Duration::from_secs(60))
+}
+
 /// A room as the model sees it; members are slots.
 struct ModelRoom {
     host: usize,
@@ -498,10 +509,10 @@ impl Model {
         let Some((messages, refusals, _)) = self.conn(slot).buckets.as_mut() else {
             return true;
         };
-        if messages.try_take(now) {
+        if messages.try_take(&message_rate(), now) {
             return true;
         }
-        let flooding = !refusals.try_take(now);
+        let flooding = !refusals.try_take(&message_rate(), now);
         self.error(slot, ErrorCode::RateLimited);
         if flooding {
             self.disconnect(slot, Some(Close::FLOODING));
@@ -515,11 +526,11 @@ impl Model {
         let Some((_, _, joins)) = self.conn(slot).buckets.as_mut() else {
             return true;
         };
-        joins.has_token(now)
+        joins.has_token(&join_rate(), now)
             && self
                 .address_joins
                 .as_mut()
-                .is_none_or(|joins| joins.has_token(now))
+                .is_none_or(|joins| joins.has_token(&join_rate(), now))
     }
 
     /// Counts a failed join against `slot` and its address.
@@ -528,12 +539,10 @@ impl Model {
         let Some((_, _, joins)) = self.conn(slot).buckets.as_mut() else {
             return;
         };
-        joins.try_take(now);
+        joins.try_take(&join_rate(), now);
         self.address_joins
-            .get_or_insert_with(|| {
-                TokenBucket::per_period(MAX_FAILED_JOINS, Duration::from_secs(60), now)
-            })
-            .try_take(now);
+            .get_or_insert_with(|| TokenBucket::full(&join_rate(), now))
+            .try_take(&join_rate(), now);
     }
 
     /// The member's room, or `NOT_IN_ROOM` sent and `None`.
@@ -695,11 +704,10 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
                 expected: VecDeque::from([Msg::Connected(id.to_string())]),
                 buckets: limited.then(|| {
                     let now = Instant::now();
-                    let rate = f64::from(RATE_LIMIT);
                     (
-                        TokenBucket::new(RATE_BURST, rate, now),
-                        TokenBucket::new(RATE_BURST, rate, now),
-                        TokenBucket::per_period(MAX_FAILED_JOINS, Duration::from_secs(60), now),
+                        TokenBucket::full(&message_rate(), now),
+                        TokenBucket::full(&message_rate(), now),
+                        TokenBucket::full(&join_rate(), now),
                     )
                 }),
             });
