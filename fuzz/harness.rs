@@ -14,10 +14,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use chat_server::Config;
-use chat_server::client::Outbound;
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
 use chat_server::outbox;
+use chat_server::outbox::Outbound;
 use chat_server::server::{ChatServer, ServerCommand};
 use chat_server::types::ClientId;
 

@@ -28,11 +28,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::client::{Close, Outbound};
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
 use crate::outbox;
+use crate::outbox::{Close, Outbound};
 use crate::server::{ChatServerHandle, ServerCommand};
 use crate::types::ClientId;
 

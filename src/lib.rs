@@ -11,9 +11,12 @@
 //! - [`run`] (this file): accepts connections and shuts everything down in order.
 //! - [`http`]: HTTP/1.1 on each connection; routes requests and upgrades `/ws` to WebSocket.
 //! - [`handler`]: one WebSocket connection: a read loop, a write task, the heartbeat.
-//! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol.
-//! - [`client`] and [`room`]: the actor's records of one client (its session) and one room.
-//! - [`outbox`]: each client's small bounded outbound queue, from the actor to the write task.
+//! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol,
+//!   one file per subject (rooms, sessions, storage, delivery, timers).
+//! - [`session`] and [`room`]: the actor's records of one person (a session, which outlives its
+//!   connection) and of one room (its seats and what was said).
+//! - [`outbox`]: each connection's small bounded outbound queue, from the actor to the write
+//!   task, and what goes through it (messages, and the close that ends it).
 //! - [`message`]: the JSON wire messages, client to server and server to client.
 //! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`,
@@ -23,7 +26,6 @@
 //! - [`limits`]: rate limits, connection caps and the `Origin` check.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod handler;
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod server;
+pub mod session;
 pub mod tls;
 pub mod types;
 

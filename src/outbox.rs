@@ -20,8 +20,54 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 pub use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::client::{Close, Outbound};
+/// What a connection's write task takes from its outbound queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One encoded server message.
+    Message(Utf8Bytes),
+    /// Several messages that belong together, in order: a `room_joined` or `resumed` and the
+    /// history that did not fit in it (see [`crate::message::MAX_FRAME_BYTES`]). One item, so
+    /// that a long history counts once against the queue's bound, which is there for the
+    /// messages a slow reader lets pile up, not for what it is owed on arrival.
+    Batch(Vec<Utf8Bytes>),
+    /// Close the connection. Always the last item: the actor closed the queue with it
+    /// ([`Sender::close`]), after everything queued before.
+    Close(Close),
+}
+
+/// Why the actor ends a connection: the close frame the write task sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// The close frame's reason, for people (and logs) on the other side.
+    pub reason: &'static str,
+}
+
+impl Close {
+    /// Another connection resumed this session (protocol: 4000, do not reconnect).
+    pub const TAKEN_OVER: Close = Close {
+        code: 4000,
+        reason: "session resumed elsewhere",
+    };
+    /// The client's queue filled up: it reads slower than its peer writes (1008).
+    pub const TOO_SLOW: Close = Close {
+        code: 1008,
+        reason: "too slow: fell too far behind",
+    };
+    /// The client kept sending far over the rate limit (1008). An `error` said so first.
+    pub const FLOODING: Close = Close {
+        code: 1008,
+        reason: "too many messages",
+    };
+    /// The client chose no username in time (1008). An `error` said so first.
+    pub const UNNAMED: Close = Close {
+        code: 1008,
+        reason: "no username in time",
+    };
+}
 
 /// Creates a queue that holds at most `capacity` items.
 pub fn channel(capacity: usize) -> (Sender, Receiver) {

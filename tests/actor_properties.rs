@@ -35,12 +35,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use chat_server::Config;
-use chat_server::client::{Close, Outbound};
 use chat_server::error::{ErrorCode, Refusal};
 use chat_server::limits::{Rate, TokenBucket};
 use chat_server::message::ClientMessage;
 use chat_server::metrics::Metrics;
 use chat_server::outbox::{self, TryRecvError};
+use chat_server::outbox::{Close, Outbound};
 use chat_server::server::{ChatServer, ServerCommand, Snapshot};
 use chat_server::types::ClientId;
 
@@ -384,7 +384,7 @@ impl Model {
                     return self.error(slot, code);
                 }
                 let id = self.conn(slot).id;
-                let Some(code) = after.clients.get(&id).and_then(|c| c.room) else {
+                let Some(code) = after.sessions.get(&id).and_then(|c| c.room) else {
                     // Only possible if the creator was dropped as too slow in this very step,
                     // which takes its new room with it: its `room_created` could not be queued.
                     let conn = self.conn(slot);
@@ -790,7 +790,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
             server.handle(ServerCommand::Disconnect { client_id: conn.id });
         }
     }
-    prop_assert_eq!((server.client_count(), server.room_count()), (0, 0));
+    prop_assert_eq!((server.session_count(), server.room_count()), (0, 0));
     prop_assert!(server.check_invariants().is_ok());
     Ok(())
 }
@@ -845,16 +845,16 @@ fn expect_next(conn: &mut Conn, frame: &str) -> Result<(), String> {
 /// and histories.
 fn check_state(model: &Model, actor: &Snapshot) -> Result<(), String> {
     let live: Vec<&Conn> = model.slots.iter().flatten().filter(|c| c.live).collect();
-    if actor.clients.len() != live.len() {
+    if actor.sessions.len() != live.len() {
         return Err(format!(
             "{} clients, the model has {}",
-            actor.clients.len(),
+            actor.sessions.len(),
             live.len()
         ));
     }
     for conn in &live {
         let view = actor
-            .clients
+            .sessions
             .get(&conn.id)
             .ok_or("a live client is unknown")?;
         let room = view.room.map(|code| code.as_str().to_string());

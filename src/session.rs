@@ -1,8 +1,8 @@
-//! What the actor knows about one connected client.
+//! A session: what the actor knows about one person, which outlives any one connection.
 
 use std::net::IpAddr;
 
-use crate::outbox::{self, TrySendError};
+use crate::outbox::{self, Close, Outbound, TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::time::delay_queue;
 
@@ -10,59 +10,18 @@ use crate::error::SendError;
 use crate::limits::ClientBuckets;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
-/// What a connection's write task takes from its outbound queue.
-#[derive(Debug)]
-pub enum Outbound {
-    /// One encoded server message.
-    Message(Utf8Bytes),
-    /// Several messages that belong together, in order: a `room_joined` or `resumed` and the
-    /// history that did not fit in it (see [`crate::message::MAX_FRAME_BYTES`]). One item, so
-    /// that a long history counts once against the queue's bound, which is there for the
-    /// messages a slow reader lets pile up, not for what it is owed on arrival.
-    Batch(Vec<Utf8Bytes>),
-    /// Close the connection. Always the last item: the actor closed the queue with it
-    /// ([`outbox::Sender::close`]), after everything queued before.
-    Close(Close),
-}
-
-/// Why the actor ends a connection: the close frame the write task sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Close {
-    /// The WebSocket close code.
-    pub code: u16,
-    /// The close frame's reason, for people (and logs) on the other side.
-    pub reason: &'static str,
-}
-
-impl Close {
-    /// Another connection resumed this session (protocol: 4000, do not reconnect).
-    pub const TAKEN_OVER: Close = Close {
-        code: 4000,
-        reason: "session resumed elsewhere",
-    };
-    /// The client's queue filled up: it reads slower than its peer writes (1008).
-    pub const TOO_SLOW: Close = Close {
-        code: 1008,
-        reason: "too slow: fell too far behind",
-    };
-    /// The client kept sending far over the rate limit (1008). An `error` said so first.
-    pub const FLOODING: Close = Close {
-        code: 1008,
-        reason: "too many messages",
-    };
-    /// The client chose no username in time (1008). An `error` said so first.
-    pub const UNNAMED: Close = Close {
-        code: 1008,
-        reason: "no username in time",
-    };
-}
-
-/// One connected client, as the [`ChatServer`](crate::server::ChatServer) actor sees it.
+/// One person as the [`ChatServer`](crate::server::ChatServer) actor knows them: their name,
+/// room seat, read receipt and limits, and the connection they are on, if any.
 ///
-/// The actor owns every `Client`; nothing else can reach this state, so no lock guards it.
+/// A session outlives its connection: when a room member's connection drops, the session is
+/// held for the resume grace period, without a connection, and a new connection that presents
+/// its token takes it over (`resume`). It is filed under the [`ClientId`] of the connection
+/// that holds it, which changes on a resume.
+///
+/// The actor owns every `Session`; nothing else can reach this state, so no lock guards it.
 #[derive(Debug)]
-pub struct Client {
-    /// Which connection this is.
+pub struct Session {
+    /// The connection that holds the session now (or held it last, while it is held).
     pub id: ClientId,
     /// The name chosen with `set_username`; `None` until then. Needed to create or join a room.
     pub username: Option<Username>,
@@ -99,11 +58,11 @@ pub struct Client {
     outbound: Option<outbox::Sender>,
 }
 
-impl Client {
-    /// A client that has just connected from `address`: no name, no room, and no limits until
-    /// the actor sets them.
+impl Session {
+    /// The session of a client that has just connected from `address`: no name, no room, and
+    /// no limits until the actor sets them.
     pub fn new(id: ClientId, address: IpAddr, outbound: outbox::Sender) -> Self {
-        Client {
+        Session {
             id,
             username: None,
             room: None,

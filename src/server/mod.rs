@@ -1,0 +1,354 @@
+//! The `ChatServer` actor: the one owner of all chat state.
+//!
+//! Every connection handler talks to the actor through a cloneable [`ChatServerHandle`], which
+//! wraps the sending side of one bounded mpsc channel of [`ServerCommand`]s. The actor takes the
+//! commands one at a time, so each rule is applied to a consistent view of all sessions and
+//! rooms without a single lock. It answers by queueing encoded messages on each connection's
+//! own outbound queue, never by waiting for a client.
+//!
+//! The actor is one type, [`ChatServer`], whose methods are split by subject over the files of
+//! this module, each an `impl ChatServer` block of its own:
+//!
+//! - this file: the commands, the handle, the actor's state, and its loop, which reads like a
+//!   table of contents: a command or a timer comes in, and goes to the method that handles it;
+//! - `sessions.rs`: a connection arrives, names itself, drops, is held for a resume, resumes,
+//!   or is forgotten; read receipts;
+//! - `rooms.rs`: create, join, chat, typing, leave;
+//! - `storage.rs`: keeping all rooms together under `--max-stored-bytes`;
+//! - `delivery.rs`: queueing frames for clients, and dropping those too slow to read them;
+//! - `timers.rs`: the typing, naming and grace timers, behind one type;
+//! - `inspect.rs` (tests only): a copy of the state, and the invariants that must hold.
+//!
+//! The limits' bookkeeping is [`crate::limits::MessageLimits`]; a session's record is
+//! [`crate::session::Session`], a room's [`crate::room::Room`].
+
+mod delivery;
+#[cfg(any(test, feature = "testing"))]
+mod inspect;
+mod rooms;
+mod sessions;
+mod storage;
+#[cfg(test)]
+mod tests;
+mod timers;
+
+#[cfg(any(test, feature = "testing"))]
+pub use inspect::{RoomView, SessionView, Snapshot};
+
+// The actor's maps use foldhash, the fast hasher `hashbrown` defaults to, seeded at random per
+// process: a lookup costs a few nanoseconds instead of SipHash's tens, on every message.
+use foldhash::HashMap as FastMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::error::{AppError, ErrorCode, Refusal};
+use crate::limits::{MessageLimits, Verdict};
+use crate::message::ClientMessage;
+use crate::metrics::Metrics;
+use crate::outbox::{self, Close};
+use crate::room::Room;
+use crate::session::Session;
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
+use timers::{Expired, Timers};
+
+/// How many commands may wait for the actor. When it is full, handlers wait to send, which in
+/// turn stops them reading their sockets: back-pressure reaches the clients that send the most.
+const COMMAND_QUEUE: usize = 1024;
+
+/// The most commands the actor takes from its queue in one turn of its loop.
+const COMMAND_BATCH: usize = 64;
+
+/// The longest chat message, in characters (Unicode scalar values).
+pub const MAX_CHAT_CHARS: usize = 4096;
+
+/// What a connection handler can ask of the actor.
+#[derive(Debug)]
+pub enum ServerCommand {
+    /// A WebSocket connection was established from `address`. The actor greets it with
+    /// `connected` on `outbound`. The address is needed for the per-address failed-join limit.
+    Connect {
+        client_id: ClientId,
+        address: IpAddr,
+        outbound: outbox::Sender,
+    },
+    /// The connection ended, however it ended. The actor tells the peer, and forgets the client
+    /// or, if it is in a room, holds its seat for the resume grace period.
+    Disconnect { client_id: ClientId },
+    /// The client sent a well-formed request (`set_username`, `create_room`, `join_room`, `chat`,
+    /// `typing`, `stop_typing` or `leave_room`: the seed design's commands, one per message type).
+    Request {
+        client_id: ClientId,
+        request: ClientMessage,
+    },
+    /// The client sent something that is not a request (bad JSON, a binary frame). The handler
+    /// only reads bytes; deciding what to answer, and counting it, is the actor's job.
+    Reject {
+        client_id: ClientId,
+        refusal: Refusal,
+    },
+}
+
+/// A cheap, cloneable way to reach the actor. When the last handle is dropped, the actor's
+/// channel closes and [`ChatServer::run`] returns.
+#[derive(Debug, Clone)]
+pub struct ChatServerHandle {
+    commands: mpsc::Sender<ServerCommand>,
+}
+
+impl ChatServerHandle {
+    /// Sends one command, waiting while the actor's queue is full. Fails only if the actor has
+    /// stopped, which happens only once every handle is gone, or if it panicked.
+    pub async fn send(&self, command: ServerCommand) -> Result<(), AppError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| AppError::ActorStopped)
+    }
+}
+
+/// The actor. Owns all sessions and rooms; see the module docs.
+#[derive(Debug)]
+pub struct ChatServer {
+    /// Commands from every handle. The loop in [`ChatServer::run`] ends when all handles drop.
+    commands: mpsc::Receiver<ServerCommand>,
+    /// Every session, by the connection that holds it: connected clients, named or not, in a
+    /// room or not, and sessions held for a resume. Boxed: a hash map keeps up to twice as many
+    /// slots as entries, so a slot should be a pointer rather than the whole record.
+    sessions: FastMap<ClientId, Box<Session>>,
+    /// Which connection holds each session, by the token a `resume` presents.
+    tokens: FastMap<SessionToken, ClientId>,
+    /// Every live room. A room is removed the moment its last member goes.
+    rooms: FastMap<RoomCode, Room>,
+    /// The typing, naming and grace timers.
+    timers: Timers,
+    /// How long a `typing` lasts without being repeated.
+    typing_timeout: Duration,
+    /// How long a client may stay without a username, or `None` for no limit.
+    username_timeout: Option<Duration>,
+    /// `--resume-grace`: how long a room member whose connection dropped keeps its seat. Zero
+    /// means no grace at all: protocol v1's immediate `peer_left`.
+    resume_grace: Duration,
+    /// Capacity of each connection's outbound queue.
+    outbound_queue: usize,
+    /// `--rate-limit`, `--rate-burst` and `--max-failed-joins`, and the failed joins counted
+    /// per address.
+    limits: MessageLimits,
+    /// What a client over the rate limit is told; made once, since it names the limit.
+    rate_refusal: Refusal,
+    /// Clients whose queue was found full while handling the current event. They are
+    /// disconnected once the event is done, not in the middle of it, so a rule that is sending
+    /// to a room never sees that room change under it.
+    too_slow: Vec<ClientId>,
+    /// What all rooms' logs cost together ([`Room::stored_bytes`]).
+    stored_bytes: usize,
+    /// `--max-stored-bytes`: the most [`ChatServer::stored_bytes`] may reach, or `None` for no
+    /// bound but each room's own.
+    max_stored_bytes: Option<usize>,
+    /// Counters for `/metrics`.
+    metrics: Arc<Metrics>,
+}
+
+impl ChatServer {
+    /// Creates the actor and its first handle. The caller spawns [`ChatServer::run`].
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> (ChatServer, ChatServerHandle) {
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let rate_refusal = Refusal::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Too many messages: at most {} a second. This one was dropped.",
+                config.rate_limit
+            ),
+        );
+        let server = ChatServer {
+            limits: MessageLimits::new(
+                config.rate_limit,
+                config.rate_burst,
+                config.max_failed_joins,
+            ),
+            rate_refusal,
+            username_timeout: (!config.username_timeout.is_zero())
+                .then_some(config.username_timeout),
+            commands: commands_rx,
+            sessions: FastMap::default(),
+            tokens: FastMap::default(),
+            rooms: FastMap::default(),
+            timers: Timers::default(),
+            typing_timeout: config.typing_timeout,
+            outbound_queue: config.outbound_queue.max(1),
+            too_slow: Vec::new(),
+            resume_grace: config.resume_grace,
+            stored_bytes: 0,
+            max_stored_bytes: (config.max_stored_bytes > 0).then_some(config.max_stored_bytes),
+            metrics,
+        };
+        (
+            server,
+            ChatServerHandle {
+                commands: commands_tx,
+            },
+        )
+    }
+
+    /// Capacity to give each client's outbound channel (see [`Config::outbound_queue`]).
+    pub fn outbound_queue(&self) -> usize {
+        self.outbound_queue
+    }
+
+    /// Handles commands and timers until every handle has been dropped.
+    pub async fn run(mut self) {
+        // Commands are taken in batches: under load many are waiting at once, and one turn of
+        // this loop (the `select!`, polling the timers, going to sleep and waking up) is then
+        // paid once for all of them.
+        let mut batch = Vec::with_capacity(COMMAND_BATCH);
+        loop {
+            // Two event sources: commands from the handlers, and the actor's timers (typing
+            // that runs out, a name not chosen in time, a grace period that ends). With no timer
+            // pending, the timers are not polled at all (the `if` guard).
+            tokio::select! {
+                received = self.commands.recv_many(&mut batch, COMMAND_BATCH) => {
+                    if received == 0 {
+                        break; // Every handle is gone.
+                    }
+                    for command in batch.drain(..) {
+                        self.handle(command);
+                    }
+                }
+                expired = self.timers.next(), if !self.timers.is_empty() => match expired {
+                    Expired::Typing(id) => self.typing_expired(id),
+                    Expired::Naming(id) => self.username_overdue(id),
+                    Expired::Grace(id) => self.grace_expired(id),
+                },
+            }
+            self.disconnect_slow_consumers();
+        }
+        debug!("all handles dropped; chat server actor stopped");
+    }
+
+    /// Handles one command as [`ChatServer::run`] does: applies it to the state, then
+    /// disconnects whoever it found too slow. Public so that the rules can be tested without
+    /// sockets.
+    pub fn handle(&mut self, command: ServerCommand) {
+        self.apply(command);
+        self.disconnect_slow_consumers();
+    }
+
+    fn apply(&mut self, command: ServerCommand) {
+        match command {
+            ServerCommand::Connect {
+                client_id,
+                address,
+                outbound,
+            } => self.connect(client_id, address, outbound),
+            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id, None),
+            ServerCommand::Request { client_id, request } => {
+                // A forgotten client (dropped as a flooder, say) may still have requests on
+                // their way: `within_rate_limit` ignores them.
+                if !self.within_rate_limit(client_id) {
+                    return;
+                }
+                if let Err(refusal) = self.handle_request(client_id, request) {
+                    self.refuse(client_id, &refusal);
+                }
+            }
+            ServerCommand::Reject { client_id, refusal } => {
+                // Counted against the rate limit like any message: garbage costs us too.
+                if self.within_rate_limit(client_id) {
+                    self.refuse(client_id, &refusal);
+                }
+            }
+        }
+    }
+
+    /// Whether a message from `id` is to be handled: the client is known and under its rate
+    /// limit. Every message counts, requests and garbage alike.
+    ///
+    /// Over the limit, the message is dropped with `RATE_LIMITED`. A client that keeps going
+    /// also empties its second bucket, of refusals, and is then disconnected: its write task
+    /// sends what is queued, the last `RATE_LIMITED` included, then closes with 1008.
+    fn within_rate_limit(&mut self, id: ClientId) -> bool {
+        let now = Instant::now();
+        let Some(client) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        if !client.is_connected() {
+            // Its connection was dropped (too slow) but its reader had more on the way.
+            return false;
+        }
+        let verdict = self.limits.check_message(&mut client.limits, now);
+        if verdict == Verdict::Allowed {
+            return true;
+        }
+        if verdict == Verdict::Flooding {
+            warn!(client = %id, "disconnecting a client that keeps sending over the rate limit");
+            self.metrics.flooders_disconnected.increment(1);
+            let refusal = Refusal::new(
+                ErrorCode::RateLimited,
+                "Far too many messages, for too long: closing the connection.",
+            );
+            self.refuse(id, &refusal);
+            self.forget(id, Some(&Close::FLOODING));
+        } else {
+            let refusal = self.rate_refusal.clone();
+            self.refuse(id, &refusal);
+        }
+        false
+    }
+
+    fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
+        match request {
+            ClientMessage::SetUsername { username } => self.set_username(id, &username),
+            ClientMessage::CreateRoom => self.create_room(id),
+            ClientMessage::JoinRoom { room_code } => self.join_room(id, &room_code),
+            ClientMessage::Chat { content } => self.chat(id, content),
+            ClientMessage::Typing => self.typing(id),
+            ClientMessage::StopTyping => self.stop_typing(id),
+            ClientMessage::LeaveRoom => self.leave_room(id),
+            ClientMessage::Resume {
+                session_token,
+                last_id,
+            } => self.resume(id, &session_token, last_id),
+            ClientMessage::Read { up_to } => self.read(id, up_to),
+        }
+    }
+
+    // Lookups shared by every subject.
+
+    /// Checks that `id` may create or join a room, and returns its name.
+    fn check_can_enter_room(&self, id: ClientId) -> Result<Username, Refusal> {
+        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
+        let username = client.username.clone().ok_or(ErrorCode::UsernameRequired)?;
+        if client.room.is_some() {
+            return Err(ErrorCode::AlreadyInRoom.into());
+        }
+        Ok(username)
+    }
+
+    /// The room `id` is in and its name, or `NOT_IN_ROOM`.
+    fn membership(&self, id: ClientId) -> Result<(RoomCode, Username), Refusal> {
+        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
+        let code = client.room.ok_or(ErrorCode::NotInRoom)?;
+        // Joining a room requires a name, and the name cannot change inside a room.
+        let username = client.username.clone().ok_or(ErrorCode::InternalError)?;
+        Ok((code, username))
+    }
+
+    /// A room member's name. Every member has one, so a miss is a bug: `INTERNAL_ERROR`.
+    fn username(&self, id: ClientId) -> Result<Username, Refusal> {
+        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
+        Ok(client.username.clone().ok_or(ErrorCode::InternalError)?)
+    }
+
+    fn session_mut(&mut self, id: ClientId) -> Result<&mut Session, Refusal> {
+        Ok(self.sessions.get_mut(&id).ok_or(ErrorCode::InternalError)?)
+    }
+
+    fn room_mut(&mut self, code: RoomCode) -> Result<&mut Room, Refusal> {
+        Ok(self.rooms.get_mut(&code).ok_or(ErrorCode::InternalError)?)
+    }
+}
