@@ -107,6 +107,7 @@ impl Timers {
     }
 
     /// How many timers of each kind are pending: (typing, naming, grace). For the invariants.
+    #[cfg(any(test, feature = "testing"))]
     pub fn pending(&self) -> (usize, usize, usize) {
         (self.typing.len(), self.naming.len(), self.grace.len())
     }
