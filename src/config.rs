@@ -1,126 +1,140 @@
-//! Settings a server runs with.
+//! Settings a server runs with, each declared once: its flag, its environment variable, its
+//! default and its help text are the attributes and the doc comment of one field of
+//! [`Config`]. The binary parses them from the command line (`chat-server --help` prints this
+//! text); [`Config::default`] takes the same defaults, so tests and the binary cannot disagree.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use tokio_rustls::rustls::ServerConfig;
 
-/// What an operator can tune. The binary fills it from the command line and `CHAT_…`
-/// environment variables; tests build it directly.
+/// What an operator can tune, from the command line or `CHAT_…` environment variables.
 ///
 /// For every count limit below, `0` turns the limit off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// How long a member counts as typing after its last `typing` message. When it runs out the
-    /// peer gets `stop_typing`, so a closed laptop does not leave "… is typing" up forever.
+    /// How long a member shows as typing after its last `typing`, e.g. 5s or 400ms. When it
+    /// runs out the peer gets stop_typing, so a closed laptop does not leave "… is typing" up
+    /// forever.
+    #[arg(long, env = "CHAT_TYPING_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = period)]
     pub typing_timeout: Duration,
-    /// How often the server pings each client. A client that sends nothing at all (not even a
-    /// pong) for two intervals is disconnected.
+
+    /// How often the server pings each client, e.g. 20s. A client from which nothing at all
+    /// arrives (not even a pong) for two intervals is disconnected.
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "20s", value_parser = period)]
     pub heartbeat_interval: Duration,
-    /// How many encoded messages may wait for one client's socket. A client that falls this far
-    /// behind is disconnected as a slow consumer instead of holding memory or the actor.
-    pub outbound_queue: usize,
-    /// How long a room member whose connection dropped keeps its seat, waiting for a new
-    /// connection to `resume` its session (`--resume-grace`). The peer gets `peer_disconnected`
-    /// at once and `peer_left` only when this runs out. Zero turns resuming off: the server then
-    /// behaves exactly as protocol v1 says.
+
+    /// How long a room member whose connection dropped keeps its seat for a new connection to
+    /// resume the session, e.g. 30s: long enough for a phone to switch networks. The peer sees
+    /// peer_disconnected at once and peer_left only when this runs out. 0s turns resuming off
+    /// (protocol v1: peer_left at once).
+    #[arg(long, env = "CHAT_RESUME_GRACE", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub resume_grace: Duration,
-    /// Messages per second one connection may send, on average (`--rate-limit`). Every message
-    /// counts, whatever its type: a flood of `set_username` or of bad JSON costs the actor as
-    /// much as a flood of chat. Over it, a message is refused with `RATE_LIMITED`.
+
+    /// Messages per second one connection may send on average, whatever their type; more are
+    /// refused with RATE_LIMITED, and a client that keeps sending at over twice this rate is
+    /// disconnected (close code 1008). 0 turns rate limiting off. No typist sends 20 a second
+    /// for long.
+    #[arg(long, env = "CHAT_RATE_LIMIT", value_name = "N", default_value = "20")]
     pub rate_limit: u32,
-    /// How many messages one connection may send at once before [`Config::rate_limit`] applies
-    /// (`--rate-burst`): the size of its token bucket.
+
+    /// How many messages one connection may send at once before --rate-limit applies: room for
+    /// a script that pastes a hundred lines. Kept under the 128 messages queued for a reader, so
+    /// a peer's burst alone cannot get a reader dropped as a slow consumer.
+    #[arg(long, env = "CHAT_RATE_BURST", value_name = "N", default_value = "120")]
     pub rate_burst: u32,
-    /// How many WebSocket connections the server holds at once (`--max-connections`). Further
-    /// upgrades get HTTP 503. Kept under the process's open-file limit, so that the server
-    /// refuses politely before `accept` starts failing for lack of file descriptors.
+
+    /// Most WebSocket connections at once; further upgrades get HTTP 503. Keep it under the
+    /// process's open-file limit, so that the server refuses politely before `accept` starts
+    /// failing. 0 turns the cap off.
+    #[arg(
+        long,
+        env = "CHAT_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "10000"
+    )]
     pub max_connections: usize,
-    /// How many WebSocket connections one address (an IPv4 address or an IPv6 /64) holds at
-    /// once (`--max-connections-per-ip`). Further upgrades from it get HTTP 429.
+
+    /// Most WebSocket connections at once from one IPv4 address or IPv6 /64; further upgrades
+    /// get HTTP 429. Enough for a household or an office behind one address with many tabs
+    /// open. Behind a reverse proxy every client has the proxy's address: use 0 there. 0 turns
+    /// the cap off.
+    #[arg(
+        long,
+        env = "CHAT_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value = "64"
+    )]
     pub max_connections_per_ip: usize,
-    /// How many failed `join_room` attempts one connection, and separately one address, may
-    /// make per minute (`--max-failed-joins`), so that room codes cannot be guessed at speed.
+
+    /// Failed join_room attempts (no such room, room full, name taken) allowed per minute, per
+    /// connection and per address; more get RATE_LIMITED. At 10 a minute, trying every code
+    /// would take 170 years per address. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "CHAT_MAX_FAILED_JOINS",
+        value_name = "N",
+        default_value = "10"
+    )]
     pub max_failed_joins: u32,
-    /// How long a new TCP connection has to complete its HTTP request and, for `/ws`, the
-    /// WebSocket handshake (`--handshake-timeout`). Slower ones (slow-loris) are dropped.
-    pub handshake_timeout: Duration,
-    /// How long a WebSocket client has to set a valid username (`--username-timeout`). A
-    /// connection that never names itself is closed with 1008, so idle sockets cannot be
-    /// hoarded.
-    pub username_timeout: Duration,
-    /// The most bytes all rooms together keep of their conversations (`--max-stored-bytes`):
-    /// history for joiners and messages kept for resumes. Past it the oldest messages of the
-    /// largest rooms are shed. Each room also has its own bound
-    /// ([`crate::room::Room::MAX_STORED_BYTES`]). `0` turns this one off.
+
+    /// The most memory all rooms together keep of their conversations (history for joiners,
+    /// messages kept for resumes), e.g. 128MiB or 1GiB; past it the oldest messages of the
+    /// largest rooms are shed. Each room also has its own bound (1,000 messages, 4 MiB). 0 turns
+    /// this bound off.
+    #[arg(long, env = "CHAT_MAX_STORED_BYTES", value_name = "SIZE", default_value = "128MiB", value_parser = size)]
     pub max_stored_bytes: usize,
-    /// Origins, besides the server's own, whose pages may open a WebSocket (`--allowed-origin`);
-    /// `*` allows any. Clients that send no `Origin` (programs, not browsers) are always allowed.
+
+    /// Time a new connection has to send its HTTP request and complete the WebSocket handshake;
+    /// slower connections (slow-loris) are dropped. Plain HTTP connections are closed after it
+    /// too.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = period)]
+    pub handshake_timeout: Duration,
+
+    /// Time a WebSocket client has to set a valid username; an unnamed connection is then closed
+    /// with code 1008, so idle sockets cannot be hoarded. 0s turns this limit off.
+    #[arg(long, env = "CHAT_USERNAME_TIMEOUT", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub username_timeout: Duration,
+
+    /// An origin (scheme://host[:port]) whose web pages may open a WebSocket, besides the
+    /// server's own; repeat it for several, or give * to allow any. Clients that send no Origin
+    /// header (programs, not browsers) are always allowed; other origins get HTTP 403. In the
+    /// environment, separate origins with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     pub allowed_origins: Vec<String>,
-    /// TLS settings (`--tls-cert`, `--tls-key`, loaded by [`crate::tls::server_config`]): when
-    /// set, every connection is TLS, serving `wss://` and `https://` on the one port.
+
+    /// Serve TLS (wss:// and https://) with this certificate chain, PEM, the server's own
+    /// certificate first. Needs --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The TLS settings loaded from `tls_cert` and `tls_key` ([`crate::tls::server_config`]):
+    /// when set, every connection is TLS, serving `wss://` and `https://` on the one port.
+    #[arg(skip)]
     pub tls: Option<Arc<ServerConfig>>,
+
+    /// How many encoded messages may wait for one client's socket: far more than a
+    /// conversation ever has in flight. A client that falls this far behind is disconnected as
+    /// a slow consumer instead of holding memory or the actor. Not a flag: tests set it.
+    #[arg(skip = Config::OUTBOUND_QUEUE)]
+    pub outbound_queue: usize,
 }
 
 impl Config {
-    /// Default for [`Config::typing_timeout`].
-    pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(5);
-    /// Default for [`Config::heartbeat_interval`].
-    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
-    /// Default for [`Config::outbound_queue`]: far more than a conversation ever has in flight.
-    pub const DEFAULT_OUTBOUND_QUEUE: usize = 128;
-    /// Default for [`Config::resume_grace`]: long enough for a phone to switch networks or a
-    /// laptop lid to be opened again.
-    pub const DEFAULT_RESUME_GRACE: Duration = Duration::from_secs(30);
-    /// Default for [`Config::rate_limit`]: no typist sends 20 messages a second for long.
-    pub const DEFAULT_RATE_LIMIT: u32 = 20;
-    /// Default for [`Config::rate_burst`]: room for a script that pastes a hundred lines, or a
-    /// test that fills a room's history, at once, while a flood is still held to
-    /// [`Config::DEFAULT_RATE_LIMIT`] after it. Kept under [`Config::DEFAULT_OUTBOUND_QUEUE`], so
-    /// a peer's burst alone cannot fill a reader's queue and get the reader dropped as a slow
-    /// consumer.
-    pub const DEFAULT_RATE_BURST: u32 = 120;
-    /// Default for [`Config::max_connections`]: half of the 20,000 open files this server is
-    /// deployed with, leaving room for connections still in their HTTP handshake.
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-    /// Default for [`Config::max_connections_per_ip`]: enough for a household or an office
-    /// behind one NAT address with many tabs open, far too few to exhaust the server.
-    pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
-    /// Default for [`Config::max_failed_joins`]: a person mistyping a code fails a few times; at
-    /// 10 a minute, trying every code would take 170 years per address.
-    pub const DEFAULT_MAX_FAILED_JOINS: u32 = 10;
-    /// Default for [`Config::max_stored_bytes`]: 128 MiB, an eighth of a small 1 GiB machine.
-    /// An ordinary conversation keeps about 150 bytes a message, so this holds the last
-    /// hundred messages of 8,000 busy rooms before anything is shed.
-    pub const DEFAULT_MAX_STORED_BYTES: usize = 128 * 1024 * 1024;
-    /// Default for [`Config::handshake_timeout`].
-    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Default for [`Config::username_timeout`]: generous for a person typing a name.
-    pub const DEFAULT_USERNAME_TIMEOUT: Duration = Duration::from_secs(60);
-}
+    /// [`Config::outbound_queue`] unless a test sets it.
+    pub const OUTBOUND_QUEUE: usize = 128;
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            typing_timeout: Config::DEFAULT_TYPING_TIMEOUT,
-            heartbeat_interval: Config::DEFAULT_HEARTBEAT_INTERVAL,
-            outbound_queue: Config::DEFAULT_OUTBOUND_QUEUE,
-            resume_grace: Config::DEFAULT_RESUME_GRACE,
-            rate_limit: Config::DEFAULT_RATE_LIMIT,
-            rate_burst: Config::DEFAULT_RATE_BURST,
-            max_connections: Config::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: Config::DEFAULT_MAX_CONNECTIONS_PER_IP,
-            max_failed_joins: Config::DEFAULT_MAX_FAILED_JOINS,
-            handshake_timeout: Config::DEFAULT_HANDSHAKE_TIMEOUT,
-            username_timeout: Config::DEFAULT_USERNAME_TIMEOUT,
-            max_stored_bytes: Config::DEFAULT_MAX_STORED_BYTES,
-            allowed_origins: Vec::new(),
-            tls: None,
-        }
-    }
-}
-
-impl Config {
     /// These settings with every count limit off: for benchmarks and for tests that send far
     /// more than a person would.
     pub fn unlimited(self) -> Self {
@@ -131,5 +145,93 @@ impl Config {
             max_failed_joins: 0,
             ..self
         }
+    }
+}
+
+impl Default for Config {
+    /// The settings of a server started without any flag: the flags' own defaults, read from
+    /// their declarations above. The environment is ignored here, so that a `CHAT_…` variable
+    /// set where tests run cannot change them.
+    fn default() -> Self {
+        let command = Defaults::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["chat-server"])
+            .expect("every setting has a default that parses");
+        Config::from_arg_matches(&matches).expect("the defaults make a Config")
+    }
+}
+
+/// A command line of the settings alone, to read their defaults.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Parses a duration that is a period or a timeout, such as `400ms`, `5s` or `1m`: zero is
+/// refused, since a period of zero cannot be kept.
+fn period(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(duration)
+}
+
+/// Parses an amount of memory: a number of bytes, or a number followed by KiB, MiB or GiB.
+fn size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 128MiB or 1GiB"))?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are the flags' own, and the environment does not change them.
+    #[test]
+    fn the_defaults_are_the_flags() {
+        let config = Config::default();
+        assert_eq!(config.typing_timeout, Duration::from_secs(5));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(20));
+        assert_eq!(config.resume_grace, Duration::from_secs(30));
+        assert_eq!((config.rate_limit, config.rate_burst), (20, 120));
+        assert_eq!(
+            (config.max_connections, config.max_connections_per_ip),
+            (10_000, 64)
+        );
+        assert_eq!(config.max_failed_joins, 10);
+        assert_eq!(config.max_stored_bytes, 128 * 1024 * 1024);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.username_timeout, Duration::from_secs(60));
+        assert_eq!(config.outbound_queue, Config::OUTBOUND_QUEUE);
+        assert!(config.allowed_origins.is_empty() && config.tls.is_none());
+    }
+
+    /// Sizes take binary units; anything else is refused with a reason.
+    #[test]
+    fn sizes_read_binary_units() {
+        assert_eq!(size("512"), Ok(512));
+        assert_eq!(size("64KiB"), Ok(64 * 1024));
+        assert_eq!(size("128MiB"), Ok(128 << 20));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert!(size("lots").is_err());
+        assert!(size("12MB").is_err());
     }
 }
