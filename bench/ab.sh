@@ -5,7 +5,7 @@
 # compare.sh sessions would hide a few per cent.
 #
 # Usage: bench/ab.sh OLD_BINARY NEW_BINARY     (RATE=20000 RUNS=3 DURATION=15s by default)
-# Needs: jq, and target/release/chat-bench (cargo build --release --bins).
+# Needs: jq, and target/release/chat-bench (cargo build --release -p chat-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: bench/ab.sh OLD_BINARY NEW_BINARY" >&2; exit 2; }

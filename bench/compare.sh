@@ -43,7 +43,7 @@ RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 
 echo "== building release binaries" >&2
-cargo build --release --bins --quiet
+cargo build --release -p chat-server -p chat-bench --quiet
 SERVER_BIN=${SERVER_BIN:-target/release/chat-server}
 BENCH_BIN=target/release/chat-bench
 

@@ -6,15 +6,72 @@
 //! those belong in BENCHMARKS.md; and that a run the server's limits refused exits non-zero
 //! and names the server flag to change.
 
-mod common;
-
+use std::net::SocketAddr;
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::net::TcpListener;
 use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use chat_server::Config;
-use common::{PATIENCE, TestServer};
+
+/// How long a test waits for the server to stop, and a third of how long for a run of the
+/// tool, before calling it a failure. Only a failing test ever waits this long.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A chat server running in this process on 127.0.0.1 and a free port.
+struct TestServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config`.
+    async fn with_config(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run(listener, config, async {
+            let _ = shutdown_rx.await;
+        }));
+        TestServer {
+            addr,
+            shutdown: Some(shutdown_tx),
+            task: Some(task),
+        }
+    }
+
+    /// The WebSocket URL.
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Asks the server to shut down and waits until `run` returns.
+    async fn shut_down(mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let task = self.task.take().expect("server task");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the server stops within the patience period")
+            .expect("the server task does not panic")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
 
 /// A server with its per-client limits off: the scenarios send far more than a person
 /// would (the default rate limit is 20 messages a second per connection).
