@@ -44,12 +44,51 @@ use crate::server::ChatServerHandle;
 /// the middle of, before it is dropped.
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
-/// The web client (`static/`), embedded in the binary so that the server alone is all a
-/// person needs to try it: `cargo run`, then open the address in two tabs.
-const INDEX_HTML: &str = include_str!("../static/index.html");
-const APP_JS: &str = include_str!("../static/app.js");
-const STYLE_CSS: &str = include_str!("../static/style.css");
+/// The type of every module of the script (a module runs only if served as JavaScript).
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
+
+/// The web client (`static/`), embedded in the binary so that the server alone is all a
+/// person needs to try it: `cargo run`, then open the address in two tabs. One row per file:
+/// the path it is served at, its type, and its contents. Its script is ES modules, loaded
+/// straight from `static/js/` with no build step: `index.html` loads `main.js`, which imports
+/// the others, so a module added there needs a row here (`tests/web_page.rs` checks that).
+const WEB_FILES: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../static/index.html"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../static/style.css"),
+    ),
+    (
+        "/js/main.js",
+        JAVASCRIPT,
+        include_str!("../static/js/main.js"),
+    ),
+    (
+        "/js/connection.js",
+        JAVASCRIPT,
+        include_str!("../static/js/connection.js"),
+    ),
+    (
+        "/js/views.js",
+        JAVASCRIPT,
+        include_str!("../static/js/views.js"),
+    ),
+    (
+        "/js/protocol.js",
+        JAVASCRIPT,
+        include_str!("../static/js/protocol.js"),
+    ),
+    // Browsers ask for /favicon.ico when a page names no icon; ours names this one, and
+    // both paths serve it, so that no browser shows a 404 for it.
+    ("/favicon.svg", "image/svg+xml", FAVICON_SVG),
+    ("/favicon.ico", "image/svg+xml", FAVICON_SVG),
+];
 
 /// What the page may load and connect to: its own script and stylesheet, and connections to its
 /// own origin (`'self'` covers `ws:`/`wss:` to the same host). Nothing inline and no `eval`, so
@@ -198,18 +237,6 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
     }
     match (request.method(), path) {
         (_, "/ws") => upgrade(request, peer, app),
-        (&Method::GET | &Method::HEAD, "/") => web_file("text/html; charset=utf-8", INDEX_HTML),
-        (&Method::GET | &Method::HEAD, "/app.js") => {
-            web_file("text/javascript; charset=utf-8", APP_JS)
-        }
-        (&Method::GET | &Method::HEAD, "/style.css") => {
-            web_file("text/css; charset=utf-8", STYLE_CSS)
-        }
-        // Browsers ask for /favicon.ico when a page names no icon; ours names this one, and
-        // both paths serve it, so that no browser shows a 404 for it.
-        (&Method::GET | &Method::HEAD, "/favicon.svg" | "/favicon.ico") => {
-            web_file("image/svg+xml", FAVICON_SVG)
-        }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if app.actor_stopped.is_cancelled() {
                 respond(
@@ -226,6 +253,13 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
             "text/plain; version=0.0.4; charset=utf-8",
             app.metrics.render(),
         ),
+        // Any other GET or HEAD: one of the web client's files, or nothing.
+        (&Method::GET | &Method::HEAD, _) => {
+            match WEB_FILES.iter().find(|(file_path, ..)| *file_path == path) {
+                Some(&(_, content_type, body)) => web_file(content_type, body),
+                None => not_found(),
+            }
+        }
         _ => not_found(),
     }
 }

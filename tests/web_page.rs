@@ -1,11 +1,17 @@
-//! The web client as HTTP serves it: the three files, their types, and the headers that lock
-//! the page down. What the page does in a browser is `tests/browser.rs`.
+//! The web client as HTTP serves it: the page, its script's modules, its stylesheet and icon,
+//! their types, and the headers that lock the page down. What the page does in a browser is
+//! `tests/browser.rs`.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, X_CONTENT_TYPE_OPTIONS};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -18,8 +24,75 @@ const EXPECTED_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
     frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
-const APP_JS: &str = include_str!("../static/app.js");
 const STYLE_CSS: &str = include_str!("../static/style.css");
+
+/// The module index.html loads; it imports the others.
+const ENTRY_MODULE: &str = "/js/main.js";
+
+/// The type every module must be served with: a browser runs a module only if it is JavaScript.
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+/// Every module of the script, read from `static/js/` now (so a new file is covered without
+/// being listed here): the path the page loads it from, and its contents.
+fn module_files() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static/js");
+    let mut modules: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "js"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            (format!("/js/{name}"), text)
+        })
+        .collect();
+    modules.sort();
+    assert!(!modules.is_empty(), "no modules in {}", dir.display());
+    modules
+}
+
+/// What a module imports: the specifier of each `import … from '…'` (or `export … from`, or a
+/// bare `import '…'`), also when the `from` closes an import that spans several lines.
+fn imports(module: &str) -> Vec<&str> {
+    module
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| {
+            ["import ", "export ", "} from "]
+                .iter()
+                .any(|p| line.starts_with(p))
+        })
+        .filter_map(|line| {
+            let rest = match line.rfind(" from ") {
+                Some(index) => &line[index + " from ".len()..],
+                None => line.strip_prefix("import ")?,
+            };
+            let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+            let rest = &rest[1..];
+            Some(&rest[..rest.find(quote)?])
+        })
+        .collect()
+}
+
+/// The path `specifier` (relative, as `./x.js` or `../x.js`) names from the module at `base`.
+fn resolve(base: &str, specifier: &str) -> String {
+    assert!(
+        specifier.starts_with("./") || specifier.starts_with("../"),
+        "{base} imports {specifier:?}: without an import map, a browser takes only relative paths"
+    );
+    let mut parts: Vec<&str> = base.split('/').collect();
+    parts.pop(); // The importing file's own name.
+    for part in specifier.split('/') {
+        match part {
+            "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
+}
 
 /// A `GET` on the test server: status, headers and body as text.
 async fn get(server: &TestServer, path_and_query: &str) -> (StatusCode, HeaderMap, String) {
@@ -64,27 +137,100 @@ async fn an_invite_link_serves_the_page() {
     assert_eq!(body, INDEX_HTML);
 }
 
-/// The script and the stylesheet the page links to are served with their own types (a script
-/// under `nosniff` runs only when it is declared as one).
+/// Every module of the script and the stylesheet are served with their own types (a script
+/// under `nosniff` runs only when it is declared as one), under the page's headers, exactly as
+/// they are in `static/`.
 #[tokio::test]
-async fn the_script_and_stylesheet_are_served_with_their_types() {
+async fn the_modules_and_stylesheet_are_served_with_their_types_and_headers() {
     let server = TestServer::start().await;
-    for (path, content_type, expected) in [
-        ("/app.js", "text/javascript", APP_JS),
-        ("/style.css", "text/css", STYLE_CSS),
-    ] {
-        let (status, headers, body) = get(&server, path).await;
+    let mut files: Vec<(String, &str, String)> = module_files()
+        .into_iter()
+        .map(|(path, text)| (path, JAVASCRIPT, text))
+        .collect();
+    files.push((
+        "/style.css".to_owned(),
+        "text/css; charset=utf-8",
+        STYLE_CSS.to_owned(),
+    ));
+    for (path, content_type, expected) in files {
+        let (status, headers, body) = get(&server, &path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
-        assert!(
-            header(&headers, CONTENT_TYPE).starts_with(content_type),
-            "{path} is {content_type}"
+        assert_eq!(header(&headers, CONTENT_TYPE), content_type, "{path}");
+        assert_eq!(
+            header(&headers, CONTENT_SECURITY_POLICY),
+            EXPECTED_CSP,
+            "{path}"
         );
+        assert_eq!(
+            header(&headers, X_CONTENT_TYPE_OPTIONS),
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(header(&headers, CACHE_CONTROL), "no-cache", "{path}");
         assert_eq!(body, expected, "{path}");
-        assert!(
-            INDEX_HTML.contains(&format!("\"{path}\"")),
-            "the page links {path}"
-        );
     }
+    assert!(
+        INDEX_HTML.contains(r#"<link rel="stylesheet" href="/style.css">"#),
+        "the page links its stylesheet"
+    );
+}
+
+/// The page loads its script as one ES module, which imports the others; the browser runs it
+/// only if that module and every one it imports, transitively, come back as JavaScript. So:
+/// index.html's only script is the entry module, with `type="module"`; following the imports
+/// from it reaches every module in `static/js/`, and each is served with 200 and its type.
+#[tokio::test]
+async fn the_page_loads_its_entry_module_and_every_import_is_served() {
+    let html = INDEX_HTML.to_ascii_lowercase();
+    let scripts: Vec<&str> = html
+        .match_indices("<script")
+        .map(|(index, _)| &html[index..index + html[index..].find('>').unwrap()])
+        .collect();
+    assert_eq!(
+        scripts,
+        [format!(r#"<script type="module" src="{ENTRY_MODULE}""#)],
+        "the page loads the entry module, as a module, and no other script"
+    );
+
+    let server = TestServer::start().await;
+    let mut reached = BTreeSet::new();
+    let mut to_fetch = vec![ENTRY_MODULE.to_owned()];
+    while let Some(path) = to_fetch.pop() {
+        if !reached.insert(path.clone()) {
+            continue;
+        }
+        let (status, headers, body) = get(&server, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(header(&headers, CONTENT_TYPE), JAVASCRIPT, "{path}");
+        to_fetch.extend(imports(&body).into_iter().map(|s| resolve(&path, s)));
+    }
+    let on_disk: BTreeSet<String> = module_files().into_iter().map(|(path, _)| path).collect();
+    assert_eq!(
+        reached, on_disk,
+        "the page reaches exactly the modules in static/js/"
+    );
+    assert!(reached.len() > 1, "the entry module imports the others");
+}
+
+/// The import scanner itself: single- and multi-line imports, re-exports, paths resolved.
+#[test]
+fn imports_are_found_and_resolved() {
+    let module = "import * as views from './views.js';\n\
+                  import {\n  A,\n  B,\n} from \"./protocol.js\";\n\
+                  export { C } from '../shared/c.js';\n\
+                  import './side-effect.js';\n\
+                  const text = 'words from elsewhere';\n";
+    assert_eq!(
+        imports(module),
+        [
+            "./views.js",
+            "./protocol.js",
+            "../shared/c.js",
+            "./side-effect.js"
+        ]
+    );
+    assert_eq!(resolve("/js/main.js", "./views.js"), "/js/views.js");
+    assert_eq!(resolve("/js/main.js", "../shared/c.js"), "/shared/c.js");
 }
 
 /// The page needs nothing the policy forbids: no inline script, inline style or event-handler
@@ -108,18 +254,44 @@ fn the_page_has_no_inline_script_or_style() {
 }
 
 /// The script never turns text into markup or code: names and messages from other people go
-/// into the page as text, so `<img src=x onerror=…>` stays characters on the screen.
+/// into the page as text, so `<img src=x onerror=…>` stays characters on the screen. Every
+/// module is checked, the ones added later too.
 #[test]
 fn the_script_never_parses_strings_as_html_or_code() {
-    for sink in [
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "document.write",
-        "eval(",
-        "new Function",
-    ] {
-        assert!(!APP_JS.contains(sink), "app.js uses {sink}");
+    for (path, text) in module_files() {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!text.contains(sink), "{path} uses {sink}");
+        }
+    }
+}
+
+/// The modules keep to their parts: the connection never touches the page, the views never
+/// reach for the socket, and only the wiring (main.js) imports either of them.
+#[test]
+fn the_connection_and_the_views_keep_to_their_parts() {
+    for (path, text) in module_files() {
+        let imported: Vec<String> = imports(&text)
+            .into_iter()
+            .map(|s| resolve(&path, s))
+            .collect();
+        for part in ["/js/connection.js", "/js/views.js"] {
+            assert!(
+                path == ENTRY_MODULE || !imported.iter().any(|i| i == part),
+                "{path} imports {part}: only the wiring ({ENTRY_MODULE}) may"
+            );
+        }
+        match path.as_str() {
+            "/js/connection.js" => assert!(!text.contains("document."), "{path} touches the page"),
+            "/js/views.js" => assert!(!text.contains("WebSocket"), "{path} reaches for the socket"),
+            _ => {}
+        }
     }
 }
 

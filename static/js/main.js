@@ -1,0 +1,607 @@
+// The browser client of chat protocol v1 (see docs/protocol.md): the wiring, and the module
+// index.html loads.
+//
+// One WebSocket to /ws carries JSON messages both ways. The page has three views:
+// choose a name, the lobby (create or join a room) and the room (the conversation).
+// When the connection drops, the page reconnects by itself and resumes its session, so
+// the room and every message survive a network change (issue 6).
+//
+// The client is plain ES modules, with no build step:
+// - protocol.js: the protocol's limits, close codes and error texts;
+// - connection.js: the WebSocket and the session (resume, reconnecting, the replay); it
+//   never touches the page;
+// - views.js: the page (views, conversation, room bar, errors, typing, "Seen"); it never
+//   sends on the socket;
+// - main.js, this file: what the page knows of the chat (`state`), the handlers that turn the
+//   server's messages into views and the person's actions into messages, and the startup.
+//   It is the only module that imports both the connection and the views; it reaches the
+//   page only through views.js, and the socket only through connection.js.
+
+import * as connection from './connection.js';
+import { ERROR_TEXT } from './protocol.js';
+import * as views from './views.js';
+
+/**
+ * While the user keeps typing we repeat `typing` this often. The server treats a repeated
+ * `typing` as "restart my timer" (its timeout is 5 s by default), so a refresh every 2 s
+ * keeps the indicator alive without sending a message per keystroke.
+ */
+const TYPING_REFRESH_MS = 2000;
+/** After this long without a keystroke we tell the peer we stopped typing. */
+const TYPING_IDLE_MS = 3000;
+/**
+ * A `read` receipt waits this long before it goes out, so a burst of messages (a replay
+ * after a reconnect, say) costs one receipt, not one per message: every message counts
+ * against the server's rate limit.
+ */
+const READ_DELAY_MS = 300;
+
+/** Said when the server no longer holds our session and the page had to start over. */
+const NOT_RESUMED =
+  'Your session could not be resumed (away too long, or the server restarted), so you started afresh.';
+
+/**
+ * Everything the page knows of the chat. Changed only by the handlers below. (What the
+ * connection knows, the socket and the session, is connection.js's.)
+ */
+const state = {
+  /** Our name as the server stored it (trimmed), once `username_set` arrived. */
+  name: null,
+  /** The code of the room we are in, or null. */
+  roomCode: null,
+  /** The other member's name, or null while we are alone in the room. */
+  peer: null,
+  /** A room to join as soon as our name is set: from an invite link or after a reconnect. */
+  pendingJoin: null,
+  /**
+   * The slot of the last request we sent. The server answers requests in order, and the
+   * page sends one request at a time, so an `error` belongs to this request.
+   */
+  lastSlot: 'name',
+  /** The text of the last chat we sent, to give it back if the server refuses it. */
+  lastSent: null,
+  /** When we last sent `typing`, in ms; 0 while the peer believes we are idle. */
+  typingSentAt: 0,
+  /** Fires `stop_typing` after TYPING_IDLE_MS without input. */
+  idleTimer: null,
+  /** Whether `pendingJoin` is the room we were in when our session expired. */
+  rejoining: false,
+  /**
+   * The highest chat `id` shown for the current room. It is the `last_id` of a `resume`,
+   * and since ids only grow within a room, a chat at or below it is already on screen.
+   */
+  lastId: 0,
+  /** The highest `id` of a message from the peer shown in the current room. */
+  lastPeerId: 0,
+  /** The highest `up_to` we sent in a `read` receipt for the current room. */
+  readSent: 0,
+  /** The pending `read` receipt (see READ_DELAY_MS), or null. */
+  readTimer: null,
+  /** The highest `up_to` of the peer's `read` receipts: "Seen" goes under our message there. */
+  peerReadUpTo: 0,
+  /** Whether the peer's connection dropped and the server holds its seat, waiting for it. */
+  peerAway: false,
+};
+
+// ---------------------------------------------------------------------------------------
+// The connection's news
+// ---------------------------------------------------------------------------------------
+
+/** The connection works and the server knows who we are: hide every sign of trouble. */
+function onReady() {
+  views.setConnectionStatus('connected');
+  views.hideBanner();
+}
+
+/**
+ * The socket closed (connection.js says how, and retries by itself when it should). What
+ * belonged to it ends: our typing state, the peer's indicator, a receipt not sent yet.
+ */
+function onClosed(close) {
+  forgetTyping();
+  views.hidePeerTyping();
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
+
+  if (close.why === 'elsewhere') {
+    views.setConnectionStatus('offline');
+    views.showBanner('This chat was opened elsewhere (another tab or window).', 'Use it here');
+    if (state.roomCode) views.addEvent('This chat was opened elsewhere, so this page stopped.');
+    return;
+  }
+  if (close.why === 'refused') {
+    views.setConnectionStatus('offline');
+    views.showBanner(close.reason || 'The server closed the connection.', 'Reconnect');
+    return;
+  }
+
+  if (close.outageBegins && state.roomCode) views.addEvent('Connection lost. Reconnecting…');
+  views.setConnectionStatus('reconnecting');
+  views.showBanner(
+    close.outage
+      ? 'The connection to the server was lost. Reconnecting…'
+      : 'Cannot reach the server right now. Trying again…',
+    'Retry now',
+  );
+}
+
+/** "Retry now", "Use it here", or the device coming back online: connect without waiting. */
+function reconnectNow() {
+  if (connection.isActive()) return; // An attempt is already under way.
+  views.disableRetry();
+  connection.connect();
+}
+
+/**
+ * A socket opened with no session to resume. A server that gives out no session token
+ * (protocol v1 only) forgets us with the connection: tell it our name again, and
+ * `onUsernameSet` rejoins our room, if any.
+ */
+function onNoSession() {
+  if (state.name) startAfresh();
+}
+
+/**
+ * Our session is gone (the server restarted, or we were away longer than its grace period):
+ * start over as a new client, with our name, and back into our room if it still exists.
+ */
+function startAfresh() {
+  if (state.roomCode) {
+    state.pendingJoin = state.roomCode;
+    state.rejoining = true;
+    state.roomCode = null;
+    state.peer = null;
+    state.peerAway = false;
+  }
+  if (state.name) {
+    send({ type: 'set_username', username: state.name }, 'name');
+  } else {
+    views.showView('name');
+  }
+}
+
+/** Sends one message; `slot` names the control whose errors the reply may carry. */
+function send(message, slot) {
+  if (!connection.send(message)) {
+    if (slot) showError(slot, 'Not connected right now. Reconnecting… then try again.');
+    return false;
+  }
+  if (slot) state.lastSlot = slot;
+  return true;
+}
+
+/** Shows `text` under the control of `slot` (see views.showError). */
+function showError(slot, text) {
+  views.showError(slot, text, Boolean(state.roomCode));
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages from the server
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The handlers of the server's messages, by `type`. `connected`, `resumed`, `chat` and the
+ * `SESSION_EXPIRED` error are the connection's first: it hands them on to `onResumed`,
+ * `onChat` and `startAfresh` (see `init`).
+ */
+const HANDLERS = {
+  username_set: onUsernameSet,
+  room_created: (m) => enterRoom(m.room_code, null),
+  room_joined: onRoomJoined,
+  peer_joined: onPeerJoined,
+  typing: (m) => views.showPeerTyping(m.username),
+  stop_typing: views.hidePeerTyping,
+  peer_left: onPeerLeft,
+  peer_disconnected: onPeerDisconnected,
+  peer_reconnected: onPeerReconnected,
+  read: onRead,
+  room_left: onRoomLeft,
+  error: onError,
+};
+
+function onMessage(message) {
+  const handler = HANDLERS[message.type];
+  if (handler) handler(message);
+}
+
+/** Our session is back: the same name, room and seat, plus what was said meanwhile. */
+function onResumed(message) {
+  state.name = message.username;
+  if (message.username) views.showName(message.username);
+
+  if (message.room_code) {
+    const sameRoom = views.roomShown() === message.room_code;
+    const peerBefore = state.peer;
+    enterRoom(message.room_code, message.peer);
+    if (sameRoom) {
+      views.addEvent('Reconnected.');
+      // The room may have changed while we were away: say so before what was said.
+      if (peerBefore !== null && peerBefore !== message.peer) {
+        views.addEvent(`${peerBefore} left while you were away.`);
+      }
+      if (message.peer !== null && peerBefore !== message.peer) {
+        views.addEvent(`${message.peer} joined while you were away.`);
+      }
+    } else if (message.missed.length > 0) {
+      views.addEvent('Earlier in this room'); // A reload: the page starts empty.
+    }
+    // Messages the server no longer had (its storage bounds): say so, rather than let the
+    // conversation look complete.
+    if (message.lost > 0) {
+      const what = message.lost === 1 ? '1 earlier message' : `${message.lost} earlier messages`;
+      views.addEvent(`${what} could not be recovered.`);
+    }
+    // Handled like live messages (our own confirm what we sent); `addChat` skips what is
+    // already on screen, so nothing shows twice. The rest, if any, follows as `chat` frames;
+    // the connection calls `replayDone` once they are in.
+    message.missed.forEach(connection.receiveChat);
+    state.peerAway = message.peer !== null && !message.peer_connected;
+    updateRoomBar();
+    if (state.peerAway) views.addEvent(peerAwayText(message.peer));
+    return;
+  }
+  if (views.roomShown()) {
+    views.showLobbyNote(`You are no longer in room ${views.roomShown()}.`);
+  }
+  state.roomCode = null;
+  state.peer = null;
+  clearConversation();
+  views.showTitle(null);
+  if (!message.username) views.showView('name');
+  else if (views.currentView() !== 'name') views.showView('lobby');
+}
+
+/** Every missed message is in: what was not among them never reached the server. */
+function replayDone() {
+  giveBackUnsentMessage();
+  scheduleRead();
+}
+
+/**
+ * The message we sent last never came back as a `chat`, not even among the missed ones:
+ * the connection dropped before the server got it. Put it back so it is not lost silently.
+ */
+function giveBackUnsentMessage() {
+  if (state.lastSent === null) return;
+  if (views.messageText() === '') views.setMessageText(state.lastSent);
+  state.lastSent = null;
+  showError('composer', 'Your last message did not get through before the connection dropped. Send it again?');
+}
+
+function onUsernameSet(message) {
+  state.name = message.username;
+  rememberName(message.username);
+  views.showName(message.username);
+  // An invite is used once; a later name change is just a name change.
+  views.forgetInvite();
+  if (state.pendingJoin) {
+    // An invite link or a lost connection: go straight (back) into that room.
+    const code = state.pendingJoin;
+    state.pendingJoin = null;
+    if (state.rejoining) {
+      // Shown in the lobby only if getting back in fails (entering the room clears it).
+      views.showLobbyNote(`${NOT_RESUMED} You were in room ${code}.`);
+    }
+    views.setJoinCode(code);
+    send({ type: 'join_room', room_code: code }, 'join');
+  } else {
+    views.showView('lobby');
+  }
+}
+
+function onRoomJoined(message) {
+  const rejoined = state.rejoining && views.roomShown() === message.room_code;
+  state.rejoining = false;
+  enterRoom(message.room_code, message.peer);
+  if (rejoined) {
+    // The server emptied the room's history when our seat went, so what it sends now was all
+    // said after that; what was said before it is gone.
+    views.addEvent(
+      `${NOT_RESUMED} You are back with ${message.peer}; ` +
+        'messages sent while you were away may be missing.',
+    );
+    message.history.forEach(connection.receiveChat); // Handled like live messages.
+    return;
+  }
+  if (message.history.length > 0) {
+    views.addEvent('Earlier in this room');
+    message.history.forEach(addChat);
+  }
+  views.addEvent(`You joined ${message.peer} in room ${message.room_code}.`);
+}
+
+function onPeerJoined(message) {
+  state.peer = message.username;
+  state.peerAway = false;
+  // A new person has read nothing yet; "Seen" moves on with their first receipt.
+  state.peerReadUpTo = 0;
+  updateRoomBar();
+  views.addEvent(`${message.username} joined.`);
+}
+
+function onChat(message) {
+  if (message.from === state.name) {
+    state.lastSent = null; // Accepted: nothing to give back any more.
+  } else {
+    // The server sends `stop_typing` before the chat that ends typing; hide it anyway in
+    // case the order ever changes, a typing indicator above the message it became is odd.
+    views.hidePeerTyping();
+  }
+  addChat(message);
+}
+
+function onPeerLeft(message) {
+  views.hidePeerTyping();
+  state.peer = null;
+  state.peerAway = false;
+  updateRoomBar();
+  const how = message.reason === 'disconnected' ? 'lost their connection' : 'left the room';
+  views.addEvent(`${message.username} ${how}. The room stays open under the same code.`);
+}
+
+function onPeerDisconnected(message) {
+  views.hidePeerTyping();
+  state.peerAway = true;
+  updateRoomBar();
+  views.addEvent(peerAwayText(message.username));
+}
+
+function onPeerReconnected(message) {
+  state.peerAway = false;
+  updateRoomBar();
+  views.addEvent(`${message.username} is back.`);
+}
+
+function peerAwayText(name) {
+  return `${name}: connection lost — waiting for them to come back. Your messages will reach them.`;
+}
+
+/** The peer has seen our messages up to `up_to`. */
+function onRead(message) {
+  if (message.up_to <= state.peerReadUpTo) return;
+  state.peerReadUpTo = message.up_to;
+  views.showSeen(state.peerReadUpTo);
+}
+
+function onRoomLeft(message) {
+  state.roomCode = null;
+  state.peer = null;
+  clearConversation();
+  views.showTitle(null);
+  views.showLobbyNote(`You left room ${message.room_code}.`);
+  views.showView('lobby');
+  views.focusCreateRoom();
+}
+
+function onError(message) {
+  state.rejoining = false; // Whatever failed, a later join is the user's own again.
+  const text = ERROR_TEXT[message.code] || message.message || 'Something went wrong.';
+  // Without a name the lobby makes no sense: send the user back to the name form.
+  const slot = message.code === 'USERNAME_REQUIRED' ? 'name' : state.lastSlot;
+  showError(slot, text);
+  if (slot === 'composer' && state.lastSent !== null && views.messageText() === '') {
+    // The input was cleared when the message went out; give the refused text back.
+    views.setMessageText(state.lastSent);
+  }
+  state.lastSent = null;
+}
+
+// ---------------------------------------------------------------------------------------
+// The room and its conversation
+// ---------------------------------------------------------------------------------------
+
+/** Switches to the room view for `code`; `peer` is null while we wait alone. */
+function enterRoom(code, peer) {
+  // Keep the conversation on screen when we come back to the same room after a reconnect.
+  if (views.roomShown() !== code) clearConversation();
+  state.roomCode = code;
+  state.peer = peer;
+  views.showRoom(code);
+  updateRoomBar();
+  views.showView('room');
+}
+
+function updateRoomBar() {
+  views.updateRoomBar(state.peer, state.peerAway);
+}
+
+/** Empties the conversation, and forgets the ids and receipts that belonged to it. */
+function clearConversation() {
+  views.clearConversation();
+  state.lastId = 0;
+  state.lastPeerId = 0;
+  state.readSent = 0;
+  state.peerReadUpTo = 0;
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
+}
+
+/**
+ * Shows one `chat` message. A message already on screen (ids only grow within a room) is
+ * skipped, so a replay never shows one twice.
+ */
+function addChat(message) {
+  if (message.id <= state.lastId) return;
+  state.lastId = message.id;
+  const own = message.from === state.name;
+  if (!own) {
+    state.lastPeerId = message.id;
+    scheduleRead();
+  }
+  views.addChat(message, own);
+}
+
+// ---------------------------------------------------------------------------------------
+// Read receipts
+// ---------------------------------------------------------------------------------------
+
+/** Sends a `read` receipt soon, if the peer wrote something we have not confirmed yet. */
+function scheduleRead() {
+  if (state.readTimer !== null || state.lastPeerId <= state.readSent) return;
+  state.readTimer = setTimeout(sendRead, READ_DELAY_MS);
+}
+
+function sendRead() {
+  state.readTimer = null;
+  // Unseen messages stay unconfirmed; focus and visibilitychange schedule this again.
+  if (!state.roomCode || !views.conversationVisible() || state.lastPeerId <= state.readSent) return;
+  if (send({ type: 'read', up_to: state.lastPeerId })) state.readSent = state.lastPeerId;
+}
+
+// ---------------------------------------------------------------------------------------
+// The composer and our own typing state
+// ---------------------------------------------------------------------------------------
+
+function sendChat() {
+  const content = views.messageText();
+  views.clearError('composer');
+  if (!send({ type: 'chat', content }, 'composer')) return;
+  state.lastSent = content;
+  views.setMessageText('');
+  // The server ends our typing state itself when a chat arrives: no `stop_typing` needed.
+  forgetTyping();
+  views.focusMessage();
+}
+
+/** Called on every change of the message input. */
+function onComposerInput() {
+  views.updateCharCount();
+  views.clearError('composer');
+  if (views.messageText() === '') {
+    stopTyping();
+    return;
+  }
+  const now = Date.now();
+  if (now - state.typingSentAt >= TYPING_REFRESH_MS) {
+    send({ type: 'typing' });
+    state.typingSentAt = now;
+  }
+  clearTimeout(state.idleTimer);
+  state.idleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+/** Tells the peer we stopped typing, if it thinks we are typing. */
+function stopTyping() {
+  clearTimeout(state.idleTimer);
+  if (state.typingSentAt !== 0) {
+    send({ type: 'stop_typing' });
+    state.typingSentAt = 0;
+  }
+}
+
+/** Drops our typing state without telling the server (it already knows). */
+function forgetTyping() {
+  clearTimeout(state.idleTimer);
+  state.typingSentAt = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and codes typed by the user
+// ---------------------------------------------------------------------------------------
+
+/** Accepts a bare code or a whole invite link pasted into the code field. */
+function codeFromInput(value) {
+  const match = /[?&]room=([^&#\s]*)/.exec(value);
+  return (match ? match[1] : value).trim();
+}
+
+/** The room code of an invite link (`/?room=CODE`), if the page was opened from one. */
+function inviteCodeFromUrl() {
+  const code = new URLSearchParams(location.search).get('room');
+  return code ? code.trim().toUpperCase() : null;
+}
+
+/** The name used last time, to prefill the form. Storage may be blocked: then no prefill. */
+function rememberedName() {
+  try {
+    return localStorage.getItem('chat.name') || '';
+  } catch {
+    return '';
+  }
+}
+
+function rememberName(name) {
+  try {
+    localStorage.setItem('chat.name', name);
+  } catch {
+    // Private mode or storage disabled: the name just is not prefilled next time.
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The person's actions, and the startup
+// ---------------------------------------------------------------------------------------
+
+function onNameSubmit(name) {
+  views.clearError('name');
+  send({ type: 'set_username', username: name }, 'name');
+}
+
+function onJoinSubmit(text) {
+  views.clearError('join');
+  const code = codeFromInput(text);
+  views.setJoinCode(code);
+  send({ type: 'join_room', room_code: code }, 'join');
+}
+
+function onCreateClick() {
+  views.clearError('create');
+  send({ type: 'create_room' }, 'create');
+}
+
+function onLeaveClick() {
+  views.clearError('room');
+  stopTyping();
+  // A receipt sent after `leave_room` would only earn a NOT_IN_ROOM error.
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
+  send({ type: 'leave_room' }, 'room');
+}
+
+function init() {
+  connection.init({
+    connecting: (hasSession) => views.setConnectionStatus(hasSession ? 'reconnecting' : 'connecting'),
+    ready: onReady,
+    noSession: onNoSession,
+    sessionExpired: startAfresh,
+    resumed: onResumed,
+    chat: onChat,
+    replayDone,
+    message: onMessage,
+    closed: onClosed,
+    lastId: () => state.lastId,
+  });
+  views.bindControls({
+    submitName: onNameSubmit,
+    changeName: () => views.editName(state.name || ''),
+    createRoom: onCreateClick,
+    submitJoin: onJoinSubmit,
+    leave: onLeaveClick,
+    sendChat,
+    composerInput: onComposerInput,
+    copyCode: (button) => views.copy(state.roomCode, button, null),
+    reconnect: reconnectNow,
+  });
+  // Back online (a laptop waking up, a phone out of a tunnel): no point waiting out the delay.
+  window.addEventListener('online', () => {
+    if (connection.retryScheduled()) reconnectNow();
+  });
+  // Messages become "seen" when the person comes back to the page.
+  document.addEventListener('visibilitychange', scheduleRead);
+  window.addEventListener('focus', scheduleRead);
+
+  const invite = inviteCodeFromUrl();
+  if (invite) {
+    // Opened from an invite link: the join form is prefilled, and after choosing a name
+    // the user lands directly in the room.
+    state.pendingJoin = invite;
+    views.showInvite(invite);
+  }
+  views.prefillName(rememberedName());
+  // After a reload the session may still be held: wait for the server's answer to `resume`
+  // before showing a view, rather than flash the name form.
+  if (!connection.restoreSession()) views.showView('name');
+  connection.connect();
+}
+
+init();
