@@ -320,7 +320,7 @@ fn upgrade(mut request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> 
     // ahead of the limit, and handed to the connection's task, which holds it until it ends.
     let permit = match refusal {
         Some(_) => None,
-        None => match app.limits.try_admit(peer.ip()) {
+        None => match app.limits.try_acquire(peer.ip()) {
             Ok(permit) => Some(permit),
             Err(cap) => {
                 debug!(%peer, ?cap, "websocket refused: connection cap reached");

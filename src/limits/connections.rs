@@ -27,7 +27,7 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Why a WebSocket upgrade was refused by [`ConnectionLimits::try_admit`].
+/// Why a WebSocket upgrade was refused by [`ConnectionLimits::try_acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapReached {
     /// `--max-connections`: the server has as many connections as it will take. HTTP 503.
@@ -83,7 +83,7 @@ impl ConnectionLimits {
 
     /// Takes a place for one more connection from `ip`, or says which cap is reached. Never
     /// waits: a refused upgrade is answered at once rather than queued.
-    pub fn try_admit(&self, ip: IpAddr) -> Result<ConnectionPermit, CapReached> {
+    pub fn try_acquire(&self, ip: IpAddr) -> Result<ConnectionPermit, CapReached> {
         // The per-address cap is checked first: a single address at its cap gets 429 even when
         // the server is also full, which tells that client the problem is its own.
         let per_ip = if self.per_ip_max > 0 {
@@ -215,16 +215,16 @@ mod tests {
         let limits = ConnectionLimits::new(3, 2);
         let one: IpAddr = "192.0.2.1".parse().expect("v4");
         let two: IpAddr = "192.0.2.2".parse().expect("v4");
-        let first = limits.try_admit(one).expect("under both caps");
-        let second = limits.try_admit(one).expect("under both caps");
-        assert_eq!(limits.try_admit(one).err(), Some(CapReached::PerIp));
-        let third = limits.try_admit(two).expect("another address");
-        assert_eq!(limits.try_admit(two).err(), Some(CapReached::Global));
+        let first = limits.try_acquire(one).expect("under both caps");
+        let second = limits.try_acquire(one).expect("under both caps");
+        assert_eq!(limits.try_acquire(one).err(), Some(CapReached::PerIp));
+        let third = limits.try_acquire(two).expect("another address");
+        assert_eq!(limits.try_acquire(two).err(), Some(CapReached::Global));
         // The refused global attempt gave back its per-address count.
         assert_eq!(limits.count_for(two), 1);
         drop(first);
         assert_eq!(limits.count_for(one), 1);
-        let fourth = limits.try_admit(two).expect("a place was freed");
+        let fourth = limits.try_acquire(two).expect("a place was freed");
         drop((second, third, fourth));
         assert_eq!((limits.count_for(one), limits.count_for(two)), (0, 0));
     }
@@ -234,7 +234,7 @@ mod tests {
     fn zero_turns_a_cap_off() {
         let limits = ConnectionLimits::new(0, 0);
         let ip: IpAddr = "192.0.2.1".parse().expect("v4");
-        let permits: Vec<_> = (0..1000).map(|_| limits.try_admit(ip)).collect();
+        let permits: Vec<_> = (0..1000).map(|_| limits.try_acquire(ip)).collect();
         assert!(permits.iter().all(Result::is_ok));
     }
 

@@ -209,6 +209,8 @@ function onClose(event) {
   const wasOpen = conn.wasOpen;
   conn.socket = null;
   conn.resuming = false;
+  // A replay cut short by the drop is over: the next `resumed` says afresh what follows it.
+  conn.replayPending = 0;
 
   if (event.code === CLOSE_RESUMED_ELSEWHERE) {
     // The other tab now holds the session; coming back by ourselves would take it away from
