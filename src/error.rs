@@ -10,14 +10,18 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// The `code` of an `error` message: what kind of request was refused.
 ///
-/// Serialised in `SCREAMING_SNAKE_CASE` (`ErrorCode::RoomFull` is `"ROOM_FULL"`), the exact names
-/// of protocol v1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// On the wire in `SCREAMING_SNAKE_CASE` (`ErrorCode::RoomFull` is `"ROOM_FULL"`), the exact
+/// names of protocol v1. The variants below are the one list of codes: their wire names
+/// ([`ErrorCode::as_str`]) and the list of all of them (`ErrorCode::iter()`, in declaration order)
+/// are derived from it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumIter, strum::EnumCount,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     /// Not a JSON object (malformed JSON, or an array, string, number, boolean or `null`), an
     /// unknown `type`, a missing or mistyped field, or a binary frame. Expected from broken or
@@ -56,42 +60,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, for registering one metrics counter per code up front.
-    pub const ALL: [ErrorCode; 14] = [
-        ErrorCode::InvalidMessage,
-        ErrorCode::UsernameRequired,
-        ErrorCode::InvalidUsername,
-        ErrorCode::UsernameTaken,
-        ErrorCode::AlreadyInRoom,
-        ErrorCode::NotInRoom,
-        ErrorCode::InvalidRoomCode,
-        ErrorCode::RoomNotFound,
-        ErrorCode::RoomFull,
-        ErrorCode::EmptyMessage,
-        ErrorCode::MessageTooLong,
-        ErrorCode::RateLimited,
-        ErrorCode::SessionExpired,
-        ErrorCode::InternalError,
-    ];
-
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
-            ErrorCode::UsernameRequired => "USERNAME_REQUIRED",
-            ErrorCode::InvalidUsername => "INVALID_USERNAME",
-            ErrorCode::UsernameTaken => "USERNAME_TAKEN",
-            ErrorCode::AlreadyInRoom => "ALREADY_IN_ROOM",
-            ErrorCode::NotInRoom => "NOT_IN_ROOM",
-            ErrorCode::InvalidRoomCode => "INVALID_ROOM_CODE",
-            ErrorCode::RoomNotFound => "ROOM_NOT_FOUND",
-            ErrorCode::RoomFull => "ROOM_FULL",
-            ErrorCode::EmptyMessage => "EMPTY_MESSAGE",
-            ErrorCode::MessageTooLong => "MESSAGE_TOO_LONG",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::SessionExpired => "SESSION_EXPIRED",
-            ErrorCode::InternalError => "INTERNAL_ERROR",
-        }
+        self.into()
     }
 
     /// The sentence a person reads when this code needs no more detail.
@@ -117,6 +88,12 @@ impl ErrorCode {
             ErrorCode::SessionExpired => "That session has ended: start again with a username.",
             ErrorCode::InternalError => "Something went wrong on the server.",
         }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
