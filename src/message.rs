@@ -1,6 +1,10 @@
 //! The wire protocol: what clients send ([`ClientMessage`]) and what the server sends
 //! ([`ServerMessage`]). Every message is one JSON object in one text frame, with a `"type"` field
 //! naming the variant in snake_case; docs/protocol.md tells the whole story.
+//!
+//! The code is the first 250 lines; the rest of the file is its tests, kept beside it because
+//! they pin the wire format to the letter (every message's JSON, and property tests of what is
+//! and is not a request).
 
 use serde::ser::{Error as _, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};

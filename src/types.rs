@@ -1,7 +1,8 @@
 //! The domain's identifiers and validated values.
 //!
 //! Each type checks its rules once, where it is made, so that an invalid username or room code
-//! cannot exist anywhere else in the server.
+//! cannot exist anywhere else in the server. The second half of the file is the tests of those
+//! rules, one per class of input that must be refused or kept.
 
 use std::fmt;
 use std::sync::Arc;
