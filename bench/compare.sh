@@ -13,6 +13,15 @@
 # Output: bench/results/<date>/results.jsonl (one chat-bench report per line, tagged) and
 #         bench/results/<date>/summary.md (the table printed at the end).
 # Needs: cargo, node and npm, jq.
+#
+# Multi-node runs (issue #12: several chat-server nodes sharing rooms through Redis) are not
+# made by this script. By hand, with each node started on its own port against the same Redis:
+#   target/release/chat-bench --url ws://127.0.0.1:9401/ws --url ws://127.0.0.1:9402/ws \
+#     --server-pid "$NODE1_PID" --server-pid "$NODE2_PID" --redis-pid "$(pidof redis-server)" \
+#     --json --quiet throughput --rooms 1000 --duration 20s --rate 5000
+# Room r's host connects to URL r mod N and its guest to URL (r + 1) mod N, so every room spans
+# two nodes. The report's .servers has each node's figures, .server their sum, .redis Redis's;
+# bench/summarize.jq adds "node N" and "redis-server" rows for such reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

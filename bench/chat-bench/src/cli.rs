@@ -32,19 +32,39 @@ pub struct Cli {
 /// Options every scenario takes; they may be written before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// WebSocket endpoint of the server under test (ws:// on a loopback address).
+    /// WebSocket endpoint of the server under test (ws:// on a loopback address). Repeat it
+    /// for several nodes of one service (sharing rooms through Redis): the two members of
+    /// room r then connect to different nodes, the host to URL r mod N and the guest to URL
+    /// (r + 1) mod N, and the guest joins with the code the host's node created. Write every
+    /// --url on the same side of the scenario name (CHAT_BENCH_URL takes them comma-separated).
     #[arg(
-        long,
+        long = "url",
+        value_name = "URL",
         global = true,
         env = "CHAT_BENCH_URL",
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:8080/ws"
     )]
-    pub url: String,
+    pub urls: Vec<String>,
 
     /// Process id of the server: its resident memory (VmRSS) and CPU time are read from
-    /// /proc/PID before, during and after the run.
-    #[arg(long, global = true, env = "CHAT_BENCH_SERVER_PID")]
-    pub server_pid: Option<u32>,
+    /// /proc/PID before, during and after the run. With several --url, give one per node
+    /// (in the order of --url; chat-bench pairs them by their listening port when /proc shows
+    /// it, so any order does then; write them all on the same side of the scenario name):
+    /// each node is reported, and their sum.
+    #[arg(
+        long = "server-pid",
+        value_name = "PID",
+        global = true,
+        env = "CHAT_BENCH_SERVER_PID",
+        value_delimiter = ','
+    )]
+    pub server_pids: Vec<u32>,
+
+    /// Process id of the Redis server the nodes share: its CPU time per delivered message (or
+    /// session) and, for `connections`, its memory growth per room are reported too.
+    #[arg(long, value_name = "PID", global = true, env = "CHAT_BENCH_REDIS_PID")]
+    pub redis_pid: Option<u32>,
 
     /// Print one JSON object on stdout instead of a table.
     #[arg(long, global = true)]
@@ -198,6 +218,42 @@ mod tests {
         let cli = Cli::try_parse_from(["chat-bench", "churn", "--rate", "5", "--json"])
             .expect("valid command line");
         assert!(cli.common.json);
+    }
+
+    /// `--url` and `--server-pid` may be repeated, one per node, before or after the
+    /// subcommand (all of one flag on the same side: clap keeps a global option's values from
+    /// one side only); one `--url` is the default.
+    #[test]
+    fn urls_and_server_pids_repeat() {
+        for (before, after) in [(4, 0), (0, 4), (2, 2)] {
+            let flags = [
+                "--url",
+                "ws://127.0.0.1:8081/ws",
+                "--url",
+                "ws://127.0.0.1:8082/ws",
+                "--server-pid",
+                "10",
+                "--server-pid",
+                "11",
+            ];
+            let args = ["chat-bench"]
+                .iter()
+                .chain(&flags[..2 * before])
+                .chain(&["connections", "--rooms", "2", "--redis-pid", "12"])
+                .chain(&flags[2 * before..2 * (before + after)])
+                .copied();
+            let cli = Cli::try_parse_from(args).expect("valid command line");
+            assert_eq!(
+                cli.common.urls,
+                ["ws://127.0.0.1:8081/ws", "ws://127.0.0.1:8082/ws"]
+            );
+            assert_eq!(cli.common.server_pids, [10, 11]);
+            assert_eq!(cli.common.redis_pid, Some(12));
+        }
+
+        let cli = Cli::try_parse_from(["chat-bench", "churn", "--rate", "5"]).expect("valid");
+        assert_eq!(cli.common.urls, ["ws://127.0.0.1:8080/ws"]);
+        assert!(cli.common.server_pids.is_empty());
     }
 
     /// Rates must be positive and finite.

@@ -22,12 +22,13 @@ use crate::cli::{self, Common};
 use crate::client::Target;
 use crate::limits::{self, Capacity, thousands};
 use crate::measure::{Counts, HistogramData};
-use crate::procfs::{self, ClockTicks, MachineTicks, Pid, Usage};
+use crate::probe::{Probes, Sample, Work};
+use crate::procfs::{self, ClockTicks, MachineTicks};
 use crate::report::{
     ClientStats, ConnectionStats, ErrorStats, MachineStats, MessageStats, Refused, Report,
-    ServerStats, SessionStats, Settings, ratio,
+    SessionStats, Settings, ratio,
 };
-use crate::scenarios::{Load, Scenario};
+use crate::scenarios::{self, Load, Scenario};
 use crate::worker::{self, Phase, WorkerEvent, WorkerReport, WorkerSpec};
 
 /// How often the progress line is redrawn on a terminal.
@@ -39,8 +40,15 @@ const PROGRESS_EVERY_IN_LOGS: Duration = Duration::from_secs(5);
 /// Runs a scenario from the command line and returns its report.
 pub async fn run(common: Common, command: cli::Command) -> Result<Report, String> {
     let job = Job::new(command)?;
-    let target = Target::resolve(&common.url).await?;
-    let capacity = Capacity::of_this_machine(target.addr.is_ipv4());
+    if common.urls.is_empty() {
+        return Err("no --url to connect to".to_string());
+    }
+    let mut targets = Vec::with_capacity(common.urls.len());
+    for url in &common.urls {
+        targets.push(Target::resolve(url).await?);
+    }
+    // Workers bind IPv4 source addresses, which cannot reach an IPv6 server.
+    let capacity = Capacity::of_this_machine(targets.iter().all(|target| target.addr.is_ipv4()));
     let choice = limits::choose(job.sockets(), common.workers, &capacity)?;
     let mut notes: Vec<String> = choice.note.into_iter().collect();
     let workers = choice.workers.min(job.max_workers());
@@ -55,16 +63,15 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
     if !ticks.measured {
         notes.push("`getconf CLK_TCK` failed: CPU times assume 100 clock ticks per second".into());
     }
-    let server = common.server_pid.map(|pid| ServerProbe { pid });
-    if let Some(server) = &server {
-        notes.extend(server.file_limit_warning(job.sockets()));
-    }
-    let server_before = server.as_ref().map(ServerProbe::sample).transpose()?;
+    let (probes, pairing) = Probes::new(&common.server_pids, common.redis_pid, &targets)?;
+    notes.extend(pairing);
+    notes.extend(probes.file_limit_warnings(&job.connections_per_node(targets.len())));
+    let before = probes.sample()?;
 
     let specs = (0..workers)
         .map(|index| WorkerSpec {
             index,
-            url: common.url.clone(),
+            urls: common.urls.clone(),
             source: choice
                 .bind_sources
                 .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, (index + 1) as u8))),
@@ -95,12 +102,12 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
     }
     let window_start = Instant::now();
     let machine_start = procfs::machine_ticks().ok();
-    let server_start = server.as_ref().map(ServerProbe::sample).transpose()?;
+    let start = probes.sample()?;
     pool.send(Phase::Measure).await?;
     progress.stage(job.window_label(), Some(window));
     pool.wait(Until::Time(window_start + window), &mut progress)
         .await?;
-    let server_end = server.as_ref().map(ServerProbe::sample).transpose()?;
+    let end = probes.sample()?;
     let machine_end = procfs::machine_ticks().ok();
     let window_secs = window_start.elapsed().as_secs_f64();
     pool.send(Phase::Stop).await?;
@@ -109,33 +116,22 @@ pub async fn run(common: Common, command: cli::Command) -> Result<Report, String
     progress.finish();
     // For `connections`, "after" is the end of the idle hold, with every connection still
     // open; for the others it is once every client has gone, which shows what stays behind.
-    let server_after = match job.kind {
+    let after = match job.kind {
         Scenario::Rooms {
             load: Load::Idle, ..
-        } => server_end,
-        _ => server.as_ref().map(ServerProbe::sample).transpose()?,
+        } => end.clone(),
+        _ => probes.sample()?,
     };
 
     let reports = pool.into_reports();
-    let samples = match (
-        server,
-        server_before,
-        server_start,
-        server_end,
-        server_after,
-    ) {
-        (Some(server), Some(before), Some(start), Some(end), Some(after)) => {
-            Some((server.pid, [before, start, end, after]))
-        }
-        _ => None,
-    };
     Ok(job.report(Outcome {
-        url: common.url,
+        urls: common.urls,
         workers,
         reports,
         window_secs,
         machine: machine_start.zip(machine_end),
-        server: samples,
+        probes,
+        samples: [before, start, end, after],
         ticks,
         notes,
     }))
@@ -162,6 +158,7 @@ impl Job {
                 scenario: "connections",
                 kind: Scenario::Rooms {
                     rooms: args.rooms,
+                    first_room: 0,
                     load: Load::Idle,
                     size: 0,
                 },
@@ -187,6 +184,7 @@ impl Job {
                     scenario: "throughput",
                     kind: Scenario::Rooms {
                         rooms: args.rooms,
+                        first_room: 0,
                         load,
                         size: args.size,
                     },
@@ -213,6 +211,7 @@ impl Job {
                     rate: args.rate,
                     messages: args.messages,
                     max_sessions: args.max_sessions,
+                    workers: 1,
                 },
                 warmup: Duration::ZERO,
                 window: args.duration,
@@ -238,6 +237,17 @@ impl Job {
         }
     }
 
+    /// The connections each of `nodes` server nodes is to hold at most.
+    fn connections_per_node(&self, nodes: usize) -> Vec<u64> {
+        let rooms = match self.kind {
+            Scenario::Rooms { rooms, .. } => rooms,
+            // At most `max_sessions` at once; sessions in progress have nearly consecutive
+            // numbers, so they spread over the nodes as that many rooms do.
+            Scenario::Churn { max_sessions, .. } => u64::from(max_sessions),
+        };
+        scenarios::connections_per_node(rooms, nodes)
+    }
+
     /// More workers than this would leave some with nothing to do.
     fn max_workers(&self) -> u32 {
         let units = match self.kind {
@@ -247,13 +257,19 @@ impl Job {
         u32::try_from(units).unwrap_or(u32::MAX)
     }
 
-    /// Worker `index`'s share of `workers`: rooms split as evenly as possible, rates in
-    /// proportion.
+    /// Worker `index`'s share of `workers`: rooms split as evenly as possible into
+    /// consecutive blocks (worker 0 has the first rooms of the run, and so on, which keeps
+    /// each room's number in the run for the choice of its nodes), rates in proportion.
     fn share(&self, index: u32, workers: u32) -> Scenario {
+        let all_workers = workers;
         let (index, workers) = (u64::from(index), u64::from(workers));
         match self.kind {
-            Scenario::Rooms { rooms, load, size } => {
+            Scenario::Rooms {
+                rooms, load, size, ..
+            } => {
                 let mine = rooms / workers + u64::from(index < rooms % workers);
+                // The rooms of the workers before this one.
+                let first_room = index * (rooms / workers) + index.min(rooms % workers);
                 let load = match load {
                     Load::FixedRate { rate } => Load::FixedRate {
                         rate: rate * mine as f64 / rooms as f64,
@@ -262,6 +278,7 @@ impl Job {
                 };
                 Scenario::Rooms {
                     rooms: mine,
+                    first_room,
                     load,
                     size,
                 }
@@ -270,10 +287,12 @@ impl Job {
                 rate,
                 messages,
                 max_sessions,
+                ..
             } => Scenario::Churn {
                 rate: rate / workers as f64,
                 messages,
                 max_sessions: u64::from(max_sessions).div_ceil(workers) as u32,
+                workers: all_workers,
             },
         }
     }
@@ -369,34 +388,33 @@ impl Job {
         };
 
         let ticks = outcome.ticks;
-        let server = outcome.server.map(|(pid, [before, start, end, after])| {
-            let cpu_secs = ticks.seconds(end.cpu_ticks.saturating_sub(start.cpu_ticks));
-            let idle = matches!(
+        let mut connections_by_node = vec![0; outcome.urls.len()];
+        for report in &outcome.reports {
+            for (sum, count) in connections_by_node
+                .iter_mut()
+                .zip(&report.connections_by_node)
+            {
+                *sum += count;
+            }
+        }
+        let work = Work {
+            window_secs: window,
+            delivered: chatting.then_some(counts.delivered),
+            sessions: sessions.as_ref().map(|_| counts.sessions_completed),
+            idle: matches!(
                 self.kind,
                 Scenario::Rooms {
                     load: Load::Idle,
                     ..
                 }
-            );
-            ServerStats {
-                pid,
-                rss_before_kib: before.rss_kib,
-                rss_after_kib: after.rss_kib,
-                // Only rooms that were set up hold their two connections through the hold; a
-                // room whose guest failed has already dropped its host.
-                rss_per_connection_kib: (idle && counts.rooms_ready > 0).then(|| {
-                    (after.rss_kib as f64 - before.rss_kib as f64) / (2 * counts.rooms_ready) as f64
-                }),
-                cpu_secs,
-                cpu_percent: 100.0 * ratio(cpu_secs, window),
-                cpu_us_per_message: (chatting && counts.delivered > 0)
-                    .then(|| cpu_secs * 1e6 / counts.delivered as f64),
-                cpu_us_per_session: (sessions.is_some() && counts.sessions_completed > 0)
-                    .then(|| cpu_secs * 1e6 / counts.sessions_completed as f64),
-                clock_ticks_per_sec: ticks.per_second,
-                clock_ticks_measured: ticks.measured,
-            }
-        });
+            ),
+            rooms_ready: counts.rooms_ready,
+            connections_by_node,
+            ticks,
+        };
+        let figures = outcome
+            .probes
+            .figures(&outcome.urls, &outcome.samples, &work);
 
         let client_cpu = ticks.seconds(outcome.reports.iter().map(|r| r.cpu_ticks).sum());
         let machine = outcome.machine.map(|(start, end)| {
@@ -404,17 +422,19 @@ impl Job {
             let busy = end.busy.saturating_sub(start.busy) as f64;
             let total = end.total.saturating_sub(start.total) as f64;
             let busy_percent = 100.0 * cores as f64 * ratio(busy, total);
-            let server_percent = server.as_ref().map_or(0.0, |s| s.cpu_percent);
             MachineStats {
                 cores,
                 busy_percent,
-                others_percent: (busy_percent - server_percent - 100.0 * ratio(client_cpu, window))
-                    .max(0.0),
+                others_percent: (busy_percent
+                    - figures.cpu_percent
+                    - 100.0 * ratio(client_cpu, window))
+                .max(0.0),
             }
         });
         Report {
             scenario: self.scenario,
-            url: outcome.url,
+            url: outcome.urls[0].clone(),
+            urls: outcome.urls,
             workers: outcome.workers,
             settings: self.settings,
             connections,
@@ -429,7 +449,9 @@ impl Job {
                     .map(|(limit, count)| Refused::new(limit, count))
                     .collect(),
             },
-            server,
+            server: figures.server,
+            servers: figures.servers,
+            redis: figures.redis,
             client: ClientStats {
                 cpu_secs: client_cpu,
                 cpu_percent: 100.0 * ratio(client_cpu, window),
@@ -443,46 +465,19 @@ impl Job {
 
 /// What a run produced, for [`Job::report`].
 struct Outcome {
-    url: String,
+    /// Every `--url`, one per node.
+    urls: Vec<String>,
     workers: u32,
     reports: Vec<WorkerReport>,
     window_secs: f64,
     /// The machine's CPU counters at the window's start and end.
     machine: Option<(MachineTicks, MachineTicks)>,
-    /// The server's pid and its usage before the run, at the window's start and end, and after.
-    server: Option<(u32, [Usage; 4])>,
+    /// The processes under test (`--server-pid`, `--redis-pid`) ...
+    probes: Probes,
+    /// ... and their usage before the run, at the window's start and end, and after.
+    samples: [Sample; 4],
     ticks: ClockTicks,
     notes: Vec<String>,
-}
-
-/// The server process, read through /proc.
-struct ServerProbe {
-    pid: u32,
-}
-
-impl ServerProbe {
-    fn sample(&self) -> Result<Usage, String> {
-        procfs::usage(Pid::Other(self.pid)).map_err(|err| {
-            format!(
-                "--server-pid {}: cannot read /proc/{}: {err} (is the server running?)",
-                self.pid, self.pid
-            )
-        })
-    }
-
-    /// A warning if the server's open-file limit is too low for the sockets asked for.
-    fn file_limit_warning(&self, sockets: u64) -> Option<String> {
-        let limit = procfs::open_file_limit(Pid::Other(self.pid))?;
-        // The server needs a few files of its own besides the connections.
-        (sockets + 32 > limit.soft).then(|| {
-            format!(
-                "the server (pid {}) may open at most {} files: {} connections will not all fit",
-                self.pid,
-                thousands(limit.soft),
-                thousands(sockets)
-            )
-        })
-    }
 }
 
 /// What the pool waits for.
@@ -778,6 +773,85 @@ impl Progress {
         if self.drawn {
             eprintln!();
             self.drawn = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::{churn, connections_per_node, room_nodes};
+
+    /// A `throughput` job of `rooms` rooms at a fixed rate.
+    fn rooms_job(rooms: u64) -> Job {
+        Job::new(cli::Command::Throughput(cli::ThroughputArgs {
+            rooms,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            in_flight: None,
+            rate: Some(100.0),
+            size: 64,
+        }))
+        .expect("a job")
+    }
+
+    /// However the rooms are split over workers, the workers' blocks number every room of the
+    /// run once, so every room's host and guest are on different nodes (with two or three) and
+    /// each node holds what `connections_per_node` says: the rule holds across workers.
+    #[test]
+    fn workers_share_one_numbering_of_rooms() {
+        for rooms in [1, 2, 5, 7, 12, 100] {
+            let job = rooms_job(rooms);
+            for workers in 1..=4 {
+                let mut numbers = Vec::new();
+                for index in 0..workers {
+                    match job.share(index, workers) {
+                        Scenario::Rooms {
+                            rooms: mine,
+                            first_room,
+                            ..
+                        } => numbers.extend(first_room..first_room + mine),
+                        other => panic!("a rooms share, not {other:?}"),
+                    }
+                }
+                let expected: Vec<u64> = (0..rooms).collect();
+                assert_eq!(numbers, expected, "{rooms} rooms over {workers} workers");
+                for nodes in 1..=3 {
+                    let mut held = vec![0; nodes];
+                    for &room in &numbers {
+                        let (host, guest) = room_nodes(room, nodes);
+                        assert!(nodes == 1 || host != guest, "room {room}, {nodes} nodes");
+                        held[host] += 1;
+                        held[guest] += 1;
+                    }
+                    assert_eq!(held, connections_per_node(rooms, nodes));
+                }
+            }
+        }
+    }
+
+    /// Churn workers are told how many they are, which numbers their sessions across the run.
+    #[test]
+    fn churn_workers_know_how_many_they_are() {
+        let job = Job::new(cli::Command::Churn(cli::ChurnArgs {
+            rate: 10.0,
+            duration: Duration::from_secs(1),
+            messages: 1,
+            max_sessions: 10,
+        }))
+        .expect("a job");
+        for workers in 1..=3 {
+            let mut numbers: Vec<u64> = (0..workers)
+                .flat_map(|index| match job.share(index, workers) {
+                    Scenario::Churn { workers: w, .. } => {
+                        assert_eq!(w, workers);
+                        (0..5).map(move |id| churn::session_number(index, w, id))
+                    }
+                    other => panic!("a churn share, not {other:?}"),
+                })
+                .collect();
+            numbers.sort_unstable();
+            assert_eq!(numbers, (0..5 * u64::from(workers)).collect::<Vec<_>>());
         }
     }
 }

@@ -7,6 +7,9 @@
 //! chat-bench connections --rooms 9000 --server-pid $(pidof chat-server)
 //! chat-bench throughput  --rooms 1000 --duration 20s [--in-flight 1 | --rate 5000] [--size 64]
 //! chat-bench churn       --rate 50 --duration 10s
+//! chat-bench --url ws://127.0.0.1:8081/ws --url ws://127.0.0.1:8082/ws \
+//!            --server-pid $PID1 --server-pid $PID2 --redis-pid $(pidof redis-server) \
+//!            throughput --rooms 1000     # two nodes: each room's members on different ones
 //! ```
 //!
 //! # Layout
@@ -19,6 +22,8 @@
 //! - `protocol`: the wire messages, and the stamp that carries send times in chat content.
 //! - `measure`: clock and window, counters, latency histogram, countdowns.
 //! - `limits`: how many sockets one process can hold here, hence how many workers.
+//! - `probe`: the servers (`--server-pid`, one per node) and Redis (`--redis-pid`) sampled
+//!   from /proc, and their figures.
 //! - `procfs`: memory and CPU time of a process from /proc.
 //! - `report`: the results, as a table or as JSON.
 //! - `refusal`: the server's limits refusing the load, and the flags that lift them.
@@ -32,13 +37,15 @@
 //!   message, a timeout). stderr says what failed and how many, and, when the server's
 //!   limits refused the load (`RATE_LIMITED`, HTTP 429, HTTP 503), which flag to start it with.
 //! - 2: the run could not be made or finished (a bad option or URL, more sockets than the
-//!   workers can hold, /proc of --server-pid unreadable, a worker that died).
+//!   workers can hold, /proc of --server-pid or --redis-pid unreadable, server pids that
+//!   cannot be paired with the URLs, a worker that died).
 
 mod cli;
 mod client;
 mod coordinator;
 mod limits;
 mod measure;
+mod probe;
 mod procfs;
 mod protocol;
 mod refusal;

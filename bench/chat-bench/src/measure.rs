@@ -27,6 +27,8 @@ pub struct Shared {
     pub histogram: Recorder,
     /// Failures, counted by [`BenchError::kind`], and refusals by the server's limits.
     failures: Mutex<Failures>,
+    /// Connections of the rooms set up, by server node (index into `--url`).
+    by_node: Vec<AtomicU64>,
 }
 
 /// What [`Shared::fail`] records, behind one lock.
@@ -40,14 +42,32 @@ struct Failures {
 }
 
 impl Shared {
-    /// Fresh state; the clock's epoch is now.
-    pub fn new() -> Arc<Shared> {
+    /// Fresh state for clients of `nodes` server nodes; the clock's epoch is now.
+    pub fn new(nodes: usize) -> Arc<Shared> {
         Arc::new(Shared {
             clock: Clock::new(),
             counters: Counters::default(),
             histogram: Recorder::new(),
             failures: Mutex::new(Failures::default()),
+            by_node: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    /// Counts a room set up with its host on node `host` and its guest on node `guest`.
+    pub fn room_ready_on(&self, host: usize, guest: usize) {
+        for node in [host, guest] {
+            if let Some(counter) = self.by_node.get(node) {
+                bump(counter);
+            }
+        }
+    }
+
+    /// The connections of the rooms set up so far, by node.
+    pub fn connections_by_node(&self) -> Vec<u64> {
+        self.by_node
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Counts one failure under its kind.

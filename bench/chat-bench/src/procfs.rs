@@ -1,8 +1,10 @@
 //! What Linux's /proc tells about a process (its memory and CPU time) and about the limits
 //! of this machine that decide how many sockets one client process can hold.
 
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
+use std::path::Path;
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -176,6 +178,49 @@ pub fn ephemeral_ports() -> Option<u64> {
     high.checked_sub(low).map(|span| span + 1)
 }
 
+/// The TCP ports process `pid` listens on: the listening sockets of /proc/net/tcp and
+/// /proc/net/tcp6 whose inode is one of the process's open files. `None` when its open files
+/// cannot be read (another user's process) or it listens on nothing.
+pub fn listening_ports(pid: u32) -> Option<BTreeSet<u16>> {
+    let sockets: HashSet<u64> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|entry| socket_inode(&fs::read_link(entry.ok()?.path()).ok()?))
+        .collect();
+    let mut ports = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            ports.extend(
+                parse_listeners(&text)
+                    .filter(|(_, inode)| sockets.contains(inode))
+                    .map(|(port, _)| port),
+            );
+        }
+    }
+    (!ports.is_empty()).then_some(ports)
+}
+
+/// The inode of an open file that is a socket: its /proc/PID/fd link reads `socket:[INODE]`.
+fn socket_inode(link: &Path) -> Option<u64> {
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// `(local port, inode)` of every listening socket (state `0A`) of a /proc/net/tcp table.
+fn parse_listeners(table: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if *fields.get(3)? != "0A" {
+            return None;
+        }
+        let port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+        Some((port, fields.get(9)?.parse().ok()?))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +256,26 @@ mod tests {
         let ticks = parse_machine_ticks(stat).expect("cpu line");
         assert_eq!(ticks.busy, 100 + 5 + 50 + 3 + 2 + 1);
         assert_eq!(ticks.total, ticks.busy + 1000 + 20);
+    }
+
+    /// Listening sockets are told from connections by their state, with their port in hex.
+    #[test]
+    fn reads_listeners() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+            0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 100 0 0 10 0\n   \
+            1: 0100007F:1F91 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0 20 4 30 10 -1\n";
+        assert_eq!(parse_listeners(table).collect::<Vec<_>>(), [(8081, 4242)]);
+        assert_eq!(socket_inode(Path::new("socket:[4242]")), Some(4242));
+        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+    }
+
+    /// A socket this process listens on is found among its listening ports.
+    #[test]
+    fn finds_own_listening_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let ports = listening_ports(std::process::id()).expect("own /proc readable");
+        assert!(ports.contains(&port), "{ports:?} lacks {port}");
     }
 
     /// This process can read its own usage (the same code reads the server's).

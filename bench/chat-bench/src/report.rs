@@ -15,8 +15,10 @@ use crate::refusal::Limit;
 pub struct Report {
     /// `connections`, `throughput` or `churn`.
     pub scenario: &'static str,
-    /// The server's URL.
+    /// The server's URL (with several `--url`, the first).
     pub url: String,
+    /// Every `--url`, one per server node, in the order given.
+    pub urls: Vec<String>,
     /// Client processes used (1: the clients ran inside chat-bench itself).
     pub workers: u32,
     /// What was asked for.
@@ -34,9 +36,16 @@ pub struct Report {
     pub sessions: Option<SessionStats>,
     /// Failures of any kind.
     pub errors: ErrorStats,
-    /// The server's memory and CPU time, given `--server-pid`.
+    /// The server's memory and CPU time, given `--server-pid`; with several, their sum (each
+    /// process counted once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerStats>,
+    /// Each `--server-pid` with the node (`--url`) it serves, in the order of `--url`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerStats>,
+    /// The Redis server's memory and CPU time, given `--redis-pid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStats>,
     /// chat-bench's own use of the machine, which competes with the server's.
     pub client: ClientStats,
     /// The whole machine's CPU use inside the window: shows how much else was running.
@@ -170,31 +179,73 @@ impl Refused {
     }
 }
 
-/// The server process as /proc saw it.
+/// A server process as /proc saw it, or the sum of several (the report's `server`).
 #[derive(Debug, Serialize)]
 pub struct ServerStats {
-    pub pid: u32,
-    /// Resident memory before any client connected, in KiB.
-    pub rss_before_kib: u64,
-    /// Resident memory at the end of the idle hold (connections) or of the run, in KiB.
-    pub rss_after_kib: u64,
-    /// (after − before) / connections held, two per ready room (connections scenario).
+    /// The process id; absent from a sum of several processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The node this process serves: its index in `--url` (per node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<usize>,
+    /// That node's URL (per node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Connections of the rooms set up with a member on that node (and on any other `--url`
+    /// this process was seen listening on): held through the run by `connections` and
+    /// `throughput`, made over the run by `churn` (per node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    #[serde(flatten)]
+    pub rss: Rss,
+    /// (after − before) / connections held, two per ready room or, per node, the node's
+    /// `connections` (connections scenario).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection_kib: Option<f64>,
-    /// CPU time (user + system, all threads) inside the measured window, in seconds.
-    pub cpu_secs: f64,
-    /// `cpu_secs` as a percentage of one core over the window.
-    pub cpu_percent: f64,
-    /// Server CPU time per delivered message, in µs (throughput).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_us_per_message: Option<f64>,
-    /// Server CPU time per completed session, in µs (churn).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_us_per_session: Option<f64>,
+    #[serde(flatten)]
+    pub cpu: Cpu,
     /// Clock ticks per second used to convert /proc/PID/stat.
     pub clock_ticks_per_sec: u64,
     /// Whether that was read from `getconf CLK_TCK` (false: assumed 100).
     pub clock_ticks_measured: bool,
+}
+
+/// The Redis server the nodes share, as /proc saw it.
+#[derive(Debug, Serialize)]
+pub struct RedisStats {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub rss: Rss,
+    /// (after − before) / rooms set up: Redis memory per room (connections scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_room_kib: Option<f64>,
+    #[serde(flatten)]
+    pub cpu: Cpu,
+}
+
+/// Resident memory of a process (or a sum) before and after the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rss {
+    /// Resident memory before any client connected, in KiB.
+    pub rss_before_kib: u64,
+    /// Resident memory at the end of the idle hold (connections) or of the run, in KiB.
+    pub rss_after_kib: u64,
+}
+
+/// CPU time of a process (or a sum) inside the measured window.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cpu {
+    /// CPU time (user + system, all threads) inside the measured window, in seconds.
+    pub cpu_secs: f64,
+    /// `cpu_secs` as a percentage of one core over the window.
+    pub cpu_percent: f64,
+    /// CPU time per delivered message, in µs (throughput). Per node, the node's CPU over
+    /// every delivered message, so that the nodes' figures add up to the sum's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_message: Option<f64>,
+    /// CPU time per completed session, in µs (churn), divided the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_session: Option<f64>,
 }
 
 /// chat-bench's own use of the machine.
@@ -299,7 +350,12 @@ fn per_sec(rate: f64) -> String {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.settings;
-        write!(f, "chat-bench {} against {}", self.scenario, self.url)?;
+        write!(
+            f,
+            "chat-bench {} against {}",
+            self.scenario,
+            self.urls.join(", ")
+        )?;
         if self.workers > 1 {
             write!(f, " ({} client processes)", self.workers)?;
         }
@@ -426,30 +482,54 @@ impl fmt::Display for Report {
             let label = if i == 0 { "server limits" } else { "" };
             writeln!(f, "  {label:<13} {}", refused.advice)?;
         }
+        if self.servers.len() > 1 {
+            for node in &self.servers {
+                let who = format!(
+                    "pid {}, {}",
+                    node.pid.unwrap_or_default(),
+                    node.url.as_deref().unwrap_or_default()
+                );
+                let per = node.rss_per_connection_kib.map(|per| {
+                    format!(
+                        "; {} connections = {per:.2} KiB per connection",
+                        thousands(node.connections.unwrap_or_default())
+                    )
+                });
+                let label = format!("node {}", node.node.unwrap_or_default() + 1);
+                write_process(f, &label, &who, &node.cpu, &node.rss, per)?;
+            }
+        }
         if let Some(server) = &self.server {
-            write!(
+            let (label, who) = match (self.servers.len(), server.pid) {
+                // One node watched of several: say which.
+                (1, Some(pid)) if self.urls.len() > 1 => (
+                    "server",
+                    format!(
+                        "pid {pid}, {}",
+                        self.servers[0].url.as_deref().unwrap_or_default()
+                    ),
+                ),
+                (0 | 1, Some(pid)) => ("server", format!("pid {pid}")),
+                (n, Some(pid)) => ("servers", format!("all {n} (pid {pid}, counted once)")),
+                (n, None) => ("servers", format!("all {n}")),
+            };
+            let per = server
+                .rss_per_connection_kib
+                .map(|per| format!(" = {per:.2} KiB per connection"));
+            write_process(f, label, &who, &server.cpu, &server.rss, per)?;
+        }
+        if let Some(redis) = &self.redis {
+            let per = redis
+                .rss_per_room_kib
+                .map(|per| format!(" = {per:.2} KiB per room"));
+            write_process(
                 f,
-                "  {:<13} pid {}: CPU {:.2} s ({:.0}% of a core)",
-                "server", server.pid, server.cpu_secs, server.cpu_percent,
+                "redis-server",
+                &format!("pid {}", redis.pid),
+                &redis.cpu,
+                &redis.rss,
+                per,
             )?;
-            if let Some(us) = server.cpu_us_per_message {
-                write!(f, " = {us:.1} µs per delivered msg")?;
-            }
-            if let Some(us) = server.cpu_us_per_session {
-                write!(f, " = {us:.0} µs per session")?;
-            }
-            writeln!(f)?;
-            write!(
-                f,
-                "  {:<13} RSS {} KiB before, {} KiB after",
-                "",
-                thousands(server.rss_before_kib),
-                thousands(server.rss_after_kib),
-            )?;
-            if let Some(per) = server.rss_per_connection_kib {
-                write!(f, " = {per:.2} KiB per connection")?;
-            }
-            writeln!(f)?;
         }
         writeln!(
             f,
@@ -473,6 +553,38 @@ impl fmt::Display for Report {
     }
 }
 
+/// Two lines of a process's (or a sum's) figures: CPU, then memory; `per` ends the memory
+/// line (memory per connection or per room).
+fn write_process(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    who: &str,
+    cpu: &Cpu,
+    rss: &Rss,
+    per: Option<String>,
+) -> fmt::Result {
+    write!(
+        f,
+        "  {label:<13} {who}: CPU {:.2} s ({:.0}% of a core)",
+        cpu.cpu_secs, cpu.cpu_percent,
+    )?;
+    if let Some(us) = cpu.cpu_us_per_message {
+        write!(f, " = {us:.1} µs per delivered msg")?;
+    }
+    if let Some(us) = cpu.cpu_us_per_session {
+        write!(f, " = {us:.0} µs per session")?;
+    }
+    writeln!(f)?;
+    writeln!(
+        f,
+        "  {:<13} RSS {} KiB before, {} KiB after{}",
+        "",
+        thousands(rss.rss_before_kib),
+        thousands(rss.rss_after_kib),
+        per.unwrap_or_default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +594,7 @@ mod tests {
         Report {
             scenario: "churn",
             url: "ws://127.0.0.1:8080/ws".to_string(),
+            urls: vec!["ws://127.0.0.1:8080/ws".to_string()],
             workers: 1,
             settings: Settings::default(),
             connections: ConnectionStats {
@@ -513,6 +626,8 @@ mod tests {
                 refused: Vec::new(),
             },
             server: None,
+            servers: Vec::new(),
+            redis: None,
             client: ClientStats {
                 cpu_secs: 0.0,
                 cpu_percent: 0.0,
@@ -583,6 +698,108 @@ mod tests {
         assert!(
             table.contains("server limits the server refused 5 requests with RATE_LIMITED"),
             "{table}"
+        );
+    }
+
+    /// A server's figures for the tests (a node's if `node` is given, else a sum's), with 50 KiB
+    /// of growth at 5 KiB per connection.
+    fn server(pid: Option<u32>, node: Option<usize>, cpu_secs: f64) -> ServerStats {
+        ServerStats {
+            pid,
+            node,
+            url: node.map(|node| format!("ws://127.0.0.1:{}/ws", 8081 + node)),
+            connections: node.map(|_| 10),
+            rss: Rss {
+                rss_before_kib: 1000,
+                rss_after_kib: 1050,
+            },
+            rss_per_connection_kib: Some(5.0),
+            cpu: Cpu {
+                cpu_secs,
+                cpu_percent: 100.0 * cpu_secs,
+                cpu_us_per_message: None,
+                cpu_us_per_session: None,
+            },
+            clock_ticks_per_sec: 100,
+            clock_ticks_measured: true,
+        }
+    }
+
+    /// With two nodes and Redis, the table has a pair of lines for each node, their sum and
+    /// Redis; the JSON keeps `server` (the sum, without a pid) and adds `servers` and `redis`.
+    /// With one server the table and `server` read as they always have.
+    #[test]
+    fn several_nodes_and_redis_are_reported_each_and_summed() {
+        let mut report = clean_churn();
+        report.server = Some(server(None, None, 2.0));
+        report.servers = vec![
+            server(Some(10), Some(0), 1.0),
+            server(Some(11), Some(1), 1.0),
+        ];
+        report.redis = Some(RedisStats {
+            pid: 12,
+            rss: Rss {
+                rss_before_kib: 500,
+                rss_after_kib: 520,
+            },
+            rss_per_room_kib: Some(4.0),
+            cpu: Cpu {
+                cpu_secs: 0.5,
+                cpu_percent: 50.0,
+                cpu_us_per_message: Some(2.5),
+                cpu_us_per_session: None,
+            },
+        });
+        let table = report.to_string();
+        for line in [
+            "node 1        pid 10, ws://127.0.0.1:8081/ws: CPU 1.00 s (100% of a core)",
+            "node 2        pid 11, ws://127.0.0.1:8082/ws: CPU 1.00 s",
+            "1,050 KiB after; 10 connections = 5.00 KiB per connection",
+            "servers       all 2: CPU 2.00 s (200% of a core)",
+            "redis-server  pid 12: CPU 0.50 s (50% of a core) = 2.5 µs per delivered msg",
+            "520 KiB after = 4.00 KiB per room",
+        ] {
+            assert!(table.contains(line), "no {line:?} in\n{table}");
+        }
+        let json = serde_json::to_value(&report).expect("serialises");
+        assert!(json["server"].get("pid").is_none(), "{json}");
+        assert_eq!(json["server"]["cpu_secs"], 2.0);
+        assert_eq!(json["servers"][1]["pid"], 11);
+        assert_eq!(json["servers"][1]["node"], 1);
+        assert_eq!(json["servers"][1]["url"], "ws://127.0.0.1:8082/ws");
+        assert_eq!(json["servers"][1]["connections"], 10);
+        assert_eq!(json["servers"][1]["rss_per_connection_kib"], 5.0);
+        assert_eq!(json["redis"]["rss_per_room_kib"], 4.0);
+        assert_eq!(json["redis"]["cpu_us_per_message"], 2.5);
+
+        report.server = Some(server(Some(10), None, 1.0));
+        report.servers = vec![server(Some(10), Some(0), 1.0)];
+        report.redis = None;
+        let table = report.to_string();
+        assert!(
+            table.contains("server        pid 10: CPU 1.00 s (100% of a core)")
+                && table
+                    .contains("RSS 1,000 KiB before, 1,050 KiB after = 5.00 KiB per connection")
+                && !table.contains("node 1"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).expect("serialises");
+        let server = json["server"].as_object().expect("an object");
+        let keys: Vec<&str> = server.keys().map(String::as_str).collect();
+        // serde_json's map is sorted by key.
+        assert_eq!(
+            keys,
+            [
+                "clock_ticks_measured",
+                "clock_ticks_per_sec",
+                "cpu_percent",
+                "cpu_secs",
+                "pid",
+                "rss_after_kib",
+                "rss_before_kib",
+                "rss_per_connection_kib",
+            ],
+            "one server's `server` has the fields it always had"
         );
     }
 }

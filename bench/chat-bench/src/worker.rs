@@ -29,7 +29,7 @@ use crate::client::{BenchError, Connector, Target};
 use crate::measure::{Counts, HistogramData, Shared};
 use crate::procfs::{self, Pid};
 use crate::refusal::Limit;
-use crate::scenarios::{self, Scenario};
+use crate::scenarios::{self, Nodes, Scenario};
 
 /// How often a worker reports its counts for the progress line.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -39,8 +39,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 pub struct WorkerSpec {
     /// This worker's number, 0-based; it goes into usernames so they are unique.
     pub index: u32,
-    /// The server's `ws://` URL.
-    pub url: String,
+    /// The `ws://` URL of every server node, in the order of `--url`.
+    pub urls: Vec<String>,
     /// Local address to connect from, or `None` for the kernel's choice.
     pub source: Option<IpAddr>,
     /// Time allowed for each protocol step.
@@ -107,6 +107,8 @@ pub struct WorkerReport {
     pub cpu_ticks: u64,
     /// This worker process's resident memory at the end of the run, in KiB.
     pub rss_kib: u64,
+    /// Connections of the rooms this worker set up, by server node (index into `--url`).
+    pub connections_by_node: Vec<u64>,
 }
 
 /// Runs one worker until it has reported `Done` (or `Failed`).
@@ -119,17 +121,25 @@ pub async fn run(
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) {
     let started = Instant::now();
-    let target = match Target::resolve(&spec.url).await {
-        Ok(target) => target,
-        Err(message) => {
-            let _ = events.send(WorkerEvent::Failed { message });
-            return;
+    let mut connectors = Vec::with_capacity(spec.urls.len());
+    for url in &spec.urls {
+        match Target::resolve(url).await {
+            Ok(target) => connectors.push(Connector::new(target, spec.source, spec.step_timeout)),
+            Err(message) => {
+                let _ = events.send(WorkerEvent::Failed { message });
+                return;
+            }
         }
-    };
-    let connector = Connector::new(target, spec.source, spec.step_timeout);
-    let shared = Shared::new();
+    }
+    if connectors.is_empty() {
+        let _ = events.send(WorkerEvent::Failed {
+            message: "no --url to connect to".to_string(),
+        });
+        return;
+    }
+    let shared = Shared::new(connectors.len());
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
-    let mut running = scenarios::spawn(&spec, connector, shared.clone(), phase_rx);
+    let mut running = scenarios::spawn(&spec, Nodes::new(connectors), shared.clone(), phase_rx);
 
     // Progress reports run beside everything else until the final report.
     let progress = tokio::spawn({
@@ -193,6 +203,7 @@ pub async fn run(
         setup_secs,
         cpu_ticks: cpu_at_end.saturating_sub(cpu_at_start),
         rss_kib: procfs::usage(Pid::Current).map_or(0, |usage| usage.rss_kib),
+        connections_by_node: shared.connections_by_node(),
     };
     let _ = events.send(WorkerEvent::Done(Box::new(report)));
 }

@@ -3,8 +3,10 @@
 //! `--json`, so that the tool cannot silently rot as the server changes.
 //!
 //! They pin down that each scenario does real work and reports it, not performance figures:
-//! those belong in BENCHMARKS.md; and that a run the server's limits refused exits non-zero
-//! and names the server flag to change.
+//! those belong in BENCHMARKS.md; that a run the server's limits refused exits non-zero
+//! and names the server flag to change; and that several `--url` spread each room's two
+//! members over two nodes (here two URLs of one server, since servers that share nothing
+//! cannot join each other's rooms: which is what the last test uses to show the spread).
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -82,9 +84,16 @@ async fn unlimited_server() -> TestServer {
 /// Runs `chat-bench` with `args` against `server` and returns its output; the run itself is
 /// bounded by the scenario's own duration plus the tool's step timeouts.
 async fn chat_bench(server: &TestServer, args: &[&str]) -> Output {
-    let run = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
-        .arg("--url")
-        .arg(server.ws_url())
+    chat_bench_at(&[server.ws_url()], args).await
+}
+
+/// Runs `chat-bench` with `args` against the server nodes at `urls` (one `--url` each).
+async fn chat_bench_at(urls: &[String], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-bench"));
+    for url in urls {
+        command.arg("--url").arg(url);
+    }
+    let run = command
         .args(["--quiet", "--timeout", "5s"])
         .args(args)
         .kill_on_drop(true)
@@ -97,7 +106,13 @@ async fn chat_bench(server: &TestServer, args: &[&str]) -> Output {
 
 /// Runs `chat-bench ... --json` and returns its report, asserting a zero exit status.
 async fn report(server: &TestServer, args: &[&str]) -> Value {
-    let output = chat_bench(server, &[args, &["--json"]].concat()).await;
+    report_at(&[server.ws_url()], args).await
+}
+
+/// Runs `chat-bench ... --json` against the nodes at `urls` and returns its report,
+/// asserting a zero exit status.
+async fn report_at(urls: &[String], args: &[&str]) -> Value {
+    let output = chat_bench_at(urls, &[args, &["--json"]].concat()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -166,9 +181,196 @@ async fn connections_opens_every_room_and_reads_server_memory() {
     .await;
     assert_eq!(report["scenario"], "connections");
     assert_rooms_all_up(&report, 5.0);
+    assert_eq!(report["url"], server.ws_url());
     assert!(number(&report, "/server/rss_after_kib") > 0.0);
     assert!(report["server"]["rss_per_connection_kib"].is_number());
+    assert_eq!(report["server"]["pid"], std::process::id());
+    // One node: `servers` has its one entry, holding all ten connections.
+    assert_eq!(number(&report, "/servers/0/connections"), 10.0, "{report}");
+    assert!(report["servers"].get(1).is_none(), "{report}");
+    assert!(report.get("redis").is_none(), "{report}");
     server.shut_down().await.expect("clean shutdown");
+}
+
+/// `connections` with two `--url` (both of one server here) runs end to end, and with
+/// `--server-pid` given once per node the report gives each node's memory and CPU and their
+/// sum (the one process counted once; seen listening on both URLs' port, it holds all the
+/// connections). `--redis-pid` (the test process again, standing in) adds Redis's memory per
+/// room and CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_urls_report_each_node_and_redis() {
+    let server = unlimited_server().await;
+    let pid = std::process::id().to_string();
+    let urls = [server.ws_url(), server.ws_url()];
+    let report = report_at(
+        &urls,
+        &[
+            "connections",
+            "--rooms",
+            "6",
+            "--hold",
+            "1s",
+            "--server-pid",
+            &pid,
+            "--server-pid",
+            &pid,
+            "--redis-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_rooms_all_up(&report, 6.0);
+    assert_eq!(report["urls"].as_array().map(Vec::len), Some(2), "{report}");
+    for node in 0..2 {
+        let entry = &report["servers"][node];
+        assert_eq!(entry["node"], node, "{report}");
+        assert_eq!(entry["pid"], std::process::id());
+        assert_eq!(entry["url"], server.ws_url());
+        assert_eq!(number(entry, "/connections"), 12.0, "{report}");
+        assert!(number(entry, "/rss_after_kib") > 0.0);
+        assert!(entry["rss_per_connection_kib"].is_number(), "{report}");
+        assert!(entry["cpu_percent"].is_number(), "{report}");
+    }
+    assert!(report["servers"].get(2).is_none(), "{report}");
+    assert_eq!(
+        report["server"]["pid"],
+        std::process::id(),
+        "one process: {report}"
+    );
+    assert!(report["server"]["rss_per_connection_kib"].is_number());
+    assert_eq!(report["redis"]["pid"], std::process::id());
+    assert!(number(&report, "/redis/rss_after_kib") > 0.0);
+    assert!(report["redis"]["rss_per_room_kib"].is_number(), "{report}");
+    assert!(report["redis"]["cpu_secs"].is_number(), "{report}");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("is given twice"), "{notes}");
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `throughput` over two `--url` from two worker processes: the rooms numbered across the
+/// workers still put every pair on both nodes, every message arrives, and each node gets its
+/// CPU per delivered message, as does Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_urls_throughput_in_two_workers_reports_cpu_per_node() {
+    let server = unlimited_server().await;
+    let pid = std::process::id().to_string();
+    let urls = [server.ws_url(), server.ws_url()];
+    let report = report_at(
+        &urls,
+        &[
+            "throughput",
+            "--rooms",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--workers",
+            "2",
+            "--server-pid",
+            &pid,
+            "--server-pid",
+            &pid,
+            "--redis-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(number(&report, "/workers"), 2.0);
+    assert_rooms_all_up(&report, 4.0);
+    assert!(number(&report, "/messages/delivered") > 0.0);
+    assert_eq!(
+        number(&report, "/latency_us/count"),
+        number(&report, "/messages/sent"),
+        "every message sent in the window is received once by the peer: {report}"
+    );
+    for node in 0..2 {
+        let entry = &report["servers"][node];
+        assert_eq!(number(entry, "/connections"), 8.0, "{report}");
+        assert!(entry["cpu_us_per_message"].is_number(), "{report}");
+    }
+    assert!(
+        report["server"]["cpu_us_per_message"].is_number(),
+        "{report}"
+    );
+    assert!(
+        report["redis"]["cpu_us_per_message"].is_number(),
+        "{report}"
+    );
+    assert!(
+        report["redis"].get("rss_per_room_kib").is_none(),
+        "{report}"
+    );
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// `churn` over two `--url` from two worker processes completes every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_urls_churn_completes_every_session() {
+    let server = unlimited_server().await;
+    let urls = [server.ws_url(), server.ws_url()];
+    let report = report_at(
+        &urls,
+        &[
+            "churn",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--workers",
+            "2",
+        ],
+    )
+    .await;
+    let started = number(&report, "/sessions/started");
+    assert!(started > 0.0, "{report}");
+    assert_eq!(number(&report, "/sessions/completed"), started);
+    assert_eq!(number(&report, "/errors/total"), 0.0, "{report}");
+    server.shut_down().await.expect("clean shutdown");
+}
+
+/// Two servers that share nothing, each one `--url`: every room's guest is sent to the other
+/// server than its host, which has never heard of the room, so every join gets
+/// `ROOM_NOT_FOUND`, from one worker process or two. That every single room fails so is the
+/// proof that no room has both members on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_unshared_servers_refuse_every_join() {
+    let first = unlimited_server().await;
+    let second = unlimited_server().await;
+    let urls = [first.ws_url(), second.ws_url()];
+    for workers in ["1", "2"] {
+        let output = chat_bench_at(
+            &urls,
+            &[
+                "connections",
+                "--rooms",
+                "6",
+                "--hold",
+                "0s",
+                "--workers",
+                workers,
+                "--json",
+            ],
+        )
+        .await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        let report: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("one JSON object ({err}): {stdout}"));
+        assert_eq!(
+            number(&report, "/connections/rooms_failed"),
+            6.0,
+            "{report}"
+        );
+        assert_eq!(number(&report, "/connections/opened"), 12.0, "{report}");
+        assert_eq!(
+            number(&report, "/errors/by_kind/server error ROOM_NOT_FOUND"),
+            6.0,
+            "{report}"
+        );
+    }
+    first.shut_down().await.expect("clean shutdown");
+    second.shut_down().await.expect("clean shutdown");
 }
 
 /// Closed-loop `throughput` delivers messages to the peers, in order (a lost or reordered

@@ -13,16 +13,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use super::{Running, setup_room, wait_for_close};
-use crate::client::{BenchError, Client, Connector, unexpected};
+use super::{Nodes, Running, setup_room, wait_for_close};
+use crate::client::{BenchError, Client, unexpected};
 use crate::measure::{Countdown, Shared, Token, bump};
 use crate::protocol::{ClientMessage, ServerMessage};
 use crate::worker::Phase;
 
 /// What one worker is asked to run.
 pub struct Plan {
-    /// The worker's number, for unique usernames.
+    /// The worker's number, for unique usernames and session numbers.
     pub worker: u32,
+    /// Workers sharing the run (see [`session_number`]).
+    pub workers: u32,
     /// Sessions started per second by this worker.
     pub rate: f64,
     /// Chat messages each member sends per session.
@@ -34,7 +36,7 @@ pub struct Plan {
 /// Starts the launcher task; sessions are spawned by it while the phase is a sending one.
 pub fn spawn(
     plan: Plan,
-    connector: Arc<Connector>,
+    nodes: Arc<Nodes>,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
 ) -> Running {
@@ -45,7 +47,7 @@ pub fn spawn(
     let mut tasks = JoinSet::new();
     tasks.spawn(launch(
         plan,
-        connector,
+        nodes,
         shared,
         phase,
         drained.clone(),
@@ -62,7 +64,7 @@ pub fn spawn(
 /// waits for `Close` and ends any session still running.
 async fn launch(
     plan: Plan,
-    connector: Arc<Connector>,
+    nodes: Arc<Nodes>,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
     drained: Arc<Countdown>,
@@ -87,10 +89,13 @@ async fn launch(
                     Ok(slot) => {
                         bump(&shared.counters.sessions_started);
                         sessions.spawn(run_session(
-                            plan.worker,
-                            next_id,
+                            SessionId {
+                                worker: plan.worker,
+                                id: next_id,
+                                number: session_number(plan.worker, plan.workers, next_id),
+                            },
                             plan.messages,
-                            connector.clone(),
+                            nodes.clone(),
                             shared.clone(),
                             slot,
                             drained.token(),
@@ -117,19 +122,37 @@ async fn launch(
     sessions.shutdown().await;
 }
 
+/// The number in the whole run of session `id` of worker `worker` among `workers`: the
+/// workers' sessions interleave (worker w starts sessions w, w + W, w + 2W, …), so that the
+/// node rule of [`super::room_nodes`] applies to one numbering of the run, not to each
+/// worker's own count.
+pub fn session_number(worker: u32, workers: u32, id: u64) -> u64 {
+    id * u64::from(workers.max(1)) + u64::from(worker)
+}
+
+/// Which session this is.
+#[derive(Debug, Clone, Copy)]
+struct SessionId {
+    /// The worker that starts it.
+    worker: u32,
+    /// Its number in that worker, for the usernames.
+    id: u64,
+    /// Its number in the whole run ([`session_number`]), which places its members on nodes.
+    number: u64,
+}
+
 /// Runs one session and counts its outcome. Holding `_slot` and `_drain` for the session's
 /// life is what makes them count it as in progress.
 async fn run_session(
-    worker: u32,
-    id: u64,
+    which: SessionId,
     messages: u32,
-    connector: Arc<Connector>,
+    nodes: Arc<Nodes>,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
     _drain: Token,
 ) {
     let started = Instant::now();
-    match session(worker, id, messages, &connector, &shared).await {
+    match session(which, messages, &nodes, &shared).await {
         Ok(()) => {
             bump(&shared.counters.sessions_completed);
             shared
@@ -145,14 +168,15 @@ async fn run_session(
 
 /// One session, step by step; any deviation from the protocol is an error.
 async fn session(
-    worker: u32,
-    id: u64,
+    which: SessionId,
     messages: u32,
-    connector: &Connector,
+    nodes: &Nodes,
     shared: &Shared,
 ) -> Result<(), BenchError> {
+    let SessionId { worker, id, number } = which;
     let (mut host, mut guest) = setup_room(
-        connector,
+        nodes,
+        number,
         shared,
         &format!("ch{worker}-{id}"),
         &format!("cg{worker}-{id}"),
@@ -209,5 +233,31 @@ async fn leave(client: &mut Client) -> Result<(), BenchError> {
     match client.reply("room_left").await? {
         ServerMessage::RoomLeft { .. } => Ok(()),
         other => Err(unexpected("room_left", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::room_nodes;
+
+    /// However many workers start sessions, their session numbers are those of one run, each
+    /// once, and every session's two members are on different nodes.
+    #[test]
+    fn sessions_are_numbered_across_workers() {
+        for workers in 1..=4 {
+            let mut numbers: Vec<u64> = (0..workers)
+                .flat_map(|worker| (0..10).map(move |id| session_number(worker, workers, id)))
+                .collect();
+            numbers.sort_unstable();
+            let expected: Vec<u64> = (0..10 * u64::from(workers)).collect();
+            assert_eq!(numbers, expected, "{workers} workers");
+            for nodes in [2, 3] {
+                for &number in &numbers {
+                    let (host, guest) = room_nodes(number, nodes);
+                    assert_ne!(host, guest);
+                }
+            }
+        }
     }
 }

@@ -4,6 +4,9 @@
 //!   (`connections`) or chat with each other (`throughput`).
 //! - [`churn`]: short sessions started at a fixed rate, each a room that lives for a few
 //!   messages.
+//!
+//! With several server nodes (`--url` repeated), [`room_nodes`] decides which node each
+//! member of a room connects to.
 
 pub mod churn;
 pub mod rooms;
@@ -25,6 +28,9 @@ pub enum Scenario {
     /// `rooms` rooms of two connected members, each sending according to `load`.
     Rooms {
         rooms: u64,
+        /// The number of this worker's first room in the whole run: its rooms are
+        /// `first_room..first_room + rooms`, which decides their nodes (see [`room_nodes`]).
+        first_room: u64,
         load: Load,
         /// Chat content length in bytes.
         size: u32,
@@ -36,6 +42,10 @@ pub enum Scenario {
         messages: u32,
         /// Most sessions in progress at once.
         max_sessions: u32,
+        /// Workers sharing the run: this worker's sessions are numbers `index`,
+        /// `index + workers`, `index + 2 × workers`, … of the whole run (see
+        /// [`churn::session_number`]), which decides their nodes.
+        workers: u32,
     },
 }
 
@@ -61,24 +71,73 @@ pub struct Running {
     pub tasks: JoinSet<()>,
 }
 
+/// The nodes that room number `room` of the whole run puts its members on, among `nodes`
+/// server nodes (indexes into `--url`): the host on node `room % nodes`, the guest on the next
+/// one, `(room + 1) % nodes`.
+///
+/// With two nodes or more the two members of every room are on different nodes, so every
+/// message crosses from one node to the other (through Redis); and the nodes hold the same
+/// number of connections, give or take two. `room` must be the room's number in the whole run,
+/// not in one worker's share: a worker's rooms are a contiguous block
+/// (`Scenario::Rooms::first_room`), and churn sessions are numbered across workers, so the
+/// rule and the balance hold however many workers there are. With one node, both are on it.
+pub fn room_nodes(room: u64, nodes: usize) -> (usize, usize) {
+    let nodes = nodes.max(1) as u64;
+    ((room % nodes) as usize, ((room + 1) % nodes) as usize)
+}
+
+/// The connections each of `nodes` nodes holds when rooms `0..rooms` are all set up by
+/// [`room_nodes`]: the hosts of the rooms numbered k modulo N and the guests of those
+/// numbered k − 1.
+pub fn connections_per_node(rooms: u64, nodes: usize) -> Vec<u64> {
+    let n = nodes.max(1) as u64;
+    // Rooms below `rooms` whose number is `k` modulo `n`.
+    let with_residue = |k: u64| rooms / n + u64::from(k < rooms % n);
+    (0..n)
+        .map(|k| with_residue(k) + with_residue((k + n - 1) % n))
+        .collect()
+}
+
+/// The server nodes a worker connects to: one connector per `--url`, in that order.
+pub struct Nodes(Vec<Connector>);
+
+impl Nodes {
+    /// The nodes behind `connectors`; there must be at least one.
+    pub fn new(connectors: Vec<Connector>) -> Nodes {
+        assert!(!connectors.is_empty(), "a run needs at least one --url");
+        Nodes(connectors)
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Starts the worker's share of its scenario on the current runtime.
 pub fn spawn(
     spec: &WorkerSpec,
-    connector: Connector,
+    nodes: Nodes,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
 ) -> Running {
-    let connector = Arc::new(connector);
+    let nodes = Arc::new(nodes);
     match spec.scenario {
-        Scenario::Rooms { rooms, load, size } => rooms::spawn(
+        Scenario::Rooms {
+            rooms,
+            first_room,
+            load,
+            size,
+        } => rooms::spawn(
             rooms::Plan {
                 worker: spec.index,
                 rooms,
+                first_room,
                 load,
                 size,
                 concurrency: spec.concurrency,
             },
-            connector,
+            nodes,
             shared,
             phase,
         ),
@@ -86,14 +145,16 @@ pub fn spawn(
             rate,
             messages,
             max_sessions,
+            workers,
         } => churn::spawn(
             churn::Plan {
                 worker: spec.index,
+                workers,
                 rate,
                 messages,
                 max_sessions,
             },
-            connector,
+            nodes,
             shared,
             phase,
         ),
@@ -114,34 +175,48 @@ async fn connect(connector: &Connector, shared: &Shared) -> Result<Client, Bench
     }
 }
 
-/// Sets up one room the way two people would: the host connects, picks a name and creates
-/// the room; the guest connects, picks a name and joins with the code; the host is told.
-/// Returns `(host, guest)`, and counts the room as ready or failed.
+/// Sets up room number `room` of the run the way two people would: the host connects to its
+/// node (see [`room_nodes`]), picks a name and creates the room; the guest connects to its
+/// node, picks a name and joins with the code the host's node gave; the host is told.
+/// Returns `(host, guest)`, and counts the room as ready (with its two connections on their
+/// nodes) or failed.
 pub async fn setup_room(
-    connector: &Connector,
+    nodes: &Nodes,
+    room: u64,
     shared: &Shared,
     host_name: &str,
     guest_name: &str,
 ) -> Result<(Client, Client), BenchError> {
-    let result = setup_steps(connector, shared, host_name, guest_name).await;
+    let (host_node, guest_node) = room_nodes(room, nodes.len());
+    let result = setup_steps(
+        [&nodes.0[host_node], &nodes.0[guest_node]],
+        shared,
+        host_name,
+        guest_name,
+    )
+    .await;
     match &result {
-        Ok(_) => bump(&shared.counters.rooms_ready),
+        Ok(_) => {
+            bump(&shared.counters.rooms_ready);
+            shared.room_ready_on(host_node, guest_node);
+        }
         Err(_) => bump(&shared.counters.rooms_failed),
     }
     result
 }
 
-/// The steps of [`setup_room`].
+/// The steps of [`setup_room`], the host connecting through `host_node` and the guest
+/// through `guest_node`.
 async fn setup_steps(
-    connector: &Connector,
+    [host_node, guest_node]: [&Connector; 2],
     shared: &Shared,
     host_name: &str,
     guest_name: &str,
 ) -> Result<(Client, Client), BenchError> {
-    let mut host = connect(connector, shared).await?;
+    let mut host = connect(host_node, shared).await?;
     host.set_username(host_name).await?;
     let room_code = host.create_room().await?;
-    let mut guest = connect(connector, shared).await?;
+    let mut guest = connect(guest_node, shared).await?;
     guest.set_username(guest_name).await?;
     guest.join_room(&room_code).await?;
     host.wait_peer_joined().await?;
@@ -152,4 +227,34 @@ async fn setup_steps(
 async fn wait_for_close(phase: &mut watch::Receiver<Phase>) {
     // `wait_for` errs only when the sender is dropped, which means "close" too.
     let _ = phase.wait_for(|&phase| phase == Phase::Close).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With one node both members are on it; with two or three, host and guest of every room
+    /// are on different nodes, and [`connections_per_node`] counts what the rule places.
+    #[test]
+    fn host_and_guest_are_on_different_nodes() {
+        for room in 0..50 {
+            assert_eq!(room_nodes(room, 1), (0, 0));
+        }
+        for nodes in [2, 3] {
+            for rooms in [0, 1, 2, 5, 6, 7, 50] {
+                let mut held = vec![0; nodes];
+                for room in 0..rooms {
+                    let (host, guest) = room_nodes(room, nodes);
+                    assert_ne!(host, guest, "room {room} of {nodes} nodes");
+                    assert!(host < nodes && guest < nodes);
+                    held[host] += 1;
+                    held[guest] += 1;
+                }
+                assert_eq!(held, connections_per_node(rooms, nodes), "{rooms} rooms");
+                let (least, most) = (held.iter().min(), held.iter().max());
+                assert!(most.zip(least).is_some_and(|(m, l)| m - l <= 2), "{held:?}");
+            }
+        }
+        assert_eq!(connections_per_node(7, 1), [14]);
+    }
 }

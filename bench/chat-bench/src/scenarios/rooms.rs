@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::{Load, Running, setup_room, wait_for_close};
-use crate::client::{BenchError, Client, Connector, unexpected};
+use super::{Load, Nodes, Running, setup_room, wait_for_close};
+use crate::client::{BenchError, Client, unexpected};
 use crate::measure::{Countdown, Shared, Token, bump};
 use crate::protocol::{ClientMessage, END_OF_RUN, ServerMessage, Stamp};
 use crate::worker::Phase;
@@ -26,6 +26,8 @@ pub struct Plan {
     pub worker: u32,
     /// Number of rooms.
     pub rooms: u64,
+    /// The number of the first of them in the whole run, which places them on nodes.
+    pub first_room: u64,
     /// How members send.
     pub load: Load,
     /// Chat content length in bytes.
@@ -37,7 +39,7 @@ pub struct Plan {
 /// Starts one task per room.
 pub fn spawn(
     plan: Plan,
-    connector: Arc<Connector>,
+    nodes: Arc<Nodes>,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
 ) -> Running {
@@ -62,11 +64,15 @@ pub fn spawn(
                 drain: drained.token(),
             },
         ];
+        let room_setup = RoomSetup {
+            nodes: nodes.clone(),
+            room: plan.first_room + room,
+            slots: slots.clone(),
+            token: setup_token,
+        };
         tasks.spawn(run_room(
-            connector.clone(),
+            room_setup,
             shared.clone(),
-            slots.clone(),
-            setup_token,
             members,
             plan.size as usize,
             phase.clone(),
@@ -77,6 +83,17 @@ pub fn spawn(
         drained,
         tasks,
     }
+}
+
+/// What a room's task needs to set the room up.
+struct RoomSetup {
+    /// The server nodes, on which room number `room` of the run puts its members.
+    nodes: Arc<Nodes>,
+    room: u64,
+    /// The worker's setup slots (`--concurrency`).
+    slots: Arc<Semaphore>,
+    /// Done once the room is set up (dropped, hence done too, if it fails).
+    token: Token,
 }
 
 /// One member before its room is set up.
@@ -117,20 +134,18 @@ impl Sending {
     }
 }
 
-/// Sets up one room (in a setup slot), then runs both members until the phase is `Close`.
+/// Sets up the room (in a setup slot), then runs both members until the phase is `Close`.
 async fn run_room(
-    connector: Arc<Connector>,
+    mut room: RoomSetup,
     shared: Arc<Shared>,
-    slots: Arc<Semaphore>,
-    mut setup_token: Token,
     [host, guest]: [MemberPlan; 2],
     size: usize,
     phase: watch::Receiver<Phase>,
 ) {
     let setup = async {
         // The semaphore is never closed, so this only fails if it were; then run unthrottled.
-        let _slot = slots.acquire().await;
-        setup_room(&connector, &shared, &host.name, &guest.name).await
+        let _slot = room.slots.acquire().await;
+        setup_room(&room.nodes, room.room, &shared, &host.name, &guest.name).await
     };
     let (host_client, guest_client) = match setup.await {
         Ok(pair) => pair,
@@ -139,7 +154,7 @@ async fn run_room(
             return;
         }
     };
-    setup_token.done();
+    room.token.done();
     tokio::join!(
         Member::new(host_client, host, size, shared.clone()).run(phase.clone()),
         Member::new(guest_client, guest, size, shared.clone()).run(phase),
