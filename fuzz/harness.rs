@@ -110,7 +110,10 @@ pub fn drive_actor(data: &[u8]) {
                     4 => "x".repeat(4097),
                     n => contents[usize::from(n)].to_string(),
                 };
-                Some(ClientMessage::Chat { content })
+                Some(ClientMessage::Chat {
+                    content,
+                    client_msg_id: None,
+                })
             }
             6 => Some(ClientMessage::Typing),
             7 => Some(ClientMessage::StopTyping),

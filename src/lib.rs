@@ -13,8 +13,9 @@
 //! - [`handler`]: one WebSocket connection: a read loop, a write task, the heartbeat.
 //! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol,
 //!   one file per subject (rooms, sessions, storage, delivery, timers).
-//! - [`session`] and [`room`]: the actor's records of one person (a session, which outlives its
-//!   connection) and of one room (its seats and what was said).
+//! - [`connection`]: the actor's record of one connection and the session it holds.
+//! - [`store`]: the state of record (rooms, seats, what was said, sessions that can be
+//!   resumed) and the atomic steps that change it; [`room`] is one room of it.
 //! - [`outbox`]: each connection's small bounded outbound queue, from the actor to the write
 //!   task, and what goes through it (messages, and the close that ends it).
 //! - [`message`]: the JSON wire messages, client to server and server to client.
@@ -27,6 +28,7 @@
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod handler;
 pub mod http;
@@ -36,7 +38,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod room;
 pub mod server;
-pub mod session;
+pub mod store;
 pub mod tls;
 pub mod types;
 

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{ErrorCode, Refusal};
+use crate::store::ChatTail;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 /// A request from a client. Fields are checked by the actor, not here: serde only makes sure the
@@ -25,8 +26,15 @@ pub enum ClientMessage {
     CreateRoom,
     /// `{"type":"join_room","room_code":"ABC234"}`: join a room as its second member.
     JoinRoom { room_code: String },
-    /// `{"type":"chat","content":"hello"}`: say something to the room.
-    Chat { content: String },
+    /// `{"type":"chat","content":"hello","client_msg_id":"m-17"}`: say something to the room.
+    /// `client_msg_id` (optional, 1 to 64 characters) is the sender's own id for the message:
+    /// it comes back in the `chat`, and a repeat of it (a resend after a lost answer) is not
+    /// stored twice.
+    Chat {
+        content: String,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+    },
     /// `{"type":"typing"}`: the sender is typing (repeat it to keep the indicator alive).
     Typing,
     /// `{"type":"stop_typing"}`: the sender stopped typing.
@@ -76,17 +84,36 @@ impl ClientMessage {
     }
 }
 
-/// One chat message as the room remembers it and as both members receive it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChatMessage {
-    /// Counts up from 1 in each room: the order both members see.
-    pub id: u64,
+/// A chat message before the store numbers it: everything of its `chat` frame but the id.
+///
+/// `{"type":"chat","id":1,"from":"ada","content":"hi","timestamp":1764000000000}` goes to both
+/// members, the sender included; with the `client_msg_id` its sender gave, if it gave one. The
+/// id counts up from 1 in each room, and only the store can give it, so the frame is encoded in
+/// two parts: this draft's JSON, its [`ChatTail`], and the id, joined by the store
+/// ([`ChatTail::frame`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatDraft<'a> {
     /// The sender's name.
-    pub from: Username,
+    pub from: &'a Username,
     /// Exactly what the sender wrote.
-    pub content: String,
+    pub content: &'a str,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// The sender's own id for the message, if it gave one (see [`ClientMessage::Chat`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<&'a str>,
+}
+
+impl ChatDraft<'_> {
+    /// The frame's JSON after its id: `,"from":…}`.
+    pub fn tail(&self) -> ChatTail {
+        // Serialising a struct of strings and a number cannot fail.
+        let json = serde_json::to_string(self).expect("a chat draft always serialises");
+        // `{"from":…}` becomes `,"from":…}`: the object goes on after the id.
+        let mut tail = json;
+        tail.replace_range(..1, ",");
+        ChatTail(tail)
+    }
 }
 
 /// A message from the server to one client.
@@ -132,9 +159,6 @@ pub enum ServerMessage<'a> {
     },
     /// `{"type":"peer_joined","username":"grace"}`: to the member already in the room.
     PeerJoined { username: &'a Username },
-    /// `{"type":"chat","id":1,"from":"ada","content":"hi","timestamp":1764000000000}`: to both
-    /// members, the sender included.
-    Chat(&'a ChatMessage),
     /// `{"type":"typing","username":"ada"}`: the peer started typing.
     Typing { username: &'a Username },
     /// `{"type":"stop_typing","username":"ada"}`: the peer stopped typing.
@@ -278,6 +302,7 @@ mod tests {
                 r#"{"type":"chat","content":" hi "}"#,
                 ClientMessage::Chat {
                     content: " hi ".into(),
+                    client_msg_id: None,
                 },
             ),
             (r#"{"type":"typing"}"#, ClientMessage::Typing),
@@ -327,13 +352,14 @@ mod tests {
         let code = RoomCode::parse("ABC234").expect("valid");
         let frames: Vec<Utf8Bytes> = (1..=100)
             .map(|id| {
-                let chat = ChatMessage {
-                    id,
-                    from: ada.clone(),
-                    content: "😀".repeat(4096),
+                let content = "😀".repeat(4096);
+                let chat = ChatDraft {
+                    from: &ada,
+                    content: &content,
                     timestamp: 5,
+                    client_msg_id: None,
                 };
-                ServerMessage::Chat(&chat).encode()
+                chat.tail().frame(id)
             })
             .collect();
         let joined = |history, _more| ServerMessage::RoomJoined {
@@ -373,17 +399,25 @@ mod tests {
     fn server_messages_encode_to_their_documented_json() {
         let ada = Username::parse("ada").expect("valid");
         let code = RoomCode::parse("ABC234").expect("valid");
-        let chat = ChatMessage {
-            id: 1,
-            from: ada.clone(),
-            content: "hi".into(),
+        let chat = ChatDraft {
+            from: &ada,
+            content: "hi",
             timestamp: 5,
+            client_msg_id: None,
         };
-        let history = [ServerMessage::Chat(&chat).encode()];
-
+        let history = [chat.tail().frame(1)];
         assert_eq!(
-            encode(&ServerMessage::Chat(&chat)),
+            serde_json::from_str::<Value>(&history[0]).expect("JSON"),
             json!({"type":"chat","id":1,"from":"ada","content":"hi","timestamp":5})
+        );
+        let with_id = ChatDraft {
+            client_msg_id: Some("m-1"),
+            ..chat.clone()
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&with_id.tail().frame(7)).expect("JSON"),
+            json!({"type":"chat","id":7,"from":"ada","content":"hi","timestamp":5,
+                   "client_msg_id":"m-1"})
         );
         assert_eq!(
             encode(&ServerMessage::RoomJoined {
@@ -532,7 +566,10 @@ mod tests {
                 )),
                 any::<String>().prop_map(|content| (
                     json!({"type": "chat", "content": content}),
-                    ClientMessage::Chat { content }
+                    ClientMessage::Chat {
+                        content,
+                        client_msg_id: None
+                    }
                 )),
                 Just((json!({"type": "typing"}), ClientMessage::Typing)),
                 Just((json!({"type": "stop_typing"}), ClientMessage::StopTyping)),

@@ -62,6 +62,12 @@ impl Close {
         code: 1008,
         reason: "too many messages",
     };
+    /// The server is restarting, or lost the session's seat while it could not reach the
+    /// store (1012): reconnect and resume, here or on another node.
+    pub const RESTART: Close = Close {
+        code: 1012,
+        reason: "service restart",
+    };
     /// The client chose no username in time (1008). An `error` said so first.
     pub const UNNAMED: Close = Close {
         code: 1008,

@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::types::{ClientId, RoomCode};
+use crate::store::{Conn, Member, RECENT_CLIENT_IDS};
+use crate::types::{RoomCode, SessionToken, Username};
 
 /// One chat message as a room keeps it: its id, and the `chat` frame both members received,
 /// encoded once. Keeping the frame rather than its parts means a joiner's history and a
@@ -27,6 +28,71 @@ impl StoredChat {
     }
 }
 
+/// A member's last `client_msg_id`s, with the ids of the messages they came with.
+pub type RecentIds = VecDeque<(Box<str>, u64)>;
+
+/// One member's seat in a room: who sits there, on which connection, and what the room keeps
+/// for that member.
+#[derive(Debug, Clone)]
+pub struct Seat {
+    /// The member's session.
+    pub token: SessionToken,
+    /// The member's name, fixed while it sits here.
+    pub name: Username,
+    /// The connection that holds the session, or held it last while the seat is held.
+    pub conn: Conn,
+    /// While the member's connection is gone and the seat is held for a resume: until when
+    /// (milliseconds since the Unix epoch).
+    pub held_until: Option<u64>,
+    /// The first chat id the member may be given on a resume: what a joiner saw when it
+    /// entered (1 for the room's creator).
+    pub history_from: u64,
+    /// The highest chat id the member has said it has read (0 for none).
+    pub read_up_to: u64,
+    /// The member's last `client_msg_id`s with the ids of their messages, newest last, to drop
+    /// a repeat. Allocated on the first message that carries one.
+    pub recent: Option<Box<RecentIds>>,
+}
+
+impl Seat {
+    /// A seat for `member`, who may be given the room's messages from `history_from` on.
+    pub fn new(member: Member, history_from: u64) -> Self {
+        Seat {
+            token: member.token,
+            name: member.name,
+            conn: member.conn,
+            held_until: None,
+            history_from,
+            read_up_to: 0,
+            recent: None,
+        }
+    }
+
+    /// Whether the member's connection is up, rather than its seat held for a resume.
+    pub fn is_connected(&self) -> bool {
+        self.held_until.is_none()
+    }
+
+    /// The id of the message this member sent with `client_msg_id`, if it is among its recent
+    /// ones.
+    pub fn sent_before(&self, client_msg_id: &str) -> Option<u64> {
+        let recent = self.recent.as_ref()?;
+        recent
+            .iter()
+            .find(|(sent, _)| &**sent == client_msg_id)
+            .map(|&(_, id)| id)
+    }
+
+    /// Remembers that this member sent message `id` with `client_msg_id`.
+    pub fn remember(&mut self, client_msg_id: Box<str>, id: u64) {
+        let recent = self.recent.get_or_insert_with(Box::default);
+        if recent.len() == RECENT_CLIENT_IDS {
+            recent.pop_front();
+        }
+        recent.push_back((client_msg_id, id));
+    }
+}
+
 /// A private room for two. Its first member is the host; whoever joins with the code is the
 /// guest. When a member goes, the other one becomes (or stays) the host and the seat is free again.
 ///
@@ -44,9 +110,12 @@ pub struct Room {
     code: RoomCode,
     /// The member who created the room, or the one who stayed when the other left. A room with
     /// no members is deleted at once, so there is always a host.
-    host: ClientId,
+    host: Seat,
     /// The second member, once someone has joined.
-    guest: Option<ClientId>,
+    guest: Option<Seat>,
+    /// How many events (joins, departures, drops, resumes, read receipts) the room has seen:
+    /// each event gets the next number, so that a node can tell which a member has seen.
+    event_seq: u64,
     /// What was said, oldest first, with ids counting up by one.
     log: VecDeque<StoredChat>,
     /// What [`Room::log`] costs, by [`StoredChat::stored_bytes`].
@@ -83,11 +152,12 @@ impl Room {
     pub const OVERHEAD_PER_MESSAGE: usize = 64;
 
     /// A new room with its host alone in it.
-    pub fn new(code: RoomCode, host: ClientId) -> Self {
+    pub fn new(code: RoomCode, host: Member) -> Self {
         Room {
             code,
-            host,
+            host: Seat::new(host, 1),
             guest: None,
+            event_seq: 0,
             log: VecDeque::new(),
             stored_bytes: 0,
             visible_from: 1,
@@ -102,13 +172,13 @@ impl Room {
     }
 
     /// The member who created the room or stayed in it.
-    pub fn host(&self) -> ClientId {
-        self.host
+    pub fn host(&self) -> &Seat {
+        &self.host
     }
 
     /// The guest, if someone has joined.
-    pub fn guest(&self) -> Option<ClientId> {
-        self.guest
+    pub fn guest(&self) -> Option<&Seat> {
+        self.guest.as_ref()
     }
 
     /// Both seats are taken.
@@ -116,38 +186,56 @@ impl Room {
         self.guest.is_some()
     }
 
-    /// The members: the host, then the guest if there is one.
-    pub fn members(&self) -> impl Iterator<Item = ClientId> + use<> {
-        std::iter::once(self.host).chain(self.guest)
+    /// The seats: the host's, then the guest's if there is one.
+    pub fn seats(&self) -> impl Iterator<Item = &Seat> {
+        std::iter::once(&self.host).chain(self.guest.as_ref())
     }
 
-    /// The other member, seen from `member`; `None` if there is none, or if `member` is not in
-    /// the room at all.
-    pub fn peer_of(&self, member: ClientId) -> Option<ClientId> {
-        if member == self.host {
-            self.guest
-        } else if self.guest == Some(member) {
-            Some(self.host)
+    /// The seat of the member with `token`.
+    pub fn seat_of(&self, token: &SessionToken) -> Option<&Seat> {
+        self.seats().find(|seat| seat.token == *token)
+    }
+
+    /// The seat of the member with `token`, to change it.
+    pub fn seat_of_mut(&mut self, token: &SessionToken) -> Option<&mut Seat> {
+        if self.host.token == *token {
+            Some(&mut self.host)
+        } else {
+            self.guest.as_mut().filter(|guest| guest.token == *token)
+        }
+    }
+
+    /// The other member's seat, seen from the member with `token`.
+    pub fn peer_of(&self, token: &SessionToken) -> Option<&Seat> {
+        if self.host.token == *token {
+            self.guest.as_ref()
+        } else if self
+            .guest
+            .as_ref()
+            .is_some_and(|guest| guest.token == *token)
+        {
+            Some(&self.host)
         } else {
             None
         }
     }
 
-    /// Seats `guest` in the free seat and returns the first id it may be given (see
-    /// [`Room::messages_from`]). The caller has checked [`Room::is_full`].
-    pub fn seat(&mut self, guest: ClientId) -> u64 {
+    /// Seats `guest` in the free seat; it may be given the messages a joiner sees. The caller
+    /// has checked [`Room::is_full`].
+    pub fn seat(&mut self, guest: Member) {
         debug_assert!(self.guest.is_none(), "seat in a full room");
-        self.guest = Some(guest);
-        self.visible_from
+        self.guest = Some(Seat::new(guest, self.visible_from));
     }
 
-    /// Gives `old`'s seat to `new`: the same member on a new connection (`resume`).
-    pub fn replace(&mut self, old: ClientId, new: ClientId) {
-        if self.host == old {
-            self.host = new;
-        } else if self.guest == Some(old) {
-            self.guest = Some(new);
-        }
+    /// The next number of the room's count of events.
+    pub fn next_event(&mut self) -> u64 {
+        self.event_seq += 1;
+        self.event_seq
+    }
+
+    /// The number of the room's last event.
+    pub fn event_seq(&self) -> u64 {
+        self.event_seq
     }
 
     /// The `id` of the last message said in the room, 0 if none yet.
@@ -160,22 +248,26 @@ impl Room {
         self.next_id
     }
 
-    /// Frees `member`'s seat. From now on a joiner sees nothing said before; the log keeps it
-    /// for the member who stays (whose own conversation it is) until [`Room::forget_before`].
-    /// Returns the member who stays, now the host, or `None` when the room is empty and must be
-    /// deleted.
-    pub fn remove(&mut self, member: ClientId) -> Option<ClientId> {
-        self.visible_from = self.next_id;
-        let stays = if member == self.host {
-            self.guest.take()
+    /// Frees the seat of the member with `token`, and returns it. From now on a joiner sees
+    /// nothing said before; the log keeps it for the member who stays (whose own conversation
+    /// it is) until [`Room::forget_before`]. If the host leaves, the guest becomes the host.
+    /// `None` if no such member sits here, or if it is the only one: a room without members
+    /// is deleted instead.
+    pub fn remove(&mut self, token: &SessionToken) -> Option<Seat> {
+        let left = if self.host.token == *token {
+            let guest = self.guest.take()?;
+            std::mem::replace(&mut self.host, guest)
+        } else if self
+            .guest
+            .as_ref()
+            .is_some_and(|guest| guest.token == *token)
+        {
+            self.guest.take()?
         } else {
-            self.guest = None;
-            Some(self.host)
+            return None;
         };
-        if let Some(stays) = stays {
-            self.host = stays;
-        }
-        stays
+        self.visible_from = self.next_id;
+        Some(left)
     }
 
     /// Keeps a message said in the room, which must have [`Room::next_id`], then applies the
@@ -279,6 +371,19 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NodeId;
+    use crate::types::ClientId;
+
+    fn member(name: &str) -> Member {
+        Member {
+            token: SessionToken::random(),
+            conn: Conn {
+                client: ClientId::new(),
+                node: NodeId(1),
+            },
+            name: Username::parse(name).expect("valid name"),
+        }
+    }
 
     /// A stored message `id` whose frame is `len` bytes long.
     fn chat(id: u64, len: usize) -> StoredChat {
@@ -292,46 +397,64 @@ mod tests {
         messages.map(|message| message.id).collect()
     }
 
-    /// The guest becomes host when the host leaves; the room empties when the last member goes;
-    /// only members have peers.
+    /// The guest becomes host when the host leaves; only members have peers; the last member
+    /// cannot be removed (the room is deleted instead).
     #[test]
     fn the_member_who_stays_becomes_host() {
-        let (host, guest) = (ClientId::new(), ClientId::new());
-        let mut room = Room::new(RoomCode::random(), host);
-        room.seat(guest);
+        let (ada, grace) = (member("ada"), member("grace"));
+        let (ada_token, grace_token) = (ada.token.clone(), grace.token.clone());
+        let mut room = Room::new(RoomCode::random(), ada);
+        room.seat(grace);
         assert!(room.is_full());
-        assert_eq!(room.peer_of(host), Some(guest));
-        assert_eq!(room.peer_of(guest), Some(host));
-        assert_eq!(room.peer_of(ClientId::new()), None);
+        assert_eq!(
+            room.peer_of(&ada_token).map(|s| &s.token),
+            Some(&grace_token)
+        );
+        assert_eq!(
+            room.peer_of(&grace_token).map(|s| &s.token),
+            Some(&ada_token)
+        );
+        assert!(room.peer_of(&SessionToken::random()).is_none());
 
-        assert_eq!(room.remove(host), Some(guest));
-        assert_eq!(room.host(), guest);
+        let left = room.remove(&ada_token).expect("ada sat here");
+        assert_eq!(left.token, ada_token);
+        assert_eq!(room.host().token, grace_token);
         assert!(!room.is_full());
-        assert_eq!(room.members().collect::<Vec<_>>(), vec![guest]);
-        assert_eq!(room.remove(guest), None);
+        assert!(
+            room.remove(&grace_token).is_none(),
+            "the last member is not removed"
+        );
     }
 
     /// A joiner sees the last 100 messages since a member last went; ids keep counting; the
     /// log keeps the earlier ones for the member who stayed until it is told to forget them.
     #[test]
     fn a_joiner_sees_only_what_was_said_since_the_last_departure() {
-        let (host, guest) = (ClientId::new(), ClientId::new());
-        let mut room = Room::new(RoomCode::random(), host);
-        assert_eq!(room.seat(guest), 1);
+        let (ada, grace) = (member("ada"), member("grace"));
+        let grace_token = grace.token.clone();
+        let mut room = Room::new(RoomCode::random(), ada);
+        room.seat(grace);
+        assert_eq!(room.seat_of(&grace_token).map(|s| s.history_from), Some(1));
         for id in 1..=150 {
             room.store(chat(id, 10));
         }
         assert_eq!(ids(room.history()), (51..=150).collect::<Vec<_>>());
         assert_eq!(ids(room.messages_from(1)).len(), 150);
 
-        room.remove(guest);
+        room.remove(&grace_token);
         assert_eq!(ids(room.history()), Vec::<u64>::new());
         assert_eq!(
             ids(room.messages_from(140)),
             (140..=150).collect::<Vec<_>>()
         );
         room.store(chat(151, 10));
-        assert_eq!(room.seat(ClientId::new()), 151);
+        let linus = member("linus");
+        let linus_token = linus.token.clone();
+        room.seat(linus);
+        assert_eq!(
+            room.seat_of(&linus_token).map(|s| s.history_from),
+            Some(151)
+        );
         assert_eq!(ids(room.history()), vec![151]);
         room.forget_before(151);
         assert_eq!(ids(room.messages_from(1)), vec![151]);
@@ -343,7 +466,7 @@ mod tests {
     /// out is remembered as lost, and the bytes are counted exactly.
     #[test]
     fn the_log_is_bounded_in_messages_and_bytes() {
-        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        let mut room = Room::new(RoomCode::random(), member("ada"));
         for id in 1..=(Room::MAX_STORED as u64 + 10) {
             room.store(chat(id, 10));
         }
@@ -352,7 +475,7 @@ mod tests {
         room.check_log().expect("consistent");
 
         let big = 100 * 1024;
-        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        let mut room = Room::new(RoomCode::random(), member("ada"));
         let mut delta = 0;
         for id in 1..=100 {
             delta += room.store(chat(id, big));
@@ -363,5 +486,17 @@ mod tests {
         assert_eq!(room.stored_len(), kept);
         assert_eq!(room.lost_through(), 100 - kept as u64);
         room.check_log().expect("consistent");
+    }
+
+    /// A seat remembers its last 100 client message ids, and finds a repeat among them.
+    #[test]
+    fn a_seat_remembers_its_recent_client_ids() {
+        let mut seat = Seat::new(member("ada"), 1);
+        for id in 1..=150 {
+            seat.remember(format!("m{id}").into(), id);
+        }
+        assert_eq!(seat.sent_before("m150"), Some(150));
+        assert_eq!(seat.sent_before("m51"), Some(51));
+        assert_eq!(seat.sent_before("m50"), None, "only the last 100 are kept");
     }
 }

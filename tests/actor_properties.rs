@@ -736,6 +736,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
                 content: choice, ..
             } => Some(ClientMessage::Chat {
                 content: content(*choice),
+                client_msg_id: None,
             }),
             Op::Typing { .. } => Some(ClientMessage::Typing),
             Op::StopTyping { .. } => Some(ClientMessage::StopTyping),

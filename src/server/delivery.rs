@@ -1,5 +1,14 @@
-//! Delivery: the actor queues encoded frames for clients without ever waiting for one. A
-//! client whose queue is full is marked too slow, and dropped once the current event is done.
+//! Delivery: what each member is told of the events of its room, and how frames reach a client.
+//!
+//! Every event of a room ([`RoomEvent`]) reaches the node of each of its members, in the room's
+//! order, and the node tells its own members what they are to hear of it: a member is not told
+//! about itself, nor twice about the same message or event (its `seen_chat` and `seen_event`
+//! say how far it has been told, which covers what a joiner's history or a resume's `missed`
+//! already gave it), and a member told that its peer is typing is told that this is over
+//! before anything that ends it (a message, a departure, a drop, a resume).
+//!
+//! Frames are queued for a client without ever waiting. A client whose queue is full is marked
+//! too slow, and dropped once the current event is done.
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
@@ -8,9 +17,131 @@ use super::ChatServer;
 use crate::error::{Refusal, SendError};
 use crate::message::ServerMessage;
 use crate::outbox::Close;
+use crate::store::{Notice, RoomEvent};
 use crate::types::{ClientId, RoomCode};
 
 impl ChatServer {
+    /// Tells room `code` something the store does not keep (typing).
+    pub(super) fn publish(&mut self, code: RoomCode, event: RoomEvent) {
+        self.notices.push(Notice::Room(code, event));
+        self.deliver_notices();
+    }
+
+    /// Delivers what the last steps told, in the order they told it.
+    pub(super) fn deliver_notices(&mut self) {
+        // Taken out and put back, so that the buffer's allocation is kept; delivering cannot
+        // add notices (it only queues frames and kicks connections).
+        let mut notices = std::mem::take(&mut self.notices);
+        for notice in notices.drain(..) {
+            match notice {
+                Notice::Room(code, event) => self.deliver(code, &event),
+                Notice::Kick(conn) => self.kick(conn),
+            }
+        }
+        if self.notices.is_empty() {
+            self.notices = notices;
+        }
+    }
+
+    /// Tells this node's members of room `code` what they are to hear of `event`.
+    fn deliver(&mut self, code: RoomCode, event: &RoomEvent) {
+        let Some(room) = self.store.room(code) else {
+            return;
+        };
+        // This node's members: the seats held by a connection of ours that is up. At most two.
+        let mut members = [None; 2];
+        for (slot, seat) in members.iter_mut().zip(room.seats()) {
+            if seat.conn.node == self.node && seat.is_connected() {
+                *slot = Some(seat.conn.client);
+            }
+        }
+        for member in members.into_iter().flatten() {
+            self.tell(member, event);
+        }
+    }
+
+    /// Tells `member` what it is to hear of `event`.
+    fn tell(&mut self, member: ClientId, event: &RoomEvent) {
+        let Some(connection) = self.connections.get_mut(&member) else {
+            return;
+        };
+        let own = *event.token() == connection.token;
+        if let RoomEvent::Chat { id, frame, .. } = event {
+            if *id <= connection.seen_chat {
+                return; // In its history or its `missed` already.
+            }
+            connection.seen_chat = *id;
+            // The sender's node ends its typing before the message it turned into; this covers
+            // a sender whose node went away before it could.
+            let peer_was_typing = !own && std::mem::take(&mut connection.peer_typing);
+            if peer_was_typing && let Some(name) = chat_sender(frame) {
+                self.send(
+                    member,
+                    ServerMessage::StopTyping { username: &name }.encode(),
+                );
+            }
+            self.send(member, frame.clone());
+            return;
+        }
+        if own {
+            return; // A member is not told about itself.
+        }
+        if let Some(seq) = event.seq() {
+            if seq <= connection.seen_event {
+                return; // In its past already (it joined or resumed after it).
+            }
+            connection.seen_event = seq;
+        }
+        let frame = match event {
+            RoomEvent::Typing { name, .. } => {
+                if std::mem::replace(&mut connection.peer_typing, true) {
+                    return; // It knows already.
+                }
+                ServerMessage::Typing { username: name }.encode()
+            }
+            RoomEvent::StopTyping { name, .. } => {
+                // Sent even to a member that joined after its peer started typing, and so never
+                // heard `typing`: the rule is that a typing member's stop is always told.
+                connection.peer_typing = false;
+                ServerMessage::StopTyping { username: name }.encode()
+            }
+            RoomEvent::Joined { name, .. } => {
+                connection.peer_typing = false;
+                ServerMessage::PeerJoined { username: name }.encode()
+            }
+            RoomEvent::Left { name, .. }
+            | RoomEvent::Disconnected { name, .. }
+            | RoomEvent::Reconnected { name, .. } => {
+                // Typing ends before the peer goes or comes back: its node says so first, and
+                // this covers a node that went away before it could.
+                if std::mem::take(&mut connection.peer_typing) {
+                    self.send(
+                        member,
+                        ServerMessage::StopTyping { username: name }.encode(),
+                    );
+                }
+                match event {
+                    RoomEvent::Left { reason, .. } => ServerMessage::PeerLeft {
+                        username: name,
+                        reason: *reason,
+                    },
+                    RoomEvent::Disconnected { .. } => {
+                        ServerMessage::PeerDisconnected { username: name }
+                    }
+                    _ => ServerMessage::PeerReconnected { username: name },
+                }
+                .encode()
+            }
+            RoomEvent::Read { name, up_to, .. } => ServerMessage::Read {
+                username: name,
+                up_to: *up_to,
+            }
+            .encode(),
+            RoomEvent::Chat { .. } => return,
+        };
+        self.send(member, frame);
+    }
+
     /// Sends an `error` to the client that caused it.
     pub(super) fn refuse(&mut self, id: ClientId, refusal: &Refusal) {
         debug!(client = %id, code = %refusal.code, "request refused");
@@ -22,20 +153,13 @@ impl ChatServer {
         self.send(id, frame.encode());
     }
 
-    /// Queues `frame` for the other member of room `code`, if there is one.
-    pub(super) fn send_to_peer(&mut self, code: RoomCode, id: ClientId, frame: Utf8Bytes) {
-        if let Some(peer) = self.rooms.get(&code).and_then(|room| room.peer_of(id)) {
-            self.send(peer, frame);
-        }
-    }
-
     /// Queues `frame` for one client without waiting. A full queue marks the client as too slow;
     /// it is disconnected when the current event is done.
     pub(super) fn send(&mut self, to: ClientId, frame: Utf8Bytes) {
-        let Some(client) = self.sessions.get(&to) else {
+        let Some(connection) = self.connections.get(&to) else {
             return;
         };
-        match client.send(frame) {
+        match connection.send(frame) {
             Ok(()) => {}
             Err(SendError::QueueFull) => self.too_slow.push(to),
             // The handler has ended; its `Disconnect` is already on the way.
@@ -52,10 +176,10 @@ impl ChatServer {
             }
             return;
         }
-        let Some(client) = self.sessions.get(&to) else {
+        let Some(connection) = self.connections.get(&to) else {
             return;
         };
-        match client.send_batch(frames) {
+        match connection.send_batch(frames) {
             Ok(()) | Err(SendError::Disconnected) => {}
             Err(SendError::QueueFull) => self.too_slow.push(to),
         }
@@ -64,18 +188,25 @@ impl ChatServer {
     /// Disconnects every client found too slow. Telling their peers may find more, so loop.
     pub(super) fn disconnect_slow_consumers(&mut self) {
         while let Some(id) = self.too_slow.pop() {
-            if self
-                .sessions
-                .get(&id)
-                .is_some_and(|client| client.is_connected())
-            {
+            if self.connections.contains_key(&id) {
                 warn!(client = %id, "disconnecting a slow consumer: its outbound queue is full");
                 self.metrics.slow_consumers.increment(1);
                 // Closing the client's queue ends its connection: the write task sends what is
                 // queued, then the close frame. Like any lost connection, a room member may
                 // still `resume`.
-                self.connection_lost(id, Some(&Close::TOO_SLOW));
+                self.close_connection(id, &Close::TOO_SLOW, self.resume_grace);
             }
         }
     }
+}
+
+/// The sender's name of a `chat` frame, read back from its JSON. Only needed when a sender's
+/// node could not say that its typing ended, which is rare enough to parse for.
+fn chat_sender(frame: &str) -> Option<crate::types::Username> {
+    #[derive(serde::Deserialize)]
+    struct From<'a> {
+        from: &'a str,
+    }
+    let from: From = serde_json::from_str(frame).ok()?;
+    crate::types::Username::parse(from.from).ok()
 }

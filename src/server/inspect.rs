@@ -4,146 +4,125 @@
 use std::collections::HashMap;
 
 use super::ChatServer;
-use crate::session::Session;
+use crate::connection::Connection;
 use crate::types::{ClientId, RoomCode};
 
 impl ChatServer {
-    /// How many sessions there are: connected clients, and sessions held for a resume.
+    /// How many sessions there are: connected clients, and seats held for a resume.
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.connections.len() + self.held_seats().count()
     }
 
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.store.room_count()
+    }
+
+    /// The seats held for a resume: (the connection that held it last, its room).
+    fn held_seats(&self) -> impl Iterator<Item = (ClientId, RoomCode, &crate::room::Seat)> {
+        self.store.rooms().flat_map(|room| {
+            room.seats()
+                .filter(|seat| !seat.is_connected())
+                .map(move |seat| (seat.conn.client, room.code(), seat))
+        })
     }
 
     /// A copy of who is where, for tests that hold the actor to a model of the protocol.
+    /// A held seat is listed under the connection that held it last.
     #[doc(hidden)]
     pub fn snapshot(&self) -> Snapshot {
+        let connected = self.connections.iter().map(|(id, connection)| {
+            let view = SessionView {
+                username: connection.name.as_ref().map(|name| name.to_string()),
+                room: connection.room,
+                typing: connection.typing.is_some(),
+            };
+            (*id, view)
+        });
+        let held = self.held_seats().map(|(id, code, seat)| {
+            let view = SessionView {
+                username: Some(seat.name.to_string()),
+                room: Some(code),
+                typing: false,
+            };
+            (id, view)
+        });
         Snapshot {
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(id, session)| {
-                    let view = SessionView {
-                        username: session.username.as_ref().map(|name| name.to_string()),
-                        room: session.room,
-                        typing: session.typing.is_some(),
-                    };
-                    (*id, view)
-                })
-                .collect(),
+            sessions: connected.chain(held).collect(),
             rooms: self
-                .rooms
-                .iter()
-                .map(|(code, room)| {
+                .store
+                .rooms()
+                .map(|room| {
                     let view = RoomView {
-                        host: room.host(),
-                        guest: room.guest(),
+                        host: room.host().conn.client,
+                        guest: room.guest().map(|guest| guest.conn.client),
                         history: room.history().map(|message| message.id).collect(),
                     };
-                    (*code, view)
+                    (room.code(), view)
                 })
                 .collect(),
         }
     }
 
     /// Checks the rules that must hold between any two events, and says which one is broken:
-    /// every room has one or two members, who are known clients that agree they are in it;
-    /// every client in a room is one of its members and has a name; only members type; a
-    /// named client has no naming deadline; each timer queue (typing, naming, grace) holds one
-    /// entry per client that needs one; every client's session token leads to it, and a held
-    /// session has a grace timer; no slow consumer is left waiting to be dropped; and every
-    /// room's log is in order, within its bounds and counted right, with the rooms' total
-    /// within `--max-stored-bytes`.
+    /// the store's own bookkeeping (its rooms' logs and their total, sessions and seats
+    /// agreeing); every connection in a room holds a seat there under its session, and every
+    /// seat held by one of ours is a connection of ours in that room; only members type; a
+    /// named connection has no naming deadline; the typing and naming timers are one per
+    /// connection that needs one, and every held seat has a grace timer; and no slow consumer
+    /// is left waiting to be dropped.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (code, room) in &self.rooms {
-            if room.code() != *code {
-                return Err(format!("room {code} is filed under another code"));
+        self.store.check()?;
+        for (id, connection) in &self.connections {
+            if connection.id != *id {
+                return Err(format!("connection {id} is filed under another id"));
             }
-            let members: Vec<ClientId> = room.members().collect();
-            if members.len() == 2 && members[0] == members[1] {
-                return Err(format!("room {code} has the same client in both seats"));
+            if let Some(code) = connection.room {
+                let seat = self
+                    .store
+                    .room(code)
+                    .and_then(|room| room.seat_of(&connection.token))
+                    .ok_or_else(|| format!("connection {id} is in {code}, which has no seat"))?;
+                if seat.conn != self.conn(*id) || !seat.is_connected() {
+                    return Err(format!("connection {id}'s seat in {code} is not its own"));
+                }
+            } else if connection.typing.is_some() {
+                return Err(format!("connection {id} types outside a room"));
             }
-            for member in &members {
-                let Some(client) = self.sessions.get(member) else {
-                    return Err(format!("room {code} has a member that is not connected"));
-                };
-                if client.room != Some(*code) {
-                    return Err(format!(
-                        "a member of {code} thinks it is in {:?}",
-                        client.room
-                    ));
-                }
-                if client.username.is_none() {
-                    return Err(format!("a member of {code} has no name"));
-                }
+            if connection.name.is_some() && connection.naming_deadline.is_some() {
+                return Err(format!(
+                    "connection {id} is named but still has a naming deadline"
+                ));
             }
         }
-        for (id, client) in &self.sessions {
-            if client.id != *id {
-                return Err(format!("client {id} is filed under another id"));
-            }
-            if let Some(code) = client.room {
-                let Some(room) = self.rooms.get(&code) else {
-                    return Err(format!("client {id} is in {code}, which does not exist"));
-                };
-                if !room.members().any(|member| member == *id) {
-                    return Err(format!("client {id} is in {code}, which does not list it"));
+        for room in self.store.rooms() {
+            for seat in room.seats().filter(|seat| seat.is_connected()) {
+                let ours = self.connections.get(&seat.conn.client);
+                if seat.conn.node == self.node && ours.and_then(|c| c.room) != Some(room.code()) {
+                    return Err(format!(
+                        "a seat in {} is held by no connection",
+                        room.code()
+                    ));
                 }
-            } else if client.typing.is_some() {
-                return Err(format!("client {id} types outside a room"));
-            }
-            if client.username.is_some() && client.naming_deadline.is_some() {
-                return Err(format!(
-                    "client {id} is named but still has a naming deadline"
-                ));
             }
         }
         let (typing, naming, grace) = self.timers.pending();
-        let count = |has: fn(&Session) -> bool| self.sessions.values().filter(|s| has(s)).count();
-        if typing != count(|s| s.typing.is_some()) {
+        let count =
+            |has: fn(&Connection) -> bool| self.connections.values().filter(|c| has(c)).count();
+        if typing != count(|c| c.typing.is_some()) {
             return Err("typing timers and typing members differ".into());
         }
-        if naming != count(|s| s.naming_deadline.is_some()) {
+        if naming != count(|c| c.naming_deadline.is_some()) {
             return Err("naming timers and unnamed clients differ".into());
         }
-        if grace != count(|s| s.grace.is_some()) {
-            return Err("grace timers and held sessions differ".into());
+        // A resume does not cancel the grace timer of the seat it takes back: it fires, and the
+        // store finds the deadline changed. So there may be more timers than held seats.
+        if grace < self.held_seats().count() {
+            return Err("a held seat has no grace timer".into());
         }
         if !self.too_slow.is_empty() {
             return Err("slow consumers are left over after an event".into());
-        }
-        // Sessions: one per client, under its own token; a held one has a grace timer.
-        if self.tokens.len() != self.sessions.len() {
-            return Err("sessions and clients differ in number".into());
-        }
-        for (id, client) in &self.sessions {
-            if self.tokens.get(&client.session_token) != Some(id) {
-                return Err(format!("client {id}'s token does not lead to it"));
-            }
-            if client.grace.is_some() == client.is_connected() {
-                return Err(format!(
-                    "client {id} is held without a grace timer, or the reverse"
-                ));
-            }
-        }
-        // Storage: each room's log is sound, and the total is theirs and within the budget.
-        let mut stored = 0;
-        for room in self.rooms.values() {
-            room.check_log()?;
-            stored += room.stored_bytes();
-        }
-        if stored != self.stored_bytes {
-            return Err(format!(
-                "rooms hold {stored} stored bytes, the total says {}",
-                self.stored_bytes
-            ));
-        }
-        if self.max_stored_bytes.is_some_and(|budget| stored > budget) {
-            return Err(format!("{stored} stored bytes are over the budget"));
         }
         Ok(())
     }
@@ -153,7 +132,7 @@ impl ChatServer {
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Every session: connected clients, and sessions held for a resume.
+    /// Every session: connected clients, and seats held for a resume.
     pub sessions: HashMap<ClientId, SessionView>,
     /// Every live room.
     pub rooms: HashMap<RoomCode, RoomView>,
@@ -175,10 +154,10 @@ pub struct SessionView {
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomView {
-    /// The host.
+    /// The connection of the host (or that held its seat last).
     pub host: ClientId,
-    /// The guest, if there is one.
+    /// The guest's, if there is one.
     pub guest: Option<ClientId>,
-    /// The ids of the messages in its history, oldest first.
+    /// The ids of the messages a joiner would be given, oldest first.
     pub history: Vec<u64>,
 }

@@ -11,23 +11,25 @@
 //!
 //! - this file: the commands, the handle, the actor's state, and its loop, which reads like a
 //!   table of contents: a command or a timer comes in, and goes to the method that handles it;
-//! - `sessions.rs`: a connection arrives, names itself, drops, is held for a resume, resumes,
-//!   or is forgotten; read receipts;
+//! - `sessions.rs`: a connection arrives, names itself, drops (its seat held for a resume, or
+//!   given up), resumes a session, or is closed; read receipts;
 //! - `rooms.rs`: create, join, chat, typing, leave;
-//! - `storage.rs`: keeping all rooms together under `--max-stored-bytes`;
-//! - `delivery.rs`: queueing frames for clients, and dropping those too slow to read them;
+//! - `steps.rs`: how a request becomes a step of the store, and what its outcome then does;
+//! - `delivery.rs`: what each member is told of the events of its room, queueing frames without
+//!   ever waiting, and dropping clients too slow to read them;
 //! - `timers.rs`: the typing, naming and grace timers, behind one type;
 //! - `inspect.rs` (tests only): a copy of the state, and the invariants that must hold.
 //!
-//! The limits' bookkeeping is [`crate::limits::MessageLimits`]; a session's record is
-//! [`crate::session::Session`], a room's [`crate::room::Room`].
+//! The state of record (rooms, seats, what was said, sessions that can be resumed) is the
+//! store's ([`crate::store`]); the actor keeps its connections ([`crate::connection`]). The
+//! limits' bookkeeping is [`crate::limits::MessageLimits`].
 
 mod delivery;
 #[cfg(any(test, feature = "testing"))]
 mod inspect;
 mod rooms;
 mod sessions;
-mod storage;
+mod steps;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -47,14 +49,14 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::connection::Connection;
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::limits::{MessageLimits, Verdict};
 use crate::message::ClientMessage;
 use crate::metrics::Metrics;
 use crate::outbox::{self, Close};
-use crate::room::Room;
-use crate::session::Session;
-use crate::types::{ClientId, RoomCode, SessionToken, Username};
+use crate::store::{Conn, MemoryStore, NodeId, Notice};
+use crate::types::{ClientId, RoomCode, Username};
 use timers::{Expired, Timers};
 
 /// How many commands may wait for the actor. When it is full, handlers wait to send, which in
@@ -112,19 +114,21 @@ impl ChatServerHandle {
     }
 }
 
-/// The actor. Owns all sessions and rooms; see the module docs.
+/// The actor. Owns this node's connections and the store; see the module docs.
 #[derive(Debug)]
 pub struct ChatServer {
     /// Commands from every handle. The loop in [`ChatServer::run`] ends when all handles drop.
     commands: mpsc::Receiver<ServerCommand>,
-    /// Every session, by the connection that holds it: connected clients, named or not, in a
-    /// room or not, and sessions held for a resume. Boxed: a hash map keeps up to twice as many
-    /// slots as entries, so a slot should be a pointer rather than the whole record.
-    sessions: FastMap<ClientId, Box<Session>>,
-    /// Which connection holds each session, by the token a `resume` presents.
-    tokens: FastMap<SessionToken, ClientId>,
-    /// Every live room. A room is removed the moment its last member goes.
-    rooms: FastMap<RoomCode, Room>,
+    /// This node, among those that share the store.
+    node: NodeId,
+    /// Every connection of this node, named or not, in a room or not. Boxed: a hash map keeps
+    /// up to twice as many slots as entries, so a slot should be a pointer rather than the
+    /// whole record.
+    connections: FastMap<ClientId, Box<Connection>>,
+    /// The state of record: rooms, seats, what was said, sessions that can be resumed.
+    store: MemoryStore,
+    /// What the current step told others, waiting to be delivered once its outcome is handled.
+    notices: Vec<Notice>,
     /// The typing, naming and grace timers.
     timers: Timers,
     /// How long a `typing` lasts without being repeated.
@@ -145,11 +149,6 @@ pub struct ChatServer {
     /// disconnected once the event is done, not in the middle of it, so a rule that is sending
     /// to a room never sees that room change under it.
     too_slow: Vec<ClientId>,
-    /// What all rooms' logs cost together ([`Room::stored_bytes`]).
-    stored_bytes: usize,
-    /// `--max-stored-bytes`: the most [`ChatServer::stored_bytes`] may reach, or `None` for no
-    /// bound but each room's own.
-    max_stored_bytes: Option<usize>,
     /// Counters for `/metrics`.
     metrics: Arc<Metrics>,
 }
@@ -175,16 +174,15 @@ impl ChatServer {
             username_timeout: (!config.username_timeout.is_zero())
                 .then_some(config.username_timeout),
             commands: commands_rx,
-            sessions: FastMap::default(),
-            tokens: FastMap::default(),
-            rooms: FastMap::default(),
+            node: NodeId::random(),
+            connections: FastMap::default(),
+            store: MemoryStore::new(config.max_stored_bytes, Arc::clone(&metrics)),
+            notices: Vec::new(),
             timers: Timers::default(),
             typing_timeout: config.typing_timeout,
             outbound_queue: config.outbound_queue.max(1),
             too_slow: Vec::new(),
             resume_grace: config.resume_grace,
-            stored_bytes: 0,
-            max_stored_bytes: (config.max_stored_bytes > 0).then_some(config.max_stored_bytes),
             metrics,
         };
         (
@@ -222,7 +220,7 @@ impl ChatServer {
                 expired = self.timers.next(), if !self.timers.is_empty() => match expired {
                     Expired::Typing(id) => self.typing_expired(id),
                     Expired::Naming(id) => self.username_overdue(id),
-                    Expired::Grace(id) => self.grace_expired(id),
+                    Expired::Grace(code, token, deadline) => self.grace_expired(code, token, deadline),
                 },
             }
             self.disconnect_slow_consumers();
@@ -245,7 +243,7 @@ impl ChatServer {
                 address,
                 outbound,
             } => self.connect(client_id, address, outbound),
-            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id, None),
+            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id),
             ServerCommand::Request { client_id, request } => {
                 // A forgotten client (dropped as a flooder, say) may still have requests on
                 // their way: `within_rate_limit` ignores them.
@@ -273,14 +271,11 @@ impl ChatServer {
     /// sends what is queued, the last `RATE_LIMITED` included, then closes with 1008.
     fn within_rate_limit(&mut self, id: ClientId) -> bool {
         let now = Instant::now();
-        let Some(client) = self.sessions.get_mut(&id) else {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            // Already closed (dropped as a flooder, say) but its reader had more on the way.
             return false;
         };
-        if !client.is_connected() {
-            // Its connection was dropped (too slow) but its reader had more on the way.
-            return false;
-        }
-        let verdict = self.limits.check_message(&mut client.limits, now);
+        let verdict = self.limits.check_message(&mut connection.limits, now);
         if verdict == Verdict::Allowed {
             return true;
         }
@@ -292,7 +287,8 @@ impl ChatServer {
                 "Far too many messages, for too long: closing the connection.",
             );
             self.refuse(id, &refusal);
-            self.forget(id, Some(&Close::FLOODING));
+            // A flooder keeps no seat for a resume: its peer gets `peer_left` at once.
+            self.close_connection(id, &Close::FLOODING, Duration::ZERO);
         } else {
             let refusal = self.rate_refusal.clone();
             self.refuse(id, &refusal);
@@ -305,7 +301,10 @@ impl ChatServer {
             ClientMessage::SetUsername { username } => self.set_username(id, &username),
             ClientMessage::CreateRoom => self.create_room(id),
             ClientMessage::JoinRoom { room_code } => self.join_room(id, &room_code),
-            ClientMessage::Chat { content } => self.chat(id, content),
+            ClientMessage::Chat {
+                content,
+                client_msg_id,
+            } => self.chat(id, content, client_msg_id),
             ClientMessage::Typing => self.typing(id),
             ClientMessage::StopTyping => self.stop_typing(id),
             ClientMessage::LeaveRoom => self.leave_room(id),
@@ -319,11 +318,23 @@ impl ChatServer {
 
     // Lookups shared by every subject.
 
+    /// The connection `id` as the store knows it.
+    fn conn(&self, id: ClientId) -> Conn {
+        Conn {
+            client: id,
+            node: self.node,
+        }
+    }
+
+    fn connection(&self, id: ClientId) -> Result<&Connection, Refusal> {
+        Ok(self.connections.get(&id).ok_or(ErrorCode::InternalError)?)
+    }
+
     /// Checks that `id` may create or join a room, and returns its name.
     fn check_can_enter_room(&self, id: ClientId) -> Result<Username, Refusal> {
-        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
-        let username = client.username.clone().ok_or(ErrorCode::UsernameRequired)?;
-        if client.room.is_some() {
+        let connection = self.connection(id)?;
+        let username = connection.name.clone().ok_or(ErrorCode::UsernameRequired)?;
+        if connection.room.is_some() {
             return Err(ErrorCode::AlreadyInRoom.into());
         }
         Ok(username)
@@ -331,24 +342,10 @@ impl ChatServer {
 
     /// The room `id` is in and its name, or `NOT_IN_ROOM`.
     fn membership(&self, id: ClientId) -> Result<(RoomCode, Username), Refusal> {
-        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
-        let code = client.room.ok_or(ErrorCode::NotInRoom)?;
+        let connection = self.connection(id)?;
+        let code = connection.room.ok_or(ErrorCode::NotInRoom)?;
         // Joining a room requires a name, and the name cannot change inside a room.
-        let username = client.username.clone().ok_or(ErrorCode::InternalError)?;
+        let username = connection.name.clone().ok_or(ErrorCode::InternalError)?;
         Ok((code, username))
-    }
-
-    /// A room member's name. Every member has one, so a miss is a bug: `INTERNAL_ERROR`.
-    fn username(&self, id: ClientId) -> Result<Username, Refusal> {
-        let client = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
-        Ok(client.username.clone().ok_or(ErrorCode::InternalError)?)
-    }
-
-    fn session_mut(&mut self, id: ClientId) -> Result<&mut Session, Refusal> {
-        Ok(self.sessions.get_mut(&id).ok_or(ErrorCode::InternalError)?)
-    }
-
-    fn room_mut(&mut self, code: RoomCode) -> Result<&mut Room, Refusal> {
-        Ok(self.rooms.get_mut(&code).ok_or(ErrorCode::InternalError)?)
     }
 }

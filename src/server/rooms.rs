@@ -1,36 +1,40 @@
 //! Rooms: create one, join one by its code (counting the failed attempts), chat, typing and its
-//! timer, and leaving, by request or for good.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! timer, and leaving.
 
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
 
+use super::steps::Then;
 use super::{ChatServer, MAX_CHAT_CHARS};
 use crate::error::{ErrorCode, Refusal};
-use crate::message::{self, ChatMessage, LeaveReason, ServerMessage};
-use crate::room::{Room, StoredChat};
-use crate::types::{ClientId, RoomCode, Username};
+use crate::message::ChatDraft;
+use crate::store::memory::unix_millis;
+use crate::store::{Member, RoomEvent, Step};
+use crate::types::{ClientId, RoomCode};
+
+/// The longest `client_msg_id`, in characters.
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
 
 impl ChatServer {
     pub(super) fn create_room(&mut self, id: ClientId) -> Result<(), Refusal> {
         self.check_can_enter_room(id)?;
-        // 887 million codes: a collision with a live room is rare, and retrying settles it.
-        let code = loop {
-            let code = RoomCode::random();
-            if !self.rooms.contains_key(&code) {
-                break code;
-            }
-        };
-        self.rooms.insert(code, Room::new(code, id));
-        let client = self.session_mut(id)?;
-        client.room = Some(code);
-        client.history_from = 1;
-        self.metrics.rooms.increment(1.0);
-        debug!(client = %id, room = %code, "room created");
-        self.send(id, ServerMessage::RoomCreated { room_code: code }.encode());
+        self.try_create_room(id, 1);
         Ok(())
+    }
+
+    /// Asks the store for a room under a fresh random code; `attempts` counts the codes drawn.
+    pub(super) fn try_create_room(&mut self, id: ClientId, attempts: u32) {
+        let Ok(member) = self.member(id) else {
+            return;
+        };
+        // 887 million codes: a collision with a live room is rare, and drawing again settles it.
+        let code = RoomCode::random();
+        let then = Then::Created {
+            client: id,
+            code,
+            attempts,
+        };
+        self.perform(Step::Create { code, member }, then);
     }
 
     /// Joins a room, counting the attempts that probe a code in vain against the failed-join
@@ -38,30 +42,39 @@ impl ChatServer {
     /// (`INVALID_ROOM_CODE`) probes nothing and is not counted, nor are the refusals that do not
     /// depend on the code at all (`USERNAME_REQUIRED`, `ALREADY_IN_ROOM`).
     pub(super) fn join_room(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
-        let joiner_name = self.check_can_enter_room(id)?;
+        self.check_can_enter_room(id)?;
         let code = RoomCode::parse(input)?;
         // Refused before the code is looked at, so that an attempt over the limit reveals
         // nothing about whether the room exists.
         self.check_failed_joins(id)?;
-        let joined = self.join_existing_room(id, code, &joiner_name);
-        if let Err(refusal) = &joined
-            && matches!(
-                refusal.code,
-                ErrorCode::RoomNotFound | ErrorCode::RoomFull | ErrorCode::UsernameTaken
-            )
-        {
-            self.count_failed_join(id);
-        }
-        joined
+        let member = self.member(id)?;
+        self.perform(
+            Step::Join { code, member },
+            Then::Joined { client: id, code },
+        );
+        Ok(())
+    }
+
+    /// Who `id` is, as a member of a room.
+    fn member(&self, id: ClientId) -> Result<Member, Refusal> {
+        let connection = self.connection(id)?;
+        Ok(Member {
+            token: connection.token.clone(),
+            conn: self.conn(id),
+            name: connection.name.clone().ok_or(ErrorCode::UsernameRequired)?,
+        })
     }
 
     /// `RATE_LIMITED` if `id`, or its address, has used up its failed joins for now.
-    pub(super) fn check_failed_joins(&mut self, id: ClientId) -> Result<(), Refusal> {
-        let client = self.sessions.get_mut(&id).ok_or(ErrorCode::InternalError)?;
-        let address = client.address;
+    fn check_failed_joins(&mut self, id: ClientId) -> Result<(), Refusal> {
+        let connection = self
+            .connections
+            .get_mut(&id)
+            .ok_or(ErrorCode::InternalError)?;
+        let address = connection.address;
         if self
             .limits
-            .may_fail_a_join(&mut client.limits, address, Instant::now())
+            .may_fail_a_join(&mut connection.limits, address, Instant::now())
         {
             Ok(())
         } else {
@@ -75,65 +88,19 @@ impl ChatServer {
 
     /// Takes one failed join from `id`'s allowance and from its address's.
     pub(super) fn count_failed_join(&mut self, id: ClientId) {
-        if let Some(client) = self.sessions.get_mut(&id) {
-            let address = client.address;
+        if let Some(connection) = self.connections.get_mut(&id) {
+            let address = connection.address;
             self.limits
-                .count_failed_join(&mut client.limits, address, Instant::now());
+                .count_failed_join(&mut connection.limits, address, Instant::now());
         }
     }
 
-    /// The part of `join_room` that depends on the room: whether it exists, has a free seat,
-    /// and a host with another name.
-    pub(super) fn join_existing_room(
+    pub(super) fn chat(
         &mut self,
         id: ClientId,
-        code: RoomCode,
-        joiner_name: &Username,
+        content: String,
+        client_msg_id: Option<String>,
     ) -> Result<(), Refusal> {
-        let room = self.rooms.get(&code).ok_or(ErrorCode::RoomNotFound)?;
-        if room.is_full() {
-            return Err(ErrorCode::RoomFull.into());
-        }
-        let host = room.host();
-        let host_name = self.username(host)?;
-        if host_name == *joiner_name {
-            return Err(ErrorCode::UsernameTaken.into());
-        }
-
-        // The history, and the `room_joined` carrying what fits of it; the rest follows it.
-        let history: Vec<Utf8Bytes> = room.history().map(|chat| chat.frame.clone()).collect();
-        let welcome = message::with_history(&history, |history, _| ServerMessage::RoomJoined {
-            room_code: code,
-            peer: &host_name,
-            history,
-        });
-        let announcement = ServerMessage::PeerJoined {
-            username: joiner_name,
-        }
-        .encode();
-        let host_away = !self
-            .sessions
-            .get(&host)
-            .is_some_and(|client| client.is_connected());
-        let history_from = self.room_mut(code)?.seat(id);
-        let joiner = self.session_mut(id)?;
-        joiner.room = Some(code);
-        joiner.history_from = history_from;
-        debug!(client = %id, room = %code, "room joined");
-        self.send_all(id, welcome);
-        self.send(host, announcement);
-        if host_away {
-            // The host's connection dropped and it may still resume: say so, as its peer would
-            // have heard had it been here.
-            let notice = ServerMessage::PeerDisconnected {
-                username: &host_name,
-            };
-            self.send(id, notice.encode());
-        }
-        Ok(())
-    }
-
-    pub(super) fn chat(&mut self, id: ClientId, content: String) -> Result<(), Refusal> {
         let (code, from) = self.membership(id)?;
         if content.trim().is_empty() {
             return Err(ErrorCode::EmptyMessage.into());
@@ -142,53 +109,50 @@ impl ChatServer {
         if content.len() > MAX_CHAT_CHARS && content.chars().count() > MAX_CHAT_CHARS {
             return Err(ErrorCode::MessageTooLong.into());
         }
+        if let Some(client_msg_id) = &client_msg_id {
+            let chars = client_msg_id.chars().count();
+            if chars == 0 || chars > MAX_CLIENT_MSG_ID_CHARS {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "`client_msg_id` is a string of 1 to 64 characters.",
+                ));
+            }
+        }
         // The peer must see the typing indicator go away before the message it turned into.
         self.end_typing(id);
-
-        let room = self.room_mut(code)?;
-        let message = ChatMessage {
-            id: room.next_id(),
-            from,
-            content,
+        let draft = ChatDraft {
+            from: &from,
+            content: &content,
             timestamp: unix_millis(),
+            client_msg_id: client_msg_id.as_deref(),
         };
-        // Encoded once; the room keeps the frame, and each member's queue gets a
-        // reference-counted copy of the same bytes.
-        let frame = ServerMessage::Chat(&message).encode();
-        let stored = StoredChat {
-            id: message.id,
-            frame: frame.clone(),
+        let step = Step::Chat {
+            code,
+            token: self.connection(id)?.token.clone(),
+            conn: self.conn(id),
+            tail: draft.tail(),
+            client_msg_id: client_msg_id.map(String::into_boxed_str),
         };
-        let grown = room.store(stored);
-        let members = room.members();
-        self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
-        for member in members {
-            self.send(member, frame.clone());
-        }
-        self.metrics.messages_relayed.increment(1);
-        self.keep_to_storage_budget();
+        self.perform(step, Then::Chatted { client: id });
         Ok(())
     }
 
     pub(super) fn typing(&mut self, id: ClientId) -> Result<(), Refusal> {
-        let (code, username) = self.membership(id)?;
-        // Field by field rather than through `session_mut`, so that the client and the timers can
-        // be borrowed at the same time.
-        let client = self.sessions.get_mut(&id).ok_or(ErrorCode::InternalError)?;
-        if let Some(key) = &client.typing {
+        let (code, name) = self.membership(id)?;
+        // Field by field rather than through `connection_mut`, so that the connection and the
+        // timers can be borrowed at the same time.
+        let connection = self
+            .connections
+            .get_mut(&id)
+            .ok_or(ErrorCode::InternalError)?;
+        if let Some(key) = &connection.typing {
             // Already typing: the peer knows; only push the deadline back.
             self.timers.restart_typing(key, self.typing_timeout);
             return Ok(());
         }
-        client.typing = Some(self.timers.start_typing(id, self.typing_timeout));
-        self.send_to_peer(
-            code,
-            id,
-            ServerMessage::Typing {
-                username: &username,
-            }
-            .encode(),
-        );
+        connection.typing = Some(self.timers.start_typing(id, self.typing_timeout));
+        let token = connection.token.clone();
+        self.publish(code, RoomEvent::Typing { token, name });
         Ok(())
     }
 
@@ -200,97 +164,46 @@ impl ChatServer {
 
     /// A typing timer ran out: the member stopped typing without saying so.
     pub(super) fn typing_expired(&mut self, id: ClientId) {
-        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
-        let Some(client) = self.sessions.get_mut(&id) else {
+        // The timer has fired, so its key is spent: clear it without cancelling it.
+        let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        client.typing = None;
-        if let Ok((code, username)) = self.membership(id) {
-            self.send_to_peer(
-                code,
-                id,
-                ServerMessage::StopTyping {
-                    username: &username,
-                }
-                .encode(),
-            );
-        }
+        connection.typing = None;
+        self.tell_typing_ended(id);
     }
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
     pub(super) fn end_typing(&mut self, id: ClientId) {
         let Some(key) = self
-            .sessions
+            .connections
             .get_mut(&id)
-            .and_then(|client| client.typing.take())
+            .and_then(|connection| connection.typing.take())
         else {
             return;
         };
         self.timers.cancel_typing(&key);
-        if let Ok((code, username)) = self.membership(id) {
-            self.send_to_peer(
-                code,
-                id,
-                ServerMessage::StopTyping {
-                    username: &username,
-                }
-                .encode(),
-            );
+        self.tell_typing_ended(id);
+    }
+
+    /// Tells `id`'s room that `id` stopped typing.
+    fn tell_typing_ended(&mut self, id: ClientId) {
+        if let Ok((code, name)) = self.membership(id)
+            && let Ok(connection) = self.connection(id)
+        {
+            let token = connection.token.clone();
+            self.publish(code, RoomEvent::StopTyping { token, name });
         }
     }
 
     pub(super) fn leave_room(&mut self, id: ClientId) -> Result<(), Refusal> {
         let (code, _) = self.membership(id)?;
-        self.leave(id, LeaveReason::Left);
-        self.send(id, ServerMessage::RoomLeft { room_code: code }.encode());
+        self.end_typing(id);
+        let step = Step::Leave {
+            code,
+            token: self.connection(id)?.token.clone(),
+            conn: self.conn(id),
+        };
+        self.perform(step, Then::Left { client: id, code });
         Ok(())
     }
-
-    /// Takes `id` out of its room, if it is in one: typing ends first, then the member who stays
-    /// gets `peer_left` and becomes the host, or the room is deleted if nobody stays.
-    pub(super) fn leave(&mut self, id: ClientId, reason: LeaveReason) {
-        let Ok((code, username)) = self.membership(id) else {
-            return;
-        };
-        self.end_typing(id);
-        if let Some(client) = self.sessions.get_mut(&id) {
-            client.room = None;
-            client.read_up_to = 0;
-        }
-        let Some(room) = self.rooms.get_mut(&code) else {
-            return;
-        };
-        match room.remove(id) {
-            Some(stays) => {
-                // What was said before the one who stays entered is nobody's any more. The rest
-                // is its own conversation: kept for its resume, though a joiner will not see it.
-                let history_from = self.sessions.get(&stays).map_or(0, |c| c.history_from);
-                let freed = room.forget_before(history_from);
-                self.stored_bytes -= freed;
-                let notice = ServerMessage::PeerLeft {
-                    username: &username,
-                    reason,
-                }
-                .encode();
-                self.send(stays, notice);
-            }
-            None => {
-                if let Some(room) = self.rooms.remove(&code) {
-                    self.stored_bytes -= room.stored_bytes();
-                }
-                self.metrics.rooms.decrement(1.0);
-                debug!(room = %code, "room deleted");
-            }
-        }
-        self.metrics.stored_bytes.set(self.stored_bytes as f64);
-    }
-}
-
-/// Now, in milliseconds since the Unix epoch, as chat timestamps are.
-fn unix_millis() -> u64 {
-    // A clock set before 1970 is not worth failing a chat message for: it reads as 0.
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,137 +1,161 @@
-//! Sessions: a connection arrives and is greeted, names itself, drops (and its seat is held for
-//! the resume grace period), resumes on a new connection, or is forgotten; and read receipts,
-//! which belong to a session.
+//! Sessions: a connection arrives and is greeted with a new session, names itself, drops (its
+//! seat held for the resume grace period, or given up), resumes a session on a new connection,
+//! or is closed; and read receipts, which belong to a session.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
 
 use super::ChatServer;
+use super::steps::Then;
+use crate::connection::Connection;
 use crate::error::{ErrorCode, Refusal};
 use crate::limits::limit_key;
-use crate::message::{self, LeaveReason, ServerMessage};
+use crate::message::ServerMessage;
 use crate::outbox::{self, Close};
-use crate::room::Room;
-use crate::session::Session;
-use crate::types::{ClientId, SessionToken, Username};
+use crate::store::{Conn, Step};
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 impl ChatServer {
+    /// A new connection: it gets a session of its own, and is greeted with `connected`.
     pub(super) fn connect(&mut self, id: ClientId, address: IpAddr, outbound: outbox::Sender) {
         debug!(client = %id, "client connected");
-        let now = Instant::now();
-        let mut client = Session::new(id, limit_key(address), outbound);
-        client.limits = self.limits.new_client(now);
+        let token = SessionToken::random();
+        let mut connection = Connection::new(id, token.clone(), limit_key(address), outbound);
+        connection.limits = self.limits.new_client(Instant::now());
         if let Some(timeout) = self.username_timeout {
-            client.naming_deadline = Some(self.timers.start_naming(id, timeout));
+            connection.naming_deadline = Some(self.timers.start_naming(id, timeout));
         }
         let greeting = ServerMessage::Connected {
             client_id: id,
-            session_token: &client.session_token,
+            session_token: &token,
         }
         .encode();
-        self.tokens.insert(client.session_token.clone(), id);
-        self.sessions.insert(id, Box::new(client));
+        self.connections.insert(id, Box::new(connection));
         self.metrics.connections.increment(1.0);
         self.send(id, greeting);
+        let conn = self.conn(id);
+        self.perform(Step::Open { token, conn }, Then::Nothing);
     }
 
-    /// A client's connection ended, or is to end with `close` (a slow consumer). A room member
-    /// keeps its seat for the grace period, so that a new connection can `resume` the session;
-    /// anyone else is forgotten at once.
-    pub(super) fn connection_lost(&mut self, id: ClientId, close: Option<&'static Close>) {
-        let Some(client) = self.sessions.get(&id) else {
-            return; // Already forgotten (dropped as a flooder, or its session resumed elsewhere).
-        };
-        if !client.is_connected() {
-            return; // Already held: it was dropped as too slow, and its handler has now ended.
-        }
-        if self.resume_grace.is_zero() || client.room.is_none() {
-            self.forget(id, close);
-            return;
-        }
+    /// A client's connection ended by itself (closed, cut, silent): a room member keeps its
+    /// seat for the grace period, so that a new connection can `resume` the session.
+    pub(super) fn connection_lost(&mut self, id: ClientId) {
+        self.end_connection(id, None, self.resume_grace);
+    }
+
+    /// Closes a connection the server gives up on, with `close`, keeping its seat for
+    /// `grace` (a slow consumer may resume; a flooder or an unnamed client may not: zero).
+    pub(super) fn close_connection(
+        &mut self,
+        id: ClientId,
+        close: &'static Close,
+        grace: Duration,
+    ) {
+        self.end_connection(id, Some(close), grace);
+    }
+
+    /// Forgets connection `id` (closing it with `close`, unless it is already gone), and tells
+    /// the store: its seat, if it has one, is held for `grace`, or given up.
+    fn end_connection(&mut self, id: ClientId, close: Option<&'static Close>, grace: Duration) {
         // The peer sees typing end before it sees the member go.
         self.end_typing(id);
-        let grace = self.timers.start_grace(id, self.resume_grace);
-        if let Some(client) = self.sessions.get_mut(&id) {
-            client.detach(close);
-            client.grace = Some(grace);
+        let Some((token, room)) = self.forget_connection(id, close) else {
+            return; // Already gone (dropped as a flooder, or its session resumed elsewhere).
+        };
+        debug!(client = %id, in_room = room.is_some(), "connection ended");
+        let conn = self.conn(id);
+        self.perform(
+            Step::Drop {
+                room,
+                token: token.clone(),
+                conn,
+                grace,
+            },
+            Then::Dropped { code: room, token },
+        );
+    }
+
+    /// Closes connection `id` with `close` without telling the store anything: its session is
+    /// no longer this connection's (resumed elsewhere), or no longer is at all.
+    pub(super) fn close_connection_only(&mut self, id: ClientId, close: &'static Close) {
+        if self.forget_connection(id, Some(close)).is_some() {
+            debug!(client = %id, code = close.code, "connection closed");
+        }
+    }
+
+    /// Another connection resumed the session of `conn`: if it is one of ours, it is closed
+    /// with 4000. Its typing ends without a word: its peer, told of the resume, sees typing end
+    /// first (see `delivery.rs`).
+    pub(super) fn kick(&mut self, conn: Conn) {
+        if conn.node == self.node {
+            self.close_connection_only(conn.client, &Close::TAKEN_OVER);
+        }
+    }
+
+    /// Removes connection `id` from the actor, cancelling its timers and closing its queue with
+    /// `close` if given, and returns the session it held and its room.
+    fn forget_connection(
+        &mut self,
+        id: ClientId,
+        close: Option<&'static Close>,
+    ) -> Option<(SessionToken, Option<RoomCode>)> {
+        let connection = *self.connections.remove(&id)?;
+        if let Some(key) = &connection.naming_deadline {
+            self.timers.cancel_naming(key);
+        }
+        if let Some(key) = &connection.typing {
+            self.timers.cancel_typing(key);
         }
         self.metrics.connections.decrement(1.0);
-        debug!(client = %id, "connection lost; seat held for a resume");
-        if let Ok((code, username)) = self.membership(id) {
-            let notice = ServerMessage::PeerDisconnected {
-                username: &username,
-            };
-            self.send_to_peer(code, id, notice.encode());
+        let held = (connection.token.clone(), connection.room);
+        // Dropping the queue without a close is for a connection that is gone already: its
+        // write task has said its farewell and reads the queue no more.
+        if let Some(close) = close {
+            connection.close(close);
         }
+        Some(held)
     }
 
-    /// A held session's grace period ended without a resume: the member is gone for good.
-    pub(super) fn grace_expired(&mut self, id: ClientId) {
-        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
-        if let Some(client) = self.sessions.get_mut(&id) {
-            client.grace = None;
-            debug!(client = %id, "resume grace period over");
-            self.forget(id, None);
-        }
-    }
-
-    /// Forgets a client for good: it leaves its room (the peer gets `peer_left` with
-    /// `"disconnected"`), its session can no longer be resumed, and its connection, if it still
-    /// has one, is closed with `close`.
-    pub(super) fn forget(&mut self, id: ClientId, close: Option<&'static Close>) {
-        let Some(connected) = self.sessions.get(&id).map(|client| client.is_connected()) else {
-            return; // Already gone.
-        };
-        self.leave(id, LeaveReason::Disconnected);
-        if let Some(mut client) = self.sessions.remove(&id) {
-            client.detach(close);
-            // Timer keys still in the client are pending (an expired key is taken out of the
-            // client before anything else), so they are there to remove.
-            if let Some(key) = client.naming_deadline {
-                self.timers.cancel_naming(&key);
-            }
-            if let Some(key) = client.grace {
-                self.timers.cancel_grace(&key);
-            }
-            self.tokens.remove(&client.session_token);
-        }
-        if connected {
-            self.metrics.connections.decrement(1.0);
-        }
-        debug!(client = %id, "client forgotten");
+    /// A held seat's grace period ended: unless its member resumed meanwhile, it is gone for
+    /// good.
+    pub(super) fn grace_expired(&mut self, code: RoomCode, token: SessionToken, deadline: u64) {
+        debug!(room = %code, "resume grace period over");
+        self.perform(
+            Step::Expire {
+                code,
+                token,
+                deadline,
+            },
+            Then::Nothing,
+        );
     }
 
     pub(super) fn set_username(&mut self, id: ClientId, input: &str) -> Result<(), Refusal> {
-        let client = self.session_mut(id)?;
-        if client.room.is_some() {
+        let connection = self.connection(id)?;
+        if connection.room.is_some() {
             return Err(ErrorCode::AlreadyInRoom.into());
         }
-        let username = Username::parse(input)?;
-        let reply = ServerMessage::UsernameSet {
-            username: &username,
-        }
-        .encode();
-        client.username = Some(username);
-        // Named in time: the client may now stay as long as it answers the heartbeat.
-        if let Some(key) = client.naming_deadline.take() {
-            self.timers.cancel_naming(&key);
-        }
-        self.send(id, reply);
+        let name = Username::parse(input)?;
+        let step = Step::Name {
+            token: connection.token.clone(),
+            conn: self.conn(id),
+            name: name.clone(),
+        };
+        self.perform(step, Then::Named { client: id, name });
         Ok(())
     }
 
-    /// A client's time to choose a name ran out: it is told why and closed (code 1008, sent by
-    /// its write task when it finds its queue closed).
+    /// A client's time to choose a name ran out: it is told why and closed with 1008.
     pub(super) fn username_overdue(&mut self, id: ClientId) {
-        // The timer has fired, so its key is spent: clear it without `DelayQueue::remove`.
-        let Some(client) = self.sessions.get_mut(&id) else {
+        // The timer has fired, so its key is spent: clear it without cancelling it.
+        let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        client.naming_deadline = None;
-        if client.username.is_some() {
+        connection.naming_deadline = None;
+        if connection.name.is_some() {
             return; // Cannot happen: naming removes the timer. Nothing to do if it did.
         }
         debug!(client = %id, "closing a connection that set no username in time");
@@ -141,142 +165,56 @@ impl ChatServer {
             "No username was chosen in time: closing the connection.",
         );
         self.refuse(id, &refusal);
-        self.forget(id, Some(&Close::UNNAMED));
+        self.close_connection(id, &Close::UNNAMED, Duration::ZERO);
     }
 
-    /// Takes over the session `token` names, for the new connection `id` (see
-    /// [`ClientMessage::Resume`]). The session keeps everything but its connection: name, room,
-    /// seat, read receipt and limits; `id`'s own fresh session is dropped.
+    /// Takes over the session `token` names, for connection `id` (see
+    /// [`crate::message::ClientMessage::Resume`]). The session keeps everything but its
+    /// connection: name, room, seat and read receipt; the connection's own fresh session is
+    /// given up.
     pub(super) fn resume(
         &mut self,
         id: ClientId,
         token: &str,
         last_id: u64,
     ) -> Result<(), Refusal> {
-        let fresh = self.sessions.get(&id).ok_or(ErrorCode::InternalError)?;
-        if fresh.username.is_some() || fresh.room.is_some() {
+        let connection = self.connection(id)?;
+        if connection.name.is_some() || connection.room.is_some() {
             return Err(Refusal::new(
                 ErrorCode::InvalidMessage,
                 "`resume` must be the first message on a new connection.",
             ));
         }
         let token = SessionToken::from(token);
-        let old_id = match self.tokens.get(&token) {
-            Some(&old_id) if old_id != id => old_id,
-            _ => return Err(ErrorCode::SessionExpired.into()),
-        };
-        // A session that never chose a name holds nothing worth resuming.
-        if self
-            .sessions
-            .get(&old_id)
-            .is_none_or(|old| old.username.is_none())
-        {
+        if token == connection.token {
             return Err(ErrorCode::SessionExpired.into());
         }
-        // If the old connection is still open, its typing ends with it.
-        self.end_typing(old_id);
-
-        let (Some(mut fresh), Some(mut session)) =
-            (self.sessions.remove(&id), self.sessions.remove(&old_id))
-        else {
-            return Err(ErrorCode::InternalError.into());
+        let fresh = connection.token.clone();
+        let step = Step::Resume {
+            token: token.clone(),
+            conn: self.conn(id),
+            last_id,
         };
-        if let Some(key) = fresh.naming_deadline.take() {
-            self.timers.cancel_naming(&key);
-        }
-        if let Some(key) = session.grace.take() {
-            self.timers.cancel_grace(&key);
-        }
-        self.tokens.remove(&fresh.session_token);
-        self.tokens.insert(token, id);
-        let old_connection = session.attach(fresh.take_queue());
-        session.id = id;
-        if let Some(code) = session.room
-            && let Some(room) = self.rooms.get_mut(&code)
-        {
-            room.replace(old_id, id);
-        }
-        let username = session.username.clone();
-        let room_code = session.room;
-        let history_from = session.history_from;
-        self.sessions.insert(id, session);
-
-        if let Some(old_connection) = old_connection {
-            // Still open: another device or tab, or a connection that is dead but not yet
-            // noticed. Its write task sends what is queued, then closes with 4000; the close
-            // needs no room in the queue, so a full one cannot turn it into anything else.
-            old_connection.close(&Close::TAKEN_OVER);
-            self.metrics.connections.decrement(1.0);
-        }
-        debug!(client = %id, previous = %old_id, "session resumed");
-
-        // The reply: where the session stands, and every message it may have missed, back to
-        // when it entered the room; what a storage bound dropped meanwhile is counted as lost.
-        let room = room_code.and_then(|code| self.rooms.get(&code));
-        let peer = room
-            .and_then(|room| room.peer_of(id))
-            .and_then(|peer| self.sessions.get(&peer));
-        let peer_name = peer.and_then(|peer| peer.username.clone());
-        let peer_read = peer.map_or(0, |peer| peer.read_up_to);
-        let wanted_from = last_id.saturating_add(1).max(history_from);
-        let (missed, lost): (Vec<Utf8Bytes>, u64) = match room {
-            Some(room) => (
-                room.messages_from(wanted_from)
-                    .map(|chat| chat.frame.clone())
-                    .collect(),
-                (room.lost_through() + 1).saturating_sub(wanted_from),
-            ),
-            None => (Vec::new(), 0),
+        let then = Then::Resumed {
+            client: id,
+            token,
+            fresh,
         };
-        let reply = message::with_history(&missed, |missed, more| ServerMessage::Resumed {
-            client_id: id,
-            username: username.as_ref(),
-            room_code,
-            peer: peer_name.as_ref(),
-            peer_connected: peer.is_some_and(|client| client.is_connected()),
-            missed,
-            more,
-            lost,
-        });
-        if lost > 0 {
-            debug!(client = %id, lost, "resumed with messages lost to the storage bounds");
-        }
-        self.send_all(id, reply);
-        if let (Some(peer_name), true) = (&peer_name, peer_read > 0) {
-            let receipt = ServerMessage::Read {
-                username: peer_name,
-                up_to: peer_read,
-            };
-            self.send(id, receipt.encode());
-        }
-        if let (Some(code), Some(username)) = (room_code, &username) {
-            let notice = ServerMessage::PeerReconnected { username };
-            self.send_to_peer(code, id, notice.encode());
-        }
+        self.perform(step, then);
         Ok(())
     }
 
     /// A read receipt: tells the peer how far this member has read. Receipts only move
     /// forward: one that is not past the last is ignored.
     pub(super) fn read(&mut self, id: ClientId, up_to: u64) -> Result<(), Refusal> {
-        let (code, username) = self.membership(id)?;
-        let last_id = self.rooms.get(&code).map_or(0, Room::last_id);
-        if up_to > last_id {
-            return Err(Refusal::new(
-                ErrorCode::InvalidMessage,
-                format!("`up_to` is {up_to}, but the last message in this room is {last_id}."),
-            ));
-        }
-        let client = self.session_mut(id)?;
-        if up_to <= client.read_up_to {
-            return Ok(());
-        }
-        client.read_up_to = up_to;
-        let receipt = ServerMessage::Read {
-            username: &username,
+        let (code, _) = self.membership(id)?;
+        let step = Step::Read {
+            code,
+            token: self.connection(id)?.token.clone(),
+            conn: self.conn(id),
             up_to,
         };
-        self.send_to_peer(code, id, receipt.encode());
+        self.perform(step, Then::Read { client: id });
         Ok(())
     }
 }

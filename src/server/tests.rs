@@ -155,6 +155,7 @@ async fn a_forgotten_client_is_ignored() {
         &host,
         ClientMessage::Chat {
             content: "ghost".into(),
+            client_msg_id: None,
         },
     );
     assert!(guest.is_idle());
@@ -178,6 +179,7 @@ async fn a_full_queue_disconnects_the_slow_member_only() {
             &host,
             ClientMessage::Chat {
                 content: format!("m{n}"),
+                client_msg_id: None,
             },
         );
         server.disconnect_slow_consumers();
@@ -200,7 +202,11 @@ async fn a_takeover_closes_a_full_queue_with_4000() {
     // The guest's old connection reads nothing: two chats fill its queue.
     for n in 0..2 {
         let content = format!("m{n}");
-        request(&mut server, &host, ClientMessage::Chat { content });
+        let chat = ClientMessage::Chat {
+            content,
+            client_msg_id: None,
+        };
+        request(&mut server, &host, chat);
         assert_eq!(host.next()["type"], "chat");
     }
     let mut new_guest = connect_unnamed(&mut server);

@@ -13,30 +13,31 @@ use std::time::Duration;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
 
-use crate::types::ClientId;
+use crate::types::{ClientId, RoomCode, SessionToken};
 
 /// A timer that fired, and whose it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expired {
     /// The member stopped typing without saying so: its typing timeout ran out.
     Typing(ClientId),
     /// The client chose no username within `--username-timeout`.
     Naming(ClientId),
-    /// A held session's `--resume-grace` ended without a resume.
-    Grace(ClientId),
+    /// The `--resume-grace` of a seat held in a room ended, at this deadline. If the member
+    /// resumed meanwhile, the store finds the deadline changed and does nothing.
+    Grace(RoomCode, SessionToken, u64),
 }
 
-/// Every pending timer of the actor, by kind. A timer's [`Key`] is kept by the session it
-/// belongs to, so that the timer can be pushed back or cancelled; a fired timer's key is spent,
-/// and its owner must forget it without cancelling it.
+/// Every pending timer of the actor, by kind. A typing or naming timer's [`Key`] is kept by the
+/// connection it belongs to, so that the timer can be pushed back or cancelled; a fired timer's
+/// key is spent, and its owner must forget it without cancelling it.
 #[derive(Debug, Default)]
 pub struct Timers {
     /// One per typing member.
     typing: DelayQueue<ClientId>,
     /// One per client without a username, while `--username-timeout` is on.
     naming: DelayQueue<ClientId>,
-    /// One per session held for a resume.
-    grace: DelayQueue<ClientId>,
+    /// One per seat held for a resume by this node.
+    grace: DelayQueue<(RoomCode, SessionToken, u64)>,
 }
 
 impl Timers {
@@ -64,7 +65,8 @@ impl Timers {
             if !self.grace.is_empty()
                 && let Poll::Ready(Some(fired)) = self.grace.poll_expired(cx)
             {
-                return Poll::Ready(Expired::Grace(fired.into_inner()));
+                let (code, token, deadline) = fired.into_inner();
+                return Poll::Ready(Expired::Grace(code, token, deadline));
             }
             Poll::Pending
         })
@@ -96,14 +98,17 @@ impl Timers {
         self.naming.remove(key);
     }
 
-    /// Starts the grace period of `id`'s held session, ending in `grace`.
-    pub fn start_grace(&mut self, id: ClientId, grace: Duration) -> Key {
-        self.grace.insert(id, grace)
-    }
-
-    /// Cancels a pending grace period.
-    pub fn cancel_grace(&mut self, key: &Key) {
-        self.grace.remove(key);
+    /// Starts the grace period of a seat held in room `code` until `deadline`, which is
+    /// `grace` from now. It is not cancelled on a resume: the store ignores a deadline that is
+    /// no longer the seat's.
+    pub fn start_grace(
+        &mut self,
+        code: RoomCode,
+        token: SessionToken,
+        deadline: u64,
+        grace: Duration,
+    ) {
+        self.grace.insert((code, token, deadline), grace);
     }
 
     /// How many timers of each kind are pending: (typing, naming, grace). For the invariants.

@@ -1,0 +1,569 @@
+//! The state of record in this process's memory: the store of a server that runs alone, which is
+//! the default. Its steps are plain functions of its maps, applied one at a time by the actor
+//! that owns it, which is what makes each of them atomic.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// The store's maps use foldhash, the fast hasher `hashbrown` defaults to, seeded at random per
+// process: a lookup costs a few nanoseconds instead of SipHash's tens, on every message.
+use foldhash::HashMap as FastMap;
+use tracing::{debug, warn};
+
+use super::{
+    ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, Resumed, ResumedRoom, RoomEvent, Step,
+};
+use crate::error::ErrorCode;
+use crate::message::LeaveReason;
+use crate::metrics::Metrics;
+use crate::room::{Room, StoredChat};
+use crate::types::{RoomCode, SessionToken, Username};
+
+/// A session as the store keeps it: its name, its room, and the connection that holds it.
+/// A session outside any room lives as long as its connection; one in a room, as long as its
+/// seat.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub name: Option<Username>,
+    pub room: Option<RoomCode>,
+    pub conn: Conn,
+}
+
+/// Rooms and sessions in memory. See the module docs.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// Every live room. A room is removed the moment its last member goes.
+    rooms: FastMap<RoomCode, Room>,
+    /// Every session that can still be resumed, by its token.
+    sessions: FastMap<SessionToken, SessionRecord>,
+    /// What all rooms' logs cost together ([`Room::stored_bytes`]).
+    stored_bytes: usize,
+    /// `--max-stored-bytes`: the most [`MemoryStore::stored_bytes`] may reach, or `None` for no
+    /// bound but each room's own.
+    max_stored_bytes: Option<usize>,
+    /// Counters for `/metrics`: rooms, stored bytes, messages shed.
+    metrics: Arc<Metrics>,
+}
+
+impl MemoryStore {
+    /// An empty store whose rooms keep at most `max_stored_bytes` together (`0`: no bound).
+    pub fn new(max_stored_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        MemoryStore {
+            rooms: FastMap::default(),
+            sessions: FastMap::default(),
+            stored_bytes: 0,
+            max_stored_bytes: (max_stored_bytes > 0).then_some(max_stored_bytes),
+            metrics,
+        }
+    }
+
+    /// Applies one step; what it tells others goes to `notices`, in the order it happened.
+    pub fn apply(&mut self, step: Step, notices: &mut Vec<Notice>) -> Outcome {
+        match step {
+            Step::Open { token, conn } => {
+                let record = SessionRecord {
+                    name: None,
+                    room: None,
+                    conn,
+                };
+                self.sessions.insert(token, record);
+                Outcome::Done
+            }
+            Step::Name { token, conn, name } => match self.sessions.get_mut(&token) {
+                Some(record) if record.conn == conn => {
+                    record.name = Some(name);
+                    Outcome::Done
+                }
+                _ => Outcome::Moved,
+            },
+            Step::Create { code, member } => self.create(code, member),
+            Step::Join { code, member } => self.join(code, member, notices),
+            Step::Chat {
+                code,
+                token,
+                conn,
+                tail,
+                client_msg_id,
+            } => self.chat(code, &token, conn, &tail, client_msg_id, notices),
+            Step::Read {
+                code,
+                token,
+                conn,
+                up_to,
+            } => self.read(code, &token, conn, up_to, notices),
+            Step::Leave { code, token, conn } => {
+                if let Err(outcome) = self.check_seat(code, &token, conn) {
+                    return outcome;
+                }
+                self.remove_member(code, &token, LeaveReason::Left, notices);
+                if let Some(record) = self.sessions.get_mut(&token) {
+                    record.room = None;
+                }
+                Outcome::Done
+            }
+            Step::Drop {
+                room,
+                token,
+                conn,
+                grace,
+            } => self.drop_connection(room, token, conn, grace, notices),
+            Step::Expire {
+                code,
+                token,
+                deadline,
+            } => {
+                let due = self
+                    .rooms
+                    .get(&code)
+                    .and_then(|room| room.seat_of(&token))
+                    .is_some_and(|seat| seat.held_until == Some(deadline));
+                if due {
+                    self.remove_member(code, &token, LeaveReason::Disconnected, notices);
+                    self.sessions.remove(&token);
+                }
+                Outcome::Done
+            }
+            Step::Resume {
+                token,
+                conn,
+                last_id,
+            } => self.resume(token, conn, last_id, notices),
+        }
+    }
+
+    fn create(&mut self, code: RoomCode, member: Member) -> Outcome {
+        if self.rooms.contains_key(&code) {
+            return Outcome::CodeTaken;
+        }
+        if let Some(record) = self.sessions.get_mut(&member.token) {
+            record.room = Some(code);
+        }
+        self.rooms.insert(code, Room::new(code, member));
+        self.metrics.rooms.increment(1.0);
+        debug!(room = %code, "room created");
+        Outcome::Created
+    }
+
+    fn join(&mut self, code: RoomCode, member: Member, notices: &mut Vec<Notice>) -> Outcome {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return Outcome::Refused(ErrorCode::RoomNotFound);
+        };
+        if room.is_full() {
+            return Outcome::Refused(ErrorCode::RoomFull);
+        }
+        let host = room.host();
+        if host.name == member.name {
+            return Outcome::Refused(ErrorCode::UsernameTaken);
+        }
+        let (host_name, host_connected) = (host.name.clone(), host.is_connected());
+        let history = room.history().map(|chat| chat.frame.clone()).collect();
+        let (token, name) = (member.token.clone(), member.name.clone());
+        room.seat(member);
+        let seq = room.next_event();
+        if let Some(record) = self.sessions.get_mut(&token) {
+            record.room = Some(code);
+        }
+        notices.push(Notice::Room(code, RoomEvent::Joined { seq, token, name }));
+        Outcome::Joined(Box::new(Joined {
+            host: host_name,
+            host_connected,
+            history,
+            last_id: room.last_id(),
+            event_seq: seq,
+        }))
+    }
+
+    fn chat(
+        &mut self,
+        code: RoomCode,
+        token: &SessionToken,
+        conn: Conn,
+        tail: &ChatTail,
+        client_msg_id: Option<Box<str>>,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
+        if let Err(outcome) = self.check_seat(code, token, conn) {
+            return outcome;
+        }
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return Outcome::Gone;
+        };
+        if let Some(client_msg_id) = &client_msg_id
+            && let Some(id) = room
+                .seat_of(token)
+                .and_then(|s| s.sent_before(client_msg_id))
+        {
+            let frame = room.messages_from(id).next().filter(|chat| chat.id == id);
+            return Outcome::Duplicate {
+                frame: frame.map(|chat| chat.frame.clone()),
+            };
+        }
+        let id = room.next_id();
+        let frame = tail.frame(id);
+        let grown = room.store(StoredChat {
+            id,
+            frame: frame.clone(),
+        });
+        if let (Some(client_msg_id), Some(seat)) = (client_msg_id, room.seat_of_mut(token)) {
+            seat.remember(client_msg_id, id);
+        }
+        self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
+        let token = token.clone();
+        notices.push(Notice::Room(code, RoomEvent::Chat { id, token, frame }));
+        self.keep_to_budget();
+        Outcome::Accepted { id }
+    }
+
+    fn read(
+        &mut self,
+        code: RoomCode,
+        token: &SessionToken,
+        conn: Conn,
+        up_to: u64,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
+        if let Err(outcome) = self.check_seat(code, token, conn) {
+            return outcome;
+        }
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return Outcome::Gone;
+        };
+        let last_id = room.last_id();
+        if up_to > last_id {
+            return Outcome::Future { last_id };
+        }
+        let Some(seat) = room.seat_of_mut(token) else {
+            return Outcome::Gone;
+        };
+        if up_to <= seat.read_up_to {
+            return Outcome::Ignored;
+        }
+        seat.read_up_to = up_to;
+        let name = seat.name.clone();
+        let seq = room.next_event();
+        let event = RoomEvent::Read {
+            seq,
+            token: token.clone(),
+            name,
+            up_to,
+        };
+        notices.push(Notice::Room(code, event));
+        Outcome::Done
+    }
+
+    fn drop_connection(
+        &mut self,
+        room: Option<RoomCode>,
+        token: SessionToken,
+        conn: Conn,
+        grace: Duration,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
+        if self.sessions.get(&token).is_none_or(|s| s.conn != conn) {
+            return Outcome::Moved;
+        }
+        let Some(code) = room else {
+            self.sessions.remove(&token);
+            return Outcome::Done;
+        };
+        if let Err(outcome) = self.check_seat(code, &token, conn) {
+            return outcome;
+        }
+        if grace.is_zero() {
+            self.remove_member(code, &token, LeaveReason::Disconnected, notices);
+            self.sessions.remove(&token);
+            return Outcome::Done;
+        }
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return Outcome::Gone;
+        };
+        let deadline = unix_millis().saturating_add(grace.as_millis() as u64);
+        let Some(seat) = room.seat_of_mut(&token) else {
+            return Outcome::Gone;
+        };
+        seat.held_until = Some(deadline);
+        let name = seat.name.clone();
+        let seq = room.next_event();
+        notices.push(Notice::Room(
+            code,
+            RoomEvent::Disconnected { seq, token, name },
+        ));
+        Outcome::Held { deadline }
+    }
+
+    fn resume(
+        &mut self,
+        token: SessionToken,
+        conn: Conn,
+        last_id: u64,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
+        let Some(record) = self.sessions.get_mut(&token) else {
+            return Outcome::Expired;
+        };
+        // A session that never chose a name holds nothing worth resuming.
+        if record.name.is_none() {
+            return Outcome::Expired;
+        }
+        let name = record.name.clone();
+        let previous_conn = std::mem::replace(&mut record.conn, conn);
+        let Some(code) = record.room else {
+            // Outside a room a session lives only as long as its connection, so that connection
+            // is still open: it is to be closed.
+            notices.push(Notice::Kick(previous_conn));
+            return Outcome::Resumed(Box::new(Resumed {
+                name,
+                previous: Some(previous_conn),
+                room: None,
+            }));
+        };
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return Outcome::Expired;
+        };
+        let Some(seat) = room.seat_of_mut(&token) else {
+            return Outcome::Expired;
+        };
+        let was_connected = seat.is_connected();
+        seat.conn = conn;
+        seat.held_until = None;
+        let (seat_name, history_from) = (seat.name.clone(), seat.history_from);
+        let previous = was_connected.then_some(previous_conn);
+        if let Some(previous) = previous {
+            notices.push(Notice::Kick(previous));
+        }
+        let seq = room.next_event();
+        notices.push(Notice::Room(
+            code,
+            RoomEvent::Reconnected {
+                seq,
+                token: token.clone(),
+                name: seat_name,
+            },
+        ));
+        // Every message it may have missed, back to when it entered the room; what a storage
+        // bound dropped meanwhile is counted as lost.
+        let wanted_from = last_id.saturating_add(1).max(history_from);
+        let missed = room
+            .messages_from(wanted_from)
+            .map(|chat| chat.frame.clone())
+            .collect();
+        let lost = (room.lost_through() + 1).saturating_sub(wanted_from);
+        let peer = room.peer_of(&token).map(|peer| Peer {
+            name: peer.name.clone(),
+            connected: peer.is_connected(),
+            read_up_to: peer.read_up_to,
+        });
+        Outcome::Resumed(Box::new(Resumed {
+            name,
+            previous,
+            room: Some(ResumedRoom {
+                code,
+                peer,
+                missed,
+                lost,
+                last_id: room.last_id(),
+                event_seq: seq,
+            }),
+        }))
+    }
+
+    /// `Gone` if the member with `token` has no seat in room `code`, `Moved` if another
+    /// connection than `conn` holds it.
+    fn check_seat(&self, code: RoomCode, token: &SessionToken, conn: Conn) -> Result<(), Outcome> {
+        match self.rooms.get(&code).and_then(|room| room.seat_of(token)) {
+            None => Err(Outcome::Gone),
+            Some(seat) if seat.conn != conn => Err(Outcome::Moved),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Takes the member with `token` out of room `code`: the member who stays is told (and
+    /// becomes the host), or the room is deleted if nobody stays.
+    fn remove_member(
+        &mut self,
+        code: RoomCode,
+        token: &SessionToken,
+        reason: LeaveReason,
+        notices: &mut Vec<Notice>,
+    ) {
+        let Some(room) = self.rooms.get_mut(&code) else {
+            return;
+        };
+        if !room.is_full() {
+            if room.host().token == *token
+                && let Some(room) = self.rooms.remove(&code)
+            {
+                self.stored_bytes -= room.stored_bytes();
+                self.metrics.rooms.decrement(1.0);
+                self.metrics.stored_bytes.set(self.stored_bytes as f64);
+                debug!(room = %code, "room deleted");
+            }
+            return;
+        }
+        let Some(left) = room.remove(token) else {
+            return;
+        };
+        // What was said before the one who stays entered is nobody's any more. The rest is its
+        // own conversation: kept for its resume, though a joiner will not see it.
+        let history_from = room.host().history_from;
+        self.stored_bytes -= room.forget_before(history_from);
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
+        let seq = room.next_event();
+        let event = RoomEvent::Left {
+            seq,
+            token: left.token,
+            name: left.name,
+            reason,
+        };
+        notices.push(Notice::Room(code, event));
+    }
+
+    /// Sheds stored messages while all rooms together hold more than `--max-stored-bytes`.
+    ///
+    /// Fairness: the largest rooms are cut down to a common level, oldest messages first, and
+    /// no room below that level loses anything, so a few rooms full of long messages cannot
+    /// push out everyone else's conversation. Shedding goes a little below the budget (by an
+    /// eighth), so that it runs once per many messages rather than on each. A member whose
+    /// messages were shed learns it when it resumes (`lost`): never a silent gap.
+    fn keep_to_budget(&mut self) {
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
+        let Some(budget) = self.max_stored_bytes else {
+            return;
+        };
+        if self.stored_bytes <= budget {
+            return;
+        }
+        let target = budget - budget / 8;
+        let mut sizes: Vec<usize> = self.rooms.values().map(Room::stored_bytes).collect();
+        let level = level_for(&mut sizes, target);
+        let mut shed = 0;
+        for room in self.rooms.values_mut() {
+            while room.stored_bytes() > level {
+                let freed = room.shed_oldest();
+                if freed == 0 {
+                    break;
+                }
+                self.stored_bytes -= freed;
+                shed += 1;
+            }
+        }
+        warn!(
+            shed,
+            stored_bytes = self.stored_bytes,
+            "over --max-stored-bytes: shed the oldest messages of the largest rooms"
+        );
+        self.metrics.messages_shed.increment(shed);
+        self.metrics.stored_bytes.set(self.stored_bytes as f64);
+    }
+
+    /// Every room, for inspection.
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    /// The room `code`, for inspection.
+    pub fn room(&self, code: RoomCode) -> Option<&Room> {
+        self.rooms.get(&code)
+    }
+
+    /// Every session, for inspection.
+    pub fn sessions(&self) -> impl Iterator<Item = (&SessionToken, &SessionRecord)> {
+        self.sessions.iter()
+    }
+
+    /// How many rooms exist.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// What all rooms' logs cost together, as the store counts it.
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
+
+    /// Checks the store's own bookkeeping: every room's log, the total of their bytes against
+    /// the budget, and that sessions and seats agree.
+    pub fn check(&self) -> Result<(), String> {
+        let mut stored = 0;
+        for (code, room) in &self.rooms {
+            if room.code() != *code {
+                return Err(format!("room {code} is filed under another code"));
+            }
+            room.check_log()?;
+            stored += room.stored_bytes();
+            for seat in room.seats() {
+                let record = self
+                    .sessions
+                    .get(&seat.token)
+                    .ok_or_else(|| format!("a member of {code} has no session"))?;
+                if record.room != Some(*code) || record.conn != seat.conn {
+                    return Err(format!("a member of {code} and its session disagree"));
+                }
+            }
+        }
+        if stored != self.stored_bytes {
+            return Err(format!(
+                "rooms hold {stored} stored bytes, the total says {}",
+                self.stored_bytes
+            ));
+        }
+        if self.max_stored_bytes.is_some_and(|budget| stored > budget) {
+            return Err(format!("{stored} stored bytes are over the budget"));
+        }
+        for (token, record) in &self.sessions {
+            if let Some(code) = record.room
+                && self
+                    .rooms
+                    .get(&code)
+                    .and_then(|r| r.seat_of(token))
+                    .is_none()
+            {
+                return Err(format!("a session is in {code}, which has no seat for it"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The highest level such that rooms of the given sizes, each cut down to at most that level,
+/// hold at most `target` bytes together ("water-filling"). Sorts `sizes`.
+fn level_for(sizes: &mut [usize], target: usize) -> usize {
+    sizes.sort_unstable();
+    // Raise the level room by room, smallest first: below the level a room keeps everything,
+    // above it every room is cut to the level.
+    let mut below = 0; // bytes of the rooms entirely under the level
+    for (index, &size) in sizes.iter().enumerate() {
+        let above = sizes.len() - index;
+        if below + size * above > target {
+            return (target - below) / above;
+        }
+        below += size;
+    }
+    usize::MAX
+}
+
+/// Now, in milliseconds since the Unix epoch, as chat timestamps and grace deadlines are.
+pub fn unix_millis() -> u64 {
+    // A clock set before 1970 is not worth failing a chat message for: it reads as 0.
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::level_for;
+
+    /// The level cuts only the rooms above it, and the rooms cut to it fit in the target.
+    #[test]
+    fn the_level_cuts_the_largest_rooms_to_fit() {
+        let mut sizes = vec![400, 10, 100, 50];
+        // 10 + 50 + 100 leave 240 of 400 for the largest room alone.
+        assert_eq!(level_for(&mut sizes, 400), 240);
+        // 10 + 50 leave 140 for the two largest: 70 each.
+        assert_eq!(level_for(&mut sizes, 200), 70);
+        assert_eq!(level_for(&mut sizes, 1000), usize::MAX, "everything fits");
+        assert_eq!(level_for(&mut sizes, 20), 5, "every room cut to one level");
+    }
+}

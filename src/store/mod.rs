@@ -1,0 +1,331 @@
+//! The state of record: which rooms exist, who sits in them, what was said there, and which
+//! sessions can be resumed; and the atomic steps that change it.
+//!
+//! A node (one chat-server process) keeps its own connections in its actor. What must be
+//! shared with other nodes is kept by a store: in this process's memory ([`MemoryStore`]), the
+//! default, or in Redis when several nodes share rooms. Both offer the same steps ([`Step`]),
+//! each answered with an [`Outcome`], and both tell the nodes with members in a room what
+//! happened there ([`RoomEvent`]), in one order per room. The protocol above these steps (who is
+//! told what and in which order, typing, limits) is the actor's, written once for both.
+//!
+//! Each step is atomic: two nodes that seat a guest in the same room at the same moment cannot
+//! both succeed, and two messages cannot get the same id. The in-memory store gets this from
+//! the actor, which applies one step at a time; the Redis store from running each step as one
+//! Lua script.
+
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::error::ErrorCode;
+use crate::message::LeaveReason;
+use crate::types::{ClientId, RoomCode, SessionToken, Username};
+
+pub use memory::MemoryStore;
+
+/// One chat-server process, among those that share a store. Random per process: a restarted
+/// node is a new node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        NodeId(rand::random())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+/// Where a session is held: a connection, on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conn {
+    /// The connection.
+    pub client: ClientId,
+    /// The node it is on.
+    pub node: NodeId,
+}
+
+/// A person entering a room: their session, the connection that holds it, and their name.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub token: SessionToken,
+    pub conn: Conn,
+    pub name: Username,
+}
+
+/// An atomic step on the state of record.
+#[derive(Debug)]
+pub enum Step {
+    /// A new connection's session: no name, no room. → [`Outcome::Done`].
+    Open { token: SessionToken, conn: Conn },
+    /// The session chose a name. → `Done`, or `Moved` if another connection holds it now.
+    Name {
+        token: SessionToken,
+        conn: Conn,
+        name: Username,
+    },
+    /// Open a room under `code` with `member` as its host. → `Created`, or `CodeTaken` if a
+    /// room has that code already (the actor draws another).
+    Create { code: RoomCode, member: Member },
+    /// Seat `member` as the guest of room `code`, under the two-member cap and the name rule.
+    /// → `Joined`, or `Refused` with `ROOM_NOT_FOUND`, `ROOM_FULL` or `USERNAME_TAKEN`.
+    Join { code: RoomCode, member: Member },
+    /// Append a message to room `code` with the room's next id. `tail` is the message's JSON
+    /// after its id (see [`ChatTail`]). A repeat of a `client_msg_id` this member used for one
+    /// of its last [`RECENT_CLIENT_IDS`] messages is not stored again. → `Accepted`,
+    /// `Duplicate`, `Gone` or `Moved`.
+    Chat {
+        code: RoomCode,
+        token: SessionToken,
+        conn: Conn,
+        tail: ChatTail,
+        client_msg_id: Option<Box<str>>,
+    },
+    /// The member has read up to `up_to`. → `Done`, `Ignored` (not past its last receipt),
+    /// `Future` (past the last message), `Gone` or `Moved`.
+    Read {
+        code: RoomCode,
+        token: SessionToken,
+        conn: Conn,
+        up_to: u64,
+    },
+    /// The member leaves its room (`leave_room`). → `Done`, `Gone` or `Moved`.
+    Leave {
+        code: RoomCode,
+        token: SessionToken,
+        conn: Conn,
+    },
+    /// The session's connection ended. In a room with a grace period, its seat is held until
+    /// `grace` from now (→ `Held`); otherwise the session ends, and the seat with it (→ `Done`).
+    /// Nothing happens if another connection holds the session by now (→ `Moved`).
+    Drop {
+        room: Option<RoomCode>,
+        token: SessionToken,
+        conn: Conn,
+        grace: Duration,
+    },
+    /// A held seat's grace period ended: the member leaves for good, unless it resumed (its
+    /// deadline changed) meanwhile. → `Done`.
+    Expire {
+        code: RoomCode,
+        token: SessionToken,
+        deadline: u64,
+    },
+    /// Take over the session `token` for the new connection `conn`, replaying the room's
+    /// messages after `last_id`. → `Resumed` or `Expired`.
+    Resume {
+        token: SessionToken,
+        conn: Conn,
+        last_id: u64,
+    },
+}
+
+/// How a [`Step`] turned out.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The step did what it says.
+    Done,
+    /// `Create`: the room exists now.
+    Created,
+    /// `Create`: a room has that code already.
+    CodeTaken,
+    /// `Join`: the member is seated. (Boxed, like `Resumed`: the other outcomes are small.)
+    Joined(Box<Joined>),
+    /// `Join`: refused, with this code.
+    Refused(ErrorCode),
+    /// `Chat`: stored with this id.
+    Accepted { id: u64 },
+    /// `Chat`: a repeat of a message the member sent before; here is that message, if the
+    /// room still keeps it.
+    Duplicate { frame: Option<Utf8Bytes> },
+    /// `Read`: not past the member's last receipt; nothing to tell.
+    Ignored,
+    /// `Read`: past the room's last message, whose id this is.
+    Future { last_id: u64 },
+    /// The member has no seat there any more (it left, or was held and expired).
+    Gone,
+    /// Another connection holds the session now: this one speaks for it no longer.
+    Moved,
+    /// `Drop`: the seat is held until this deadline (milliseconds since the Unix epoch).
+    Held { deadline: u64 },
+    /// `Resume`: the session is this connection's now.
+    Resumed(Box<Resumed>),
+    /// `Resume`: no such session, or its grace period is over.
+    Expired,
+}
+
+/// What a joiner needs: the room as it was at the moment it was seated.
+#[derive(Debug)]
+pub struct Joined {
+    /// The host's name.
+    pub host: Username,
+    /// Whether the host's connection is up (or its seat held for a resume).
+    pub host_connected: bool,
+    /// What a joiner sees of the conversation (see [`crate::room::Room::history`]), oldest first.
+    pub history: Vec<Utf8Bytes>,
+    /// The id of the last message said in the room: the joiner has seen everything up to it.
+    pub last_id: u64,
+    /// The room's event counter after the join: events up to it are the joiner's past.
+    pub event_seq: u64,
+}
+
+/// What a resuming connection needs.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The session's name, if it chose one.
+    pub name: Option<Username>,
+    /// The connection that held the session before, if it was still open: it is to be closed
+    /// with 4000.
+    pub previous: Option<Conn>,
+    /// The session's room, if it is in one.
+    pub room: Option<ResumedRoom>,
+}
+
+/// A resuming session's room.
+#[derive(Debug)]
+pub struct ResumedRoom {
+    pub code: RoomCode,
+    /// The other member, if there is one.
+    pub peer: Option<Peer>,
+    /// The messages after the `last_id` the client gave, back to when it entered the room.
+    pub missed: Vec<Utf8Bytes>,
+    /// How many messages after `last_id` the room no longer keeps (its storage bounds).
+    pub lost: u64,
+    /// The id of the last message said in the room.
+    pub last_id: u64,
+    /// The room's event counter after the resume.
+    pub event_seq: u64,
+}
+
+/// The other member of a room, as a resuming member sees it.
+#[derive(Debug)]
+pub struct Peer {
+    pub name: Username,
+    /// Whether its connection is up (rather than its seat held for a resume).
+    pub connected: bool,
+    /// The highest id it has said it has read (0 for none).
+    pub read_up_to: u64,
+}
+
+/// What happened in a room, told to every node with members there.
+///
+/// Chats are numbered by their `id`, the other events by the room's event counter (`seq`), so
+/// that a node can tell what a member has already seen (a joiner's history, a resume's
+/// `missed`) and notice what it missed. Typing is not counted: it is fleeting, and a member
+/// that misses it loses nothing.
+#[derive(Debug, Clone)]
+pub enum RoomEvent {
+    /// A message was stored, with this id; `frame` is the `chat` frame both members receive.
+    /// `token` is its sender's.
+    Chat {
+        id: u64,
+        token: SessionToken,
+        frame: Utf8Bytes,
+    },
+    /// A guest was seated.
+    Joined {
+        seq: u64,
+        token: SessionToken,
+        name: Username,
+    },
+    /// A member left for good.
+    Left {
+        seq: u64,
+        token: SessionToken,
+        name: Username,
+        reason: LeaveReason,
+    },
+    /// A member's connection dropped; its seat is held.
+    Disconnected {
+        seq: u64,
+        token: SessionToken,
+        name: Username,
+    },
+    /// A member resumed its session.
+    Reconnected {
+        seq: u64,
+        token: SessionToken,
+        name: Username,
+    },
+    /// A member has read up to `up_to`.
+    Read {
+        seq: u64,
+        token: SessionToken,
+        name: Username,
+        up_to: u64,
+    },
+    /// A member started typing.
+    Typing { token: SessionToken, name: Username },
+    /// A member stopped typing.
+    StopTyping { token: SessionToken, name: Username },
+}
+
+impl RoomEvent {
+    /// The member the event is about, or whose message it is.
+    pub fn token(&self) -> &SessionToken {
+        match self {
+            RoomEvent::Chat { token, .. }
+            | RoomEvent::Joined { token, .. }
+            | RoomEvent::Left { token, .. }
+            | RoomEvent::Disconnected { token, .. }
+            | RoomEvent::Reconnected { token, .. }
+            | RoomEvent::Read { token, .. }
+            | RoomEvent::Typing { token, .. }
+            | RoomEvent::StopTyping { token, .. } => token,
+        }
+    }
+
+    /// The event's place in the room's count of events, if it is counted.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            RoomEvent::Joined { seq, .. }
+            | RoomEvent::Left { seq, .. }
+            | RoomEvent::Disconnected { seq, .. }
+            | RoomEvent::Reconnected { seq, .. }
+            | RoomEvent::Read { seq, .. } => Some(*seq),
+            RoomEvent::Chat { .. } | RoomEvent::Typing { .. } | RoomEvent::StopTyping { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// What a step tells others besides its outcome: an event of a room, or a connection to close
+/// because its session moved.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Room(RoomCode, RoomEvent),
+    /// Close this connection with 4000: another connection resumed its session.
+    Kick(Conn),
+}
+
+/// A chat message's JSON from after its id to its end, such as
+/// `,"from":"ada","content":"hi","timestamp":1764000000000}`: everything but the id, which only
+/// the store can give. The store completes the frame as `{"type":"chat","id":` + id + tail, so
+/// that the one encoder of messages is serde's, whichever store numbers them.
+#[derive(Debug, Clone)]
+pub struct ChatTail(pub String);
+
+impl ChatTail {
+    /// The `chat` frame of the message numbered `id`.
+    pub fn frame(&self, id: u64) -> Utf8Bytes {
+        Utf8Bytes::from(format!("{{\"type\":\"chat\",\"id\":{id}{}", self.0))
+    }
+}
+
+/// How many of a member's `client_msg_id`s a room remembers, to drop a repeat.
+pub const RECENT_CLIENT_IDS: usize = 100;
