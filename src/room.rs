@@ -47,6 +47,10 @@ pub struct Room {
     host: ClientId,
     /// The second member, once someone has joined.
     guest: Option<ClientId>,
+    /// Created end-to-end encrypted (`"encrypted": true`): every chat is an envelope that only
+    /// the members' pages can open ([`crate::envelope`]). Fixed for the room's life, so that a
+    /// room's conversation is all of one kind.
+    encrypted: bool,
     /// What was said, oldest first, with ids counting up by one.
     log: VecDeque<StoredChat>,
     /// What [`Room::log`] costs, by [`StoredChat::stored_bytes`].
@@ -82,12 +86,13 @@ impl Room {
     /// The bookkeeping counted for each stored message besides its frame.
     pub const OVERHEAD_PER_MESSAGE: usize = 64;
 
-    /// A new room with its host alone in it.
-    pub fn new(code: RoomCode, host: ClientId) -> Self {
+    /// A new room with its host alone in it; `encrypted` for an end-to-end encrypted one.
+    pub fn new(code: RoomCode, host: ClientId, encrypted: bool) -> Self {
         Room {
             code,
             host,
             guest: None,
+            encrypted,
             log: VecDeque::new(),
             stored_bytes: 0,
             visible_from: 1,
@@ -99,6 +104,11 @@ impl Room {
     /// The room's code.
     pub fn code(&self) -> RoomCode {
         self.code
+    }
+
+    /// Whether the room is end-to-end encrypted: its chats are envelopes.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// The member who created the room or stayed in it.
@@ -297,7 +307,7 @@ mod tests {
     #[test]
     fn the_member_who_stays_becomes_host() {
         let (host, guest) = (ClientId::new(), ClientId::new());
-        let mut room = Room::new(RoomCode::random(), host);
+        let mut room = Room::new(RoomCode::random(), host, false);
         room.seat(guest);
         assert!(room.is_full());
         assert_eq!(room.peer_of(host), Some(guest));
@@ -316,7 +326,7 @@ mod tests {
     #[test]
     fn a_joiner_sees_only_what_was_said_since_the_last_departure() {
         let (host, guest) = (ClientId::new(), ClientId::new());
-        let mut room = Room::new(RoomCode::random(), host);
+        let mut room = Room::new(RoomCode::random(), host, false);
         assert_eq!(room.seat(guest), 1);
         for id in 1..=150 {
             room.store(chat(id, 10));
@@ -343,7 +353,7 @@ mod tests {
     /// out is remembered as lost, and the bytes are counted exactly.
     #[test]
     fn the_log_is_bounded_in_messages_and_bytes() {
-        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        let mut room = Room::new(RoomCode::random(), ClientId::new(), false);
         for id in 1..=(Room::MAX_STORED as u64 + 10) {
             room.store(chat(id, 10));
         }
@@ -352,7 +362,7 @@ mod tests {
         room.check_log().expect("consistent");
 
         let big = 100 * 1024;
-        let mut room = Room::new(RoomCode::random(), ClientId::new());
+        let mut room = Room::new(RoomCode::random(), ClientId::new(), false);
         let mut delta = 0;
         for id in 1..=100 {
             delta += room.store(chat(id, big));

@@ -8,13 +8,15 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
 
 use super::{ChatServer, MAX_CHAT_CHARS};
+use crate::envelope;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::{self, ChatMessage, LeaveReason, ServerMessage};
 use crate::room::{Room, StoredChat};
 use crate::types::{ClientId, RoomCode, Username};
 
 impl ChatServer {
-    pub(super) fn create_room(&mut self, id: ClientId) -> Result<(), Refusal> {
+    /// Opens a room with `id` as its host: end-to-end encrypted if it asked for `encrypted`.
+    pub(super) fn create_room(&mut self, id: ClientId, encrypted: bool) -> Result<(), Refusal> {
         self.check_can_enter_room(id)?;
         // 887 million codes: a collision with a live room is rare, and retrying settles it.
         let code = loop {
@@ -23,13 +25,17 @@ impl ChatServer {
                 break code;
             }
         };
-        self.rooms.insert(code, Room::new(code, id));
+        self.rooms.insert(code, Room::new(code, id, encrypted));
         let client = self.session_mut(id)?;
         client.room = Some(code);
         client.history_from = 1;
         self.metrics.rooms.increment(1.0);
-        debug!(client = %id, room = %code, "room created");
-        self.send(id, ServerMessage::RoomCreated { room_code: code }.encode());
+        debug!(client = %id, room = %code, encrypted, "room created");
+        let reply = ServerMessage::RoomCreated {
+            room_code: code,
+            encrypted,
+        };
+        self.send(id, reply.encode());
         Ok(())
     }
 
@@ -102,10 +108,12 @@ impl ChatServer {
 
         // The history, and the `room_joined` carrying what fits of it; the rest follows it.
         let history: Vec<Utf8Bytes> = room.history().map(|chat| chat.frame.clone()).collect();
+        let encrypted = room.is_encrypted();
         let welcome = message::with_history(&history, |history, _| ServerMessage::RoomJoined {
             room_code: code,
             peer: &host_name,
             history,
+            encrypted,
         });
         let announcement = ServerMessage::PeerJoined {
             username: joiner_name,
@@ -133,27 +141,40 @@ impl ChatServer {
         Ok(())
     }
 
-    pub(super) fn chat(&mut self, id: ClientId, content: String) -> Result<(), Refusal> {
+    /// A chat message: checked against the room's kind (plain or end-to-end encrypted), then
+    /// given the room's next id, kept, and sent to both members.
+    pub(super) fn chat(
+        &mut self,
+        id: ClientId,
+        content: String,
+        encrypted: bool,
+    ) -> Result<(), Refusal> {
         let (code, from) = self.membership(id)?;
-        if content.trim().is_empty() {
-            return Err(ErrorCode::EmptyMessage.into());
+        let room = self.rooms.get_mut(&code).ok_or(ErrorCode::InternalError)?;
+        // For a plain room this is one comparison more than protocol v1 needed.
+        match (room.is_encrypted(), encrypted) {
+            (false, false) => check_plain_content(&content)?,
+            (true, true) => envelope::check(&content)?,
+            // A page that lost its key must not leak plaintext into the room.
+            (true, false) => return Err(ErrorCode::EncryptionRequired.into()),
+            (false, true) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "This room is not end-to-end encrypted: send the message itself, without \
+                     \"encrypted\": true.",
+                ));
+            }
         }
-        // A string has at least as many bytes as characters, so only long ones need counting.
-        if content.len() > MAX_CHAT_CHARS && content.chars().count() > MAX_CHAT_CHARS {
-            return Err(ErrorCode::MessageTooLong.into());
-        }
-        // The peer must see the typing indicator go away before the message it turned into.
-        self.end_typing(id);
-
-        let room = self.room_mut(code)?;
         let message = ChatMessage {
             id: room.next_id(),
             from,
             content,
             timestamp: unix_millis(),
+            encrypted,
         };
         // Encoded once; the room keeps the frame, and each member's queue gets a
-        // reference-counted copy of the same bytes.
+        // reference-counted copy of the same bytes. The content, an envelope included, is kept
+        // and relayed exactly as it came.
         let frame = ServerMessage::Chat(&message).encode();
         let stored = StoredChat {
             id: message.id,
@@ -162,6 +183,9 @@ impl ChatServer {
         let grown = room.store(stored);
         let members = room.members();
         self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
+        // The peer must see the typing indicator go away before the message it turned into,
+        // which is sent only below.
+        self.end_typing(id);
         for member in members {
             self.send(member, frame.clone());
         }
@@ -284,6 +308,19 @@ impl ChatServer {
         }
         self.metrics.stored_bytes.set(self.stored_bytes as f64);
     }
+}
+
+/// The rules of a plain room's chat content: not empty or only whitespace
+/// (`EMPTY_MESSAGE`), at most [`MAX_CHAT_CHARS`] characters (`MESSAGE_TOO_LONG`).
+fn check_plain_content(content: &str) -> Result<(), Refusal> {
+    if content.trim().is_empty() {
+        return Err(ErrorCode::EmptyMessage.into());
+    }
+    // A string has at least as many bytes as characters, so only long ones need counting.
+    if content.len() > MAX_CHAT_CHARS && content.chars().count() > MAX_CHAT_CHARS {
+        return Err(ErrorCode::MessageTooLong.into());
+    }
+    Ok(())
 }
 
 /// Now, in milliseconds since the Unix epoch, as chat timestamps are.

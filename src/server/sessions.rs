@@ -237,6 +237,7 @@ impl ChatServer {
             missed,
             more,
             lost,
+            encrypted: room.is_some_and(Room::is_encrypted),
         });
         if lost > 0 {
             debug!(client = %id, lost, "resumed with messages lost to the storage bounds");

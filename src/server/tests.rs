@@ -109,7 +109,11 @@ fn request(server: &mut ChatServer, peer: &Peer, request: ClientMessage) {
 /// Two clients in one room; returns (host, guest, code).
 fn pair(server: &mut ChatServer) -> (Peer, Peer, String) {
     let mut host = connect(server, "ada");
-    request(server, &host, ClientMessage::CreateRoom);
+    request(
+        server,
+        &host,
+        ClientMessage::CreateRoom { encrypted: false },
+    );
     let code = host.next()["room_code"].as_str().expect("code").to_string();
     let mut guest = connect(server, "grace");
     request(
@@ -155,6 +159,7 @@ async fn a_forgotten_client_is_ignored() {
         &host,
         ClientMessage::Chat {
             content: "ghost".into(),
+            encrypted: false,
         },
     );
     assert!(guest.is_idle());
@@ -178,6 +183,7 @@ async fn a_full_queue_disconnects_the_slow_member_only() {
             &host,
             ClientMessage::Chat {
                 content: format!("m{n}"),
+                encrypted: false,
             },
         );
         server.disconnect_slow_consumers();
@@ -200,7 +206,12 @@ async fn a_takeover_closes_a_full_queue_with_4000() {
     // The guest's old connection reads nothing: two chats fill its queue.
     for n in 0..2 {
         let content = format!("m{n}");
-        request(&mut server, &host, ClientMessage::Chat { content });
+        let encrypted = false;
+        request(
+            &mut server,
+            &host,
+            ClientMessage::Chat { content, encrypted },
+        );
         assert_eq!(host.next()["type"], "chat");
     }
     let mut new_guest = connect_unnamed(&mut server);
