@@ -100,18 +100,25 @@ pub fn drive_actor(data: &[u8]) {
                 let username = names[usize::from(arg) % names.len()].to_string();
                 Some(ClientMessage::SetUsername { username })
             }
-            3 => Some(ClientMessage::CreateRoom),
+            3 => Some(ClientMessage::CreateRoom {
+                encrypted: arg & 1 == 1,
+            }),
             4 => Some(ClientMessage::JoinRoom {
                 room_code: pick(&codes, "abc23o"),
             }),
             5 => {
-                let contents = ["hi", "", " \n", "ü"];
-                let content = match arg % 5 {
-                    4 => "x".repeat(4097),
+                // The last is the smallest well-formed envelope of an encrypted room.
+                let envelope = format!("v1.{}", "A".repeat(38));
+                let contents = ["hi", "", " \n", "ü", &envelope];
+                let content = match arg % 6 {
+                    5 => "x".repeat(4097),
                     n => contents[usize::from(n)].to_string(),
                 };
+                // Sometimes marked as encrypted, whatever it is and whatever the room is.
+                let encrypted = arg & 0x40 != 0;
                 Some(ClientMessage::Chat {
                     content,
+                    encrypted,
                     client_msg_id: None,
                 })
             }

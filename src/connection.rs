@@ -28,6 +28,8 @@ pub struct Connection {
     pub name: Option<Username>,
     /// The session's room, if it is in one.
     pub room: Option<RoomCode>,
+    /// Whether that room is end-to-end encrypted: its chats must be envelopes.
+    pub room_encrypted: bool,
     /// The highest chat id of its room this connection has been sent (a joiner's history and a
     /// resume's `missed` count), so that a message is never sent to it twice.
     pub seen_chat: u64,
@@ -68,6 +70,7 @@ impl Connection {
             token,
             name: None,
             room: None,
+            room_encrypted: false,
             seen_chat: 0,
             seen_event: 0,
             peer_typing: false,

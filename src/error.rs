@@ -47,8 +47,13 @@ pub enum ErrorCode {
     RoomFull,
     /// Chat content that is empty or only whitespace.
     EmptyMessage,
-    /// Chat content over 4096 characters.
+    /// Chat content over 4096 characters; in an end-to-end encrypted room, an envelope over
+    /// the size that 4096 characters of plaintext can make (see [`crate::envelope`]).
     MessageTooLong,
+    /// A `chat` without `"encrypted": true` in an end-to-end encrypted room. Expected from a page
+    /// that lost its key (or never had it): refused, so that it cannot leak plaintext into a
+    /// room whose members expect none.
+    EncryptionRequired,
     /// Too many messages too fast (`--rate-limit`), or too many failed `join_room` attempts
     /// (`--max-failed-joins`). Expected from scripts and guessers, never from a person typing.
     RateLimited,
@@ -84,6 +89,9 @@ impl ErrorCode {
             ErrorCode::RoomFull => "That room already has two people in it.",
             ErrorCode::EmptyMessage => "A message cannot be empty.",
             ErrorCode::MessageTooLong => "A message can be at most 4096 characters long.",
+            ErrorCode::EncryptionRequired => {
+                "This room is end-to-end encrypted: only encrypted messages can be sent in it."
+            }
             ErrorCode::RateLimited => "Too many messages: slow down.",
             ErrorCode::SessionExpired => "That session has ended: start again with a username.",
             ErrorCode::InternalError => "Something went wrong on the server.",

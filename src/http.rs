@@ -84,6 +84,11 @@ const WEB_FILES: &[(&str, &str, &str)] = &[
         JAVASCRIPT,
         include_str!("../static/js/protocol.js"),
     ),
+    (
+        "/js/e2e.js",
+        JAVASCRIPT,
+        include_str!("../static/js/e2e.js"),
+    ),
     // Browsers ask for /favicon.ico when a page names no icon; ours names this one, and
     // both paths serve it, so that no browser shows a 404 for it.
     ("/favicon.svg", "image/svg+xml", FAVICON_SVG),
@@ -423,6 +428,13 @@ fn web_file(content_type: &'static str, body: &'static str) -> Response<Body> {
     );
     // Revalidate on every load, so a restarted server with a new page is picked up at once.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Never tell another site (or this one) which page a request came from. Browsers never put
+    // a URL's fragment, where an end-to-end encrypted room's key travels, in a `Referer`; this
+    // also keeps the room code of an invite link (`/?room=CODE`) to the page itself.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 

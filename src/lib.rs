@@ -19,6 +19,8 @@
 //! - [`outbox`]: each connection's small bounded outbound queue, from the actor to the write
 //!   task, and what goes through it (messages, and the close that ends it).
 //! - [`message`]: the JSON wire messages, client to server and server to client.
+//! - [`envelope`]: the shape and size of an end-to-end encrypted chat's content, all the
+//!   server can check of what it cannot read.
 //! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`,
 //!   `SessionToken`).
@@ -29,6 +31,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod envelope;
 pub mod error;
 pub mod handler;
 pub mod http;

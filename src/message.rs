@@ -22,16 +22,25 @@ use crate::types::{ClientId, RoomCode, SessionToken, Username};
 pub enum ClientMessage {
     /// `{"type":"set_username","username":"ada"}`: choose or change one's name (not in a room).
     SetUsername { username: String },
-    /// `{"type":"create_room"}`: open a new room; the sender becomes its host.
-    CreateRoom,
+    /// `{"type":"create_room"}`: open a new room; the sender becomes its host. With
+    /// `"encrypted": true` (absent means false) the room is end-to-end encrypted: its chats carry
+    /// envelopes only ([`crate::envelope`]).
+    CreateRoom {
+        #[serde(default)]
+        encrypted: bool,
+    },
     /// `{"type":"join_room","room_code":"ABC234"}`: join a room as its second member.
     JoinRoom { room_code: String },
     /// `{"type":"chat","content":"hello","client_msg_id":"m-17"}`: say something to the room.
     /// `client_msg_id` (optional, 1 to 64 characters) is the sender's own id for the message:
     /// it comes back in the `chat`, and a repeat of it (a resend after a lost answer) is not
-    /// stored twice.
+    /// stored twice. In an end-to-end encrypted room,
+    /// `{"type":"chat","content":"v1.…","encrypted":true}`: `content` is an envelope, and
+    /// `encrypted` (absent means false) must say so.
     Chat {
         content: String,
+        #[serde(default)]
+        encrypted: bool,
         #[serde(default)]
         client_msg_id: Option<String>,
     },
@@ -102,6 +111,15 @@ pub struct ChatDraft<'a> {
     /// The sender's own id for the message, if it gave one (see [`ClientMessage::Chat`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<&'a str>,
+    /// Said in an end-to-end encrypted room: `content` is an envelope. On the wire only when
+    /// true, so a plain room's `chat` is exactly protocol v1's.
+    #[serde(skip_serializing_if = "is_false")]
+    pub encrypted: bool,
+}
+
+/// For `skip_serializing_if`: the `encrypted` flags are on the wire only when true.
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 impl ChatDraft<'_> {
@@ -134,7 +152,8 @@ pub enum ServerMessage<'a> {
     /// successful `resume`. `room_code` and `peer` are `null` when there is none; `missed` holds
     /// the room's messages after the `last_id` the client gave, oldest first, as many as fit in
     /// the frame; `more` counts the `chat` frames that follow at once with the rest; `lost`
-    /// counts those the server no longer had.
+    /// counts those the server no longer had. `"encrypted":true` when the room is end-to-end
+    /// encrypted (absent otherwise).
     Resumed {
         client_id: ClientId,
         username: Option<&'a Username>,
@@ -144,18 +163,28 @@ pub enum ServerMessage<'a> {
         missed: ChatHistory<'a>,
         more: usize,
         lost: u64,
+        #[serde(skip_serializing_if = "is_false")]
+        encrypted: bool,
     },
     /// `{"type":"username_set","username":"ada"}`: the name as stored (trimmed).
     UsernameSet { username: &'a Username },
-    /// `{"type":"room_created","room_code":"ABC234"}`: the sender is the host of a new room.
-    RoomCreated { room_code: RoomCode },
+    /// `{"type":"room_created","room_code":"ABC234"}`: the sender is the host of a new room;
+    /// with `"encrypted":true` when it asked for an end-to-end encrypted one.
+    RoomCreated {
+        room_code: RoomCode,
+        #[serde(skip_serializing_if = "is_false")]
+        encrypted: bool,
+    },
     /// `{"type":"room_joined","room_code":"ABC234","peer":"ada","history":[{"type":"chat",…}]}`:
     /// the sender joined; `history` is what was said since the room last lost a member, as
-    /// much as fits in the frame (the rest follows as `chat` frames).
+    /// much as fits in the frame (the rest follows as `chat` frames). `"encrypted":true` when
+    /// the room is end-to-end encrypted (absent otherwise).
     RoomJoined {
         room_code: RoomCode,
         peer: &'a Username,
         history: ChatHistory<'a>,
+        #[serde(skip_serializing_if = "is_false")]
+        encrypted: bool,
     },
     /// `{"type":"peer_joined","username":"grace"}`: to the member already in the room.
     PeerJoined { username: &'a Username },
@@ -291,7 +320,14 @@ mod tests {
                     username: "ada".into(),
                 },
             ),
-            (r#"{"type":"create_room"}"#, ClientMessage::CreateRoom),
+            (
+                r#"{"type":"create_room"}"#,
+                ClientMessage::CreateRoom { encrypted: false },
+            ),
+            (
+                r#"{"type":"create_room","encrypted":true}"#,
+                ClientMessage::CreateRoom { encrypted: true },
+            ),
             (
                 r#"{"type":"join_room","room_code":"abc234"}"#,
                 ClientMessage::JoinRoom {
@@ -302,7 +338,24 @@ mod tests {
                 r#"{"type":"chat","content":" hi "}"#,
                 ClientMessage::Chat {
                     content: " hi ".into(),
+                    encrypted: false,
                     client_msg_id: None,
+                },
+            ),
+            (
+                r#"{"type":"chat","content":"v1.AAAA","encrypted":true}"#,
+                ClientMessage::Chat {
+                    content: "v1.AAAA".into(),
+                    encrypted: true,
+                    client_msg_id: None,
+                },
+            ),
+            (
+                r#"{"type":"chat","content":"hi","encrypted":false,"client_msg_id":"m"}"#,
+                ClientMessage::Chat {
+                    content: "hi".into(),
+                    encrypted: false,
+                    client_msg_id: Some("m".into()),
                 },
             ),
             (r#"{"type":"typing"}"#, ClientMessage::Typing),
@@ -337,6 +390,9 @@ mod tests {
             r#"{"type":"chat","content":5}"#,
             r#"{"type":"join_room","room_code":null}"#,
             r#"{"type":"set_username","username":["a"]}"#,
+            r#"{"type":"create_room","encrypted":"yes"}"#,
+            r#"{"type":"chat","content":"v1.AAAA","encrypted":1}"#,
+            r#"{"type":"chat","content":"hi","client_msg_id":7}"#,
         ] {
             let refusal = ClientMessage::decode(bad).expect_err(bad);
             assert_eq!(refusal.code, ErrorCode::InvalidMessage, "{bad}");
@@ -358,6 +414,7 @@ mod tests {
                     content: &content,
                     timestamp: 5,
                     client_msg_id: None,
+                    encrypted: false,
                 };
                 chat.tail().frame(id)
             })
@@ -366,6 +423,7 @@ mod tests {
             room_code: code,
             peer: &ada,
             history,
+            encrypted: false,
         };
         let short = with_history(&frames[..2], joined);
         assert_eq!(short.len(), 1);
@@ -404,6 +462,7 @@ mod tests {
             content: "hi",
             timestamp: 5,
             client_msg_id: None,
+            encrypted: false,
         };
         let history = [chat.tail().frame(1)];
         assert_eq!(
@@ -423,7 +482,8 @@ mod tests {
             encode(&ServerMessage::RoomJoined {
                 room_code: code,
                 peer: &ada,
-                history: ChatHistory(&history)
+                history: ChatHistory(&history),
+                encrypted: false,
             }),
             json!({"type":"room_joined","room_code":"ABC234","peer":"ada","history":[
                 {"type":"chat","id":1,"from":"ada","content":"hi","timestamp":5}
@@ -444,9 +504,65 @@ mod tests {
             json!({"type":"error","code":"ROOM_FULL","message":"full"})
         );
         assert_eq!(
-            encode(&ServerMessage::RoomCreated { room_code: code }),
+            encode(&ServerMessage::RoomCreated {
+                room_code: code,
+                encrypted: false
+            }),
             json!({"type":"room_created","room_code":"ABC234"})
         );
+    }
+
+    /// An end-to-end encrypted room says so with `"encrypted":true` in `room_created`,
+    /// `room_joined`, `resumed` and each `chat`; a plain room's messages carry no `encrypted`
+    /// field at all, so they are exactly protocol v1's.
+    #[test]
+    fn encrypted_is_on_the_wire_only_when_true() {
+        let ada = Username::parse("ada").expect("valid");
+        let code = RoomCode::parse("ABC234").expect("valid");
+        let sealed = ChatDraft {
+            from: &ada,
+            content: "v1.AAAA",
+            timestamp: 5,
+            client_msg_id: None,
+            encrypted: true,
+        };
+        let history = [sealed.tail().frame(1)];
+        let sealed_json = json!({"type":"chat","id":1,"from":"ada","content":"v1.AAAA",
+            "timestamp":5,"encrypted":true});
+        assert_eq!(
+            serde_json::from_str::<Value>(&history[0]).expect("JSON"),
+            sealed_json
+        );
+        assert_eq!(
+            encode(&ServerMessage::RoomCreated {
+                room_code: code,
+                encrypted: true
+            }),
+            json!({"type":"room_created","room_code":"ABC234","encrypted":true})
+        );
+        assert_eq!(
+            encode(&ServerMessage::RoomJoined {
+                room_code: code,
+                peer: &ada,
+                history: ChatHistory(&history),
+                encrypted: true,
+            }),
+            json!({"type":"room_joined","room_code":"ABC234","peer":"ada",
+                "history":[sealed_json],"encrypted":true})
+        );
+        let resumed = |encrypted| ServerMessage::Resumed {
+            client_id: ClientId::new(),
+            username: Some(&ada),
+            room_code: Some(code),
+            peer: None,
+            peer_connected: false,
+            missed: ChatHistory::NONE,
+            more: 0,
+            lost: 0,
+            encrypted,
+        };
+        assert_eq!(encode(&resumed(true))["encrypted"], true);
+        assert!(encode(&resumed(false)).get("encrypted").is_none());
     }
 
     /// Only an object is a request. serde alone would take an array as a request too, reading
@@ -559,7 +675,14 @@ mod tests {
                     json!({"type": "set_username", "username": username}),
                     ClientMessage::SetUsername { username }
                 )),
-                Just((json!({"type": "create_room"}), ClientMessage::CreateRoom)),
+                Just((
+                    json!({"type": "create_room"}),
+                    ClientMessage::CreateRoom { encrypted: false }
+                )),
+                any::<bool>().prop_map(|encrypted| (
+                    json!({"type": "create_room", "encrypted": encrypted}),
+                    ClientMessage::CreateRoom { encrypted }
+                )),
                 any::<String>().prop_map(|room_code| (
                     json!({"type": "join_room", "room_code": room_code}),
                     ClientMessage::JoinRoom { room_code }
@@ -568,6 +691,15 @@ mod tests {
                     json!({"type": "chat", "content": content}),
                     ClientMessage::Chat {
                         content,
+                        encrypted: false,
+                        client_msg_id: None
+                    }
+                )),
+                (any::<String>(), any::<bool>()).prop_map(|(content, encrypted)| (
+                    json!({"type": "chat", "content": content, "encrypted": encrypted}),
+                    ClientMessage::Chat {
+                        content,
+                        encrypted,
                         client_msg_id: None
                     }
                 )),

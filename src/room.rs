@@ -113,6 +113,10 @@ pub struct Room {
     host: Seat,
     /// The second member, once someone has joined.
     guest: Option<Seat>,
+    /// Created end-to-end encrypted (`"encrypted": true`): every chat is an envelope that only
+    /// the members' pages can open ([`crate::envelope`]). Fixed for the room's life, so that a
+    /// room's conversation is all of one kind.
+    encrypted: bool,
     /// How many events (joins, departures, drops, resumes, read receipts) the room has seen:
     /// each event gets the next number, so that a node can tell which a member has seen.
     event_seq: u64,
@@ -151,12 +155,13 @@ impl Room {
     /// The bookkeeping counted for each stored message besides its frame.
     pub const OVERHEAD_PER_MESSAGE: usize = 64;
 
-    /// A new room with its host alone in it.
-    pub fn new(code: RoomCode, host: Member) -> Self {
+    /// A new room with its host alone in it; `encrypted` for an end-to-end encrypted one.
+    pub fn new(code: RoomCode, host: Member, encrypted: bool) -> Self {
         Room {
             code,
             host: Seat::new(host, 1),
             guest: None,
+            encrypted,
             event_seq: 0,
             log: VecDeque::new(),
             stored_bytes: 0,
@@ -169,6 +174,11 @@ impl Room {
     /// The room's code.
     pub fn code(&self) -> RoomCode {
         self.code
+    }
+
+    /// Whether the room is end-to-end encrypted: its chats are envelopes.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// The member who created the room or stayed in it.
@@ -403,7 +413,7 @@ mod tests {
     fn the_member_who_stays_becomes_host() {
         let (ada, grace) = (member("ada"), member("grace"));
         let (ada_token, grace_token) = (ada.token.clone(), grace.token.clone());
-        let mut room = Room::new(RoomCode::random(), ada);
+        let mut room = Room::new(RoomCode::random(), ada, false);
         room.seat(grace);
         assert!(room.is_full());
         assert_eq!(
@@ -432,7 +442,7 @@ mod tests {
     fn a_joiner_sees_only_what_was_said_since_the_last_departure() {
         let (ada, grace) = (member("ada"), member("grace"));
         let grace_token = grace.token.clone();
-        let mut room = Room::new(RoomCode::random(), ada);
+        let mut room = Room::new(RoomCode::random(), ada, false);
         room.seat(grace);
         assert_eq!(room.seat_of(&grace_token).map(|s| s.history_from), Some(1));
         for id in 1..=150 {
@@ -466,7 +476,7 @@ mod tests {
     /// out is remembered as lost, and the bytes are counted exactly.
     #[test]
     fn the_log_is_bounded_in_messages_and_bytes() {
-        let mut room = Room::new(RoomCode::random(), member("ada"));
+        let mut room = Room::new(RoomCode::random(), member("ada"), false);
         for id in 1..=(Room::MAX_STORED as u64 + 10) {
             room.store(chat(id, 10));
         }
@@ -475,7 +485,7 @@ mod tests {
         room.check_log().expect("consistent");
 
         let big = 100 * 1024;
-        let mut room = Room::new(RoomCode::random(), member("ada"));
+        let mut room = Room::new(RoomCode::random(), member("ada"), false);
         let mut delta = 0;
         for id in 1..=100 {
             delta += room.store(chat(id, big));

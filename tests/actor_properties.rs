@@ -13,6 +13,10 @@
 //!   accepted chat reaches both members exactly once and in id order, no `error` is sent where
 //!   the rules allow a request, and a refused request gets the right code.
 //!
+//! Rooms are plain or end-to-end encrypted, and chats are marked `encrypted` as their room is,
+//! or not: the model knows which envelopes the server must relay untouched and which chats it
+//! must refuse, and that a plain room's messages carry no `encrypted` field at all.
+//!
 //! Some clients are slow: their queue holds two messages and they read only now and then. The
 //! model tracks their queues too, so it knows exactly when the actor must drop one as a slow
 //! consumer and what its peer is told.
@@ -62,8 +66,20 @@ const NAMES: &[&str] = &[
     "thirty-two characters, the most!",
     "thirty-three characters: too many",
 ];
-/// Chat contents: ordinary, empty, blank, and around the 4096-character limit.
-fn content(choice: usize) -> String {
+/// Chat contents: ordinary, empty, blank, around the 4096-character limit; and for a chat
+/// marked `encrypted`, envelopes as docs/protocol.md describes them: the smallest and the
+/// largest, one over the limit, and ones that are not envelopes at all.
+fn content(choice: usize, encrypted: bool) -> String {
+    if encrypted {
+        return match choice % 6 {
+            0 => format!("v1.{}", "A".repeat(38)),
+            1 => format!("v1.{}", "-_".repeat(10_941) + "A"),
+            2 => format!("v1.{}", "A".repeat(21_884)),
+            3 => "hi".into(),
+            4 => format!("v1.{}=", "A".repeat(38)),
+            _ => format!("v1.{}", "A".repeat(37)),
+        };
+    }
     match choice % 5 {
         0 => "hi".into(),
         1 => String::new(),
@@ -71,6 +87,35 @@ fn content(choice: usize) -> String {
         3 => "x".repeat(4097),
         _ => "ü".repeat(4096),
     }
+}
+
+/// The longest envelope docs/protocol.md allows, in characters.
+const MAX_ENVELOPE_CHARS: usize = 21_886;
+
+/// The refusal docs/protocol.md prescribes for `content` as an envelope, if any.
+fn envelope_refusal(content: &str) -> Option<ErrorCode> {
+    if content.len() > MAX_ENVELOPE_CHARS {
+        return Some(ErrorCode::MessageTooLong);
+    }
+    let Some(encoded) = content.strip_prefix("v1.") else {
+        return Some(ErrorCode::InvalidMessage);
+    };
+    let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let bytes = encoded.len() * 3 / 4;
+    if !encoded.chars().all(base64url) || encoded.len() % 4 == 1 || bytes < 12 + 16 {
+        return Some(ErrorCode::InvalidMessage);
+    }
+    None
+}
+
+/// Whether a chat says `"encrypted": true`: as its room is, mostly; or as a broken or hostile
+/// client would have it.
+#[derive(Debug, Clone, Copy)]
+enum Sealed {
+    /// Encrypted in an encrypted room, plain in a plain one.
+    AsTheRoom,
+    /// Always this, whatever the room.
+    Always(bool),
 }
 
 /// One thing a client (identified by its slot) does.
@@ -86,6 +131,7 @@ enum Op {
     },
     CreateRoom {
         slot: usize,
+        encrypted: bool,
     },
     Join {
         slot: usize,
@@ -94,6 +140,7 @@ enum Op {
     Chat {
         slot: usize,
         content: usize,
+        sealed: Sealed,
     },
     Typing {
         slot: usize,
@@ -128,7 +175,7 @@ impl Op {
         match *self {
             Op::Connect { slot, .. }
             | Op::SetUsername { slot, .. }
-            | Op::CreateRoom { slot }
+            | Op::CreateRoom { slot, .. }
             | Op::Join { slot, .. }
             | Op::Chat { slot, .. }
             | Op::Typing { slot }
@@ -163,12 +210,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Target::Malformed),
         1 => Just(Target::Foreign),
     ];
+    let sealed = prop_oneof![
+        4 => Just(Sealed::AsTheRoom),
+        1 => any::<bool>().prop_map(Sealed::Always),
+    ];
     prop_oneof![
         3 => (slot.clone(), prop::bool::weighted(0.3)).prop_map(|(slot, slow)| Op::Connect { slot, slow }),
         3 => (slot.clone(), 0..NAMES.len()).prop_map(|(slot, name)| Op::SetUsername { slot, name }),
-        2 => slot.clone().prop_map(|slot| Op::CreateRoom { slot }),
+        2 => (slot.clone(), any::<bool>()).prop_map(|(slot, encrypted)| Op::CreateRoom { slot, encrypted }),
         3 => (slot.clone(), target).prop_map(|(slot, target)| Op::Join { slot, target }),
-        4 => (slot.clone(), 0..5_usize).prop_map(|(slot, content)| Op::Chat { slot, content }),
+        4 => (slot.clone(), 0..30_usize, sealed).prop_map(|(slot, content, sealed)| Op::Chat { slot, content, sealed }),
         2 => slot.clone().prop_map(|slot| Op::Typing { slot }),
         1 => slot.clone().prop_map(|slot| Op::StopTyping { slot }),
         1 => slot.clone().prop_map(|slot| Op::Leave { slot }),
@@ -184,17 +235,22 @@ fn op() -> impl Strategy<Value = Op> {
 enum Msg {
     Connected(String),
     UsernameSet(String),
-    RoomCreated(String),
+    RoomCreated {
+        code: String,
+        encrypted: bool,
+    },
     RoomJoined {
         code: String,
         peer: String,
         history: Vec<u64>,
+        encrypted: bool,
     },
     PeerJoined(String),
     Chat {
         id: u64,
         from: String,
         content: String,
+        encrypted: bool,
     },
     Typing(String),
     StopTyping(String),
@@ -211,10 +267,21 @@ impl Msg {
     fn parse(frame: &str) -> Msg {
         let value: Value = serde_json::from_str(frame).expect("the actor sends JSON");
         let text = |field: &str| value[field].as_str().expect("a string field").to_string();
+        // `encrypted` is on the wire only when true: a plain room's messages are v1's.
+        let encrypted = match value.get("encrypted") {
+            None => false,
+            Some(flag) => {
+                assert_eq!(flag, true, "`encrypted` is absent or true in {value}");
+                true
+            }
+        };
         match value["type"].as_str().expect("a type") {
             "connected" => Msg::Connected(text("client_id")),
             "username_set" => Msg::UsernameSet(text("username")),
-            "room_created" => Msg::RoomCreated(text("room_code")),
+            "room_created" => Msg::RoomCreated {
+                code: text("room_code"),
+                encrypted,
+            },
             "room_joined" => Msg::RoomJoined {
                 code: text("room_code"),
                 peer: text("peer"),
@@ -227,12 +294,14 @@ impl Msg {
                         chat["id"].as_u64().expect("an id")
                     })
                     .collect(),
+                encrypted,
             },
             "peer_joined" => Msg::PeerJoined(text("username")),
             "chat" => Msg::Chat {
                 id: value["id"].as_u64().expect("an id"),
                 from: text("from"),
                 content: text("content"),
+                encrypted,
             },
             "typing" => Msg::Typing(text("username")),
             "stop_typing" => Msg::StopTyping(text("username")),
@@ -291,6 +360,7 @@ fn join_rate() -> Rate {
 struct ModelRoom {
     host: usize,
     guest: Option<usize>,
+    encrypted: bool,
     next_id: u64,
     history: VecDeque<u64>,
 }
@@ -379,7 +449,7 @@ impl Model {
                 self.conn(slot).name = Some(trimmed.into());
                 self.send(slot, Msg::UsernameSet(trimmed.into()));
             }
-            Op::CreateRoom { slot } => {
+            Op::CreateRoom { slot, encrypted } => {
                 if let Err(code) = self.may_enter(slot) {
                     return self.error(slot, code);
                 }
@@ -397,6 +467,7 @@ impl Model {
                 let room = ModelRoom {
                     host: slot,
                     guest: None,
+                    encrypted,
                     next_id: 1,
                     history: VecDeque::new(),
                 };
@@ -404,7 +475,7 @@ impl Model {
                     self.rooms.insert(code.clone(), room).is_none(),
                     "a fresh code"
                 );
-                self.send(slot, Msg::RoomCreated(code));
+                self.send(slot, Msg::RoomCreated { code, encrypted });
             }
             Op::Join { slot, .. } => {
                 if let Err(code) = self.may_enter(slot) {
@@ -427,6 +498,7 @@ impl Model {
                     return self.error(slot, ErrorCode::RoomFull);
                 }
                 let (host, history) = (room.host, room.history.iter().copied().collect());
+                let encrypted = room.encrypted;
                 let joiner = self.name(slot);
                 let host_name = self.name(host);
                 if joiner == host_name {
@@ -441,6 +513,7 @@ impl Model {
                     code,
                     peer: host_name,
                     history,
+                    encrypted,
                 };
                 self.send(slot, welcome);
                 self.send(host, Msg::PeerJoined(joiner));
@@ -448,16 +521,29 @@ impl Model {
             Op::Chat {
                 slot,
                 content: choice,
+                sealed,
             } => {
+                let encrypted = self.sealed(slot, sealed);
                 let Some(code) = self.member(slot) else {
                     return;
                 };
-                let content = content(choice);
-                if content.trim().is_empty() {
-                    return self.error(slot, ErrorCode::EmptyMessage);
-                }
-                if content.chars().count() > 4096 {
-                    return self.error(slot, ErrorCode::MessageTooLong);
+                let content = content(choice, encrypted);
+                match (self.rooms[&code].encrypted, encrypted) {
+                    (true, false) => return self.error(slot, ErrorCode::EncryptionRequired),
+                    (false, true) => return self.error(slot, ErrorCode::InvalidMessage),
+                    (true, true) => {
+                        if let Some(refusal) = envelope_refusal(&content) {
+                            return self.error(slot, refusal);
+                        }
+                    }
+                    (false, false) => {
+                        if content.trim().is_empty() {
+                            return self.error(slot, ErrorCode::EmptyMessage);
+                        }
+                        if content.chars().count() > 4096 {
+                            return self.error(slot, ErrorCode::MessageTooLong);
+                        }
+                    }
                 }
                 self.end_typing(slot);
                 let from = self.name(slot);
@@ -474,6 +560,7 @@ impl Model {
                         id,
                         from: from.clone(),
                         content: content.clone(),
+                        encrypted,
                     };
                     self.send(member, chat);
                 }
@@ -622,6 +709,17 @@ impl Model {
         }
     }
 
+    /// Whether a chat by `slot` says `"encrypted": true` (see [`Sealed`]).
+    fn sealed(&self, slot: usize, sealed: Sealed) -> bool {
+        match sealed {
+            Sealed::Always(encrypted) => encrypted,
+            Sealed::AsTheRoom => self.slots[slot]
+                .as_ref()
+                .and_then(|conn| conn.room.as_ref())
+                .is_some_and(|code| self.rooms[code].encrypted),
+        }
+    }
+
     /// The code a `join_room` sends.
     fn join_input(&self, target: &Target) -> String {
         let live: Vec<&String> = self.rooms.keys().collect();
@@ -726,18 +824,26 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
             Op::SetUsername { name, .. } => Some(ClientMessage::SetUsername {
                 username: NAMES[*name].into(),
             }),
-            Op::CreateRoom { .. } => Some(ClientMessage::CreateRoom),
+            Op::CreateRoom { encrypted, .. } => Some(ClientMessage::CreateRoom {
+                encrypted: *encrypted,
+            }),
             Op::Join { target, .. } => {
                 let code = model.join_input(target);
                 input = Some(code.clone());
                 Some(ClientMessage::JoinRoom { room_code: code })
             }
             Op::Chat {
-                content: choice, ..
-            } => Some(ClientMessage::Chat {
-                content: content(*choice),
-                client_msg_id: None,
-            }),
+                content: choice,
+                sealed,
+                ..
+            } => {
+                let encrypted = model.sealed(slot, *sealed);
+                Some(ClientMessage::Chat {
+                    content: content(*choice, encrypted),
+                    encrypted,
+                    client_msg_id: None,
+                })
+            }
             Op::Typing { .. } => Some(ClientMessage::Typing),
             Op::StopTyping { .. } => Some(ClientMessage::StopTyping),
             Op::Leave { .. } => Some(ClientMessage::LeaveRoom),

@@ -10,7 +10,8 @@ use std::path::Path;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, X_CONTENT_TYPE_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -116,7 +117,8 @@ fn header(headers: &HeaderMap, name: hyper::header::HeaderName) -> &str {
         .unwrap()
 }
 
-/// `GET /` is the chat page, as HTML, under the strict Content-Security-Policy.
+/// `GET /` is the chat page, as HTML, under the strict Content-Security-Policy, and with no
+/// `Referer` ever sent from it (`Referrer-Policy: no-referrer`).
 #[tokio::test]
 async fn the_root_serves_the_page_with_its_security_policy() {
     let server = TestServer::start().await;
@@ -125,15 +127,19 @@ async fn the_root_serves_the_page_with_its_security_policy() {
     assert_eq!(header(&headers, CONTENT_TYPE), "text/html; charset=utf-8");
     assert_eq!(header(&headers, CONTENT_SECURITY_POLICY), EXPECTED_CSP);
     assert_eq!(header(&headers, X_CONTENT_TYPE_OPTIONS), "nosniff");
+    assert_eq!(header(&headers, REFERRER_POLICY), "no-referrer");
     assert_eq!(body, INDEX_HTML);
 }
 
-/// An invite link (`/?room=CODE`) opens the same page; the script reads the code from the URL.
+/// An invite link (`/?room=CODE`) opens the same page; the script reads the code from the URL
+/// (and an end-to-end encrypted room's key from its fragment, which never reaches the server),
+/// and the page sends no `Referer` that could carry the code elsewhere.
 #[tokio::test]
 async fn an_invite_link_serves_the_page() {
     let server = TestServer::start().await;
-    let (status, _, body) = get(&server, "/?room=K7M2QX").await;
+    let (status, headers, body) = get(&server, "/?room=K7M2QX").await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, REFERRER_POLICY), "no-referrer");
     assert_eq!(body, INDEX_HTML);
 }
 
@@ -167,6 +173,7 @@ async fn the_modules_and_stylesheet_are_served_with_their_types_and_headers() {
             "{path}"
         );
         assert_eq!(header(&headers, CACHE_CONTROL), "no-cache", "{path}");
+        assert_eq!(header(&headers, REFERRER_POLICY), "no-referrer", "{path}");
         assert_eq!(body, expected, "{path}");
     }
     assert!(
@@ -273,7 +280,8 @@ fn the_script_never_parses_strings_as_html_or_code() {
 }
 
 /// The modules keep to their parts: the connection never touches the page, the views never
-/// reach for the socket, and only the wiring (main.js) imports either of them.
+/// reach for the socket, the encryption does neither, and only the wiring (main.js) imports
+/// the connection or the views.
 #[test]
 fn the_connection_and_the_views_keep_to_their_parts() {
     for (path, text) in module_files() {
@@ -290,9 +298,38 @@ fn the_connection_and_the_views_keep_to_their_parts() {
         match path.as_str() {
             "/js/connection.js" => assert!(!text.contains("document."), "{path} touches the page"),
             "/js/views.js" => assert!(!text.contains("WebSocket"), "{path} reaches for the socket"),
+            "/js/e2e.js" => {
+                assert!(!text.contains("document."), "{path} touches the page");
+                assert!(!text.contains("WebSocket"), "{path} reaches for the socket");
+            }
             _ => {}
         }
     }
+}
+
+/// An end-to-end encrypted room's key is kept for the tab only: the encryption module uses
+/// sessionStorage, never localStorage (which outlives the tab and is shared with every other
+/// tab of the site), and uses the browser's WebCrypto rather than a library.
+#[test]
+fn the_key_is_kept_per_tab_with_webcrypto() {
+    let modules = module_files();
+    let (_, e2e) = modules
+        .iter()
+        .find(|(path, _)| path == "/js/e2e.js")
+        .expect("the encryption module");
+    assert!(e2e.contains("sessionStorage"), "the key survives a reload");
+    assert!(
+        !e2e.contains("localStorage"),
+        "the key never outlives the tab"
+    );
+    assert!(
+        e2e.contains("crypto.subtle"),
+        "WebCrypto does the cryptography"
+    );
+    assert!(
+        imports(e2e).is_empty(),
+        "no library: e2e.js imports nothing"
+    );
 }
 
 /// The page names its icon, and the icon is served (also at /favicon.ico, where browsers look

@@ -299,12 +299,13 @@ impl ChatServer {
     fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
         match request {
             ClientMessage::SetUsername { username } => self.set_username(id, &username),
-            ClientMessage::CreateRoom => self.create_room(id),
+            ClientMessage::CreateRoom { encrypted } => self.create_room(id, encrypted),
             ClientMessage::JoinRoom { room_code } => self.join_room(id, &room_code),
             ClientMessage::Chat {
                 content,
+                encrypted,
                 client_msg_id,
-            } => self.chat(id, content, client_msg_id),
+            } => self.chat(id, content, encrypted, client_msg_id),
             ClientMessage::Typing => self.typing(id),
             ClientMessage::StopTyping => self.stop_typing(id),
             ClientMessage::LeaveRoom => self.leave_room(id),

@@ -6,6 +6,7 @@ use tracing::debug;
 
 use super::steps::Then;
 use super::{ChatServer, MAX_CHAT_CHARS};
+use crate::envelope;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ChatDraft;
 use crate::store::memory::unix_millis;
@@ -16,14 +17,15 @@ use crate::types::{ClientId, RoomCode};
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
 
 impl ChatServer {
-    pub(super) fn create_room(&mut self, id: ClientId) -> Result<(), Refusal> {
+    /// Opens a room with `id` as its host: end-to-end encrypted if it asked for `encrypted`.
+    pub(super) fn create_room(&mut self, id: ClientId, encrypted: bool) -> Result<(), Refusal> {
         self.check_can_enter_room(id)?;
-        self.try_create_room(id, 1);
+        self.try_create_room(id, encrypted, 1);
         Ok(())
     }
 
     /// Asks the store for a room under a fresh random code; `attempts` counts the codes drawn.
-    pub(super) fn try_create_room(&mut self, id: ClientId, attempts: u32) {
+    pub(super) fn try_create_room(&mut self, id: ClientId, encrypted: bool, attempts: u32) {
         let Ok(member) = self.member(id) else {
             return;
         };
@@ -32,9 +34,15 @@ impl ChatServer {
         let then = Then::Created {
             client: id,
             code,
+            encrypted,
             attempts,
         };
-        self.perform(Step::Create { code, member }, then);
+        let step = Step::Create {
+            code,
+            member,
+            encrypted,
+        };
+        self.perform(step, then);
     }
 
     /// Joins a room, counting the attempts that probe a code in vain against the failed-join
@@ -95,19 +103,29 @@ impl ChatServer {
         }
     }
 
+    /// A chat message: checked against the room's kind (plain or end-to-end encrypted), then
+    /// given the room's next id by the store, kept, and sent to both members.
     pub(super) fn chat(
         &mut self,
         id: ClientId,
         content: String,
+        encrypted: bool,
         client_msg_id: Option<String>,
     ) -> Result<(), Refusal> {
         let (code, from) = self.membership(id)?;
-        if content.trim().is_empty() {
-            return Err(ErrorCode::EmptyMessage.into());
-        }
-        // A string has at least as many bytes as characters, so only long ones need counting.
-        if content.len() > MAX_CHAT_CHARS && content.chars().count() > MAX_CHAT_CHARS {
-            return Err(ErrorCode::MessageTooLong.into());
+        // For a plain room this is one comparison more than protocol v1 needed.
+        match (self.connection(id)?.room_encrypted, encrypted) {
+            (false, false) => check_plain_content(&content)?,
+            (true, true) => envelope::check(&content)?,
+            // A page that lost its key must not leak plaintext into the room.
+            (true, false) => return Err(ErrorCode::EncryptionRequired.into()),
+            (false, true) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "This room is not end-to-end encrypted: send the message itself, without \
+                     \"encrypted\": true.",
+                ));
+            }
         }
         if let Some(client_msg_id) = &client_msg_id {
             let chars = client_msg_id.chars().count();
@@ -125,6 +143,7 @@ impl ChatServer {
             content: &content,
             timestamp: unix_millis(),
             client_msg_id: client_msg_id.as_deref(),
+            encrypted,
         };
         let step = Step::Chat {
             code,
@@ -206,4 +225,17 @@ impl ChatServer {
         self.perform(step, Then::Left { client: id, code });
         Ok(())
     }
+}
+
+/// The rules of a plain room's chat content: not empty or only whitespace
+/// (`EMPTY_MESSAGE`), at most [`MAX_CHAT_CHARS`] characters (`MESSAGE_TOO_LONG`).
+fn check_plain_content(content: &str) -> Result<(), Refusal> {
+    if content.trim().is_empty() {
+        return Err(ErrorCode::EmptyMessage.into());
+    }
+    // A string has at least as many bytes as characters, so only long ones need counting.
+    if content.len() > MAX_CHAT_CHARS && content.chars().count() > MAX_CHAT_CHARS {
+        return Err(ErrorCode::MessageTooLong.into());
+    }
+    Ok(())
 }

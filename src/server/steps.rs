@@ -31,6 +31,7 @@ pub(super) enum Then {
     Created {
         client: ClientId,
         code: RoomCode,
+        encrypted: bool,
         attempts: u32,
     },
     /// Welcome `client` into room `code`, or tell it why not.
@@ -77,10 +78,11 @@ impl ChatServer {
                 Then::Created {
                     client,
                     code,
+                    encrypted,
                     attempts,
                 },
                 outcome,
-            ) => self.created(client, code, attempts, outcome),
+            ) => self.created(client, code, encrypted, attempts, outcome),
             (Then::Joined { client, code }, Outcome::Joined(joined)) => {
                 self.joined(client, code, *joined);
             }
@@ -171,25 +173,34 @@ impl ChatServer {
         self.send(client, reply);
     }
 
-    fn created(&mut self, client: ClientId, code: RoomCode, attempts: u32, outcome: Outcome) {
+    fn created(
+        &mut self,
+        client: ClientId,
+        code: RoomCode,
+        encrypted: bool,
+        attempts: u32,
+        outcome: Outcome,
+    ) {
         match outcome {
             Outcome::Created => {
                 let Some(connection) = self.connections.get_mut(&client) else {
                     return;
                 };
                 connection.room = Some(code);
+                connection.room_encrypted = encrypted;
                 connection.seen_chat = 0;
                 connection.seen_event = 0;
                 connection.peer_typing = false;
-                debug!(%client, room = %code, "room created");
-                self.send(
-                    client,
-                    ServerMessage::RoomCreated { room_code: code }.encode(),
-                );
+                debug!(%client, room = %code, encrypted, "room created");
+                let reply = ServerMessage::RoomCreated {
+                    room_code: code,
+                    encrypted,
+                };
+                self.send(client, reply.encode());
             }
             // A live room has that code: draw another.
             Outcome::CodeTaken if attempts < CREATE_ATTEMPTS => {
-                self.try_create_room(client, attempts + 1);
+                self.try_create_room(client, encrypted, attempts + 1);
             }
             _ => self.refuse(client, &ErrorCode::InternalError.into()),
         }
@@ -200,6 +211,7 @@ impl ChatServer {
             return;
         };
         connection.room = Some(code);
+        connection.room_encrypted = joined.encrypted;
         connection.seen_chat = joined.last_id;
         connection.seen_event = joined.event_seq;
         connection.peer_typing = false;
@@ -210,6 +222,7 @@ impl ChatServer {
                 room_code: code,
                 peer: &joined.host,
                 history,
+                encrypted: joined.encrypted,
             });
         self.send_all(client, welcome);
         if !joined.host_connected {
@@ -250,6 +263,7 @@ impl ChatServer {
         connection.room = room_code;
         connection.peer_typing = false;
         if let Some(room) = &room {
+            connection.room_encrypted = room.encrypted;
             connection.seen_chat = room.last_id;
             connection.seen_event = room.event_seq;
         }
@@ -270,6 +284,7 @@ impl ChatServer {
             missed,
             more,
             lost,
+            encrypted: room.as_ref().is_some_and(|room| room.encrypted),
         });
         self.send_all(client, reply);
         if let Some(peer) = peer.filter(|peer| peer.read_up_to > 0) {

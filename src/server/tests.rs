@@ -109,7 +109,11 @@ fn request(server: &mut ChatServer, peer: &Peer, request: ClientMessage) {
 /// Two clients in one room; returns (host, guest, code).
 fn pair(server: &mut ChatServer) -> (Peer, Peer, String) {
     let mut host = connect(server, "ada");
-    request(server, &host, ClientMessage::CreateRoom);
+    request(
+        server,
+        &host,
+        ClientMessage::CreateRoom { encrypted: false },
+    );
     let code = host.next()["room_code"].as_str().expect("code").to_string();
     let mut guest = connect(server, "grace");
     request(
@@ -156,6 +160,7 @@ async fn a_forgotten_client_is_ignored() {
         ClientMessage::Chat {
             content: "ghost".into(),
             client_msg_id: None,
+            encrypted: false,
         },
     );
     assert!(guest.is_idle());
@@ -180,6 +185,7 @@ async fn a_full_queue_disconnects_the_slow_member_only() {
             ClientMessage::Chat {
                 content: format!("m{n}"),
                 client_msg_id: None,
+                encrypted: false,
             },
         );
         server.disconnect_slow_consumers();
@@ -204,6 +210,7 @@ async fn a_takeover_closes_a_full_queue_with_4000() {
         let content = format!("m{n}");
         let chat = ClientMessage::Chat {
             content,
+            encrypted: false,
             client_msg_id: None,
         };
         request(&mut server, &host, chat);

@@ -76,7 +76,11 @@ impl MemoryStore {
                 }
                 _ => Outcome::Moved,
             },
-            Step::Create { code, member } => self.create(code, member),
+            Step::Create {
+                code,
+                member,
+                encrypted,
+            } => self.create(code, member, encrypted),
             Step::Join { code, member } => self.join(code, member, notices),
             Step::Chat {
                 code,
@@ -131,14 +135,14 @@ impl MemoryStore {
         }
     }
 
-    fn create(&mut self, code: RoomCode, member: Member) -> Outcome {
+    fn create(&mut self, code: RoomCode, member: Member, encrypted: bool) -> Outcome {
         if self.rooms.contains_key(&code) {
             return Outcome::CodeTaken;
         }
         if let Some(record) = self.sessions.get_mut(&member.token) {
             record.room = Some(code);
         }
-        self.rooms.insert(code, Room::new(code, member));
+        self.rooms.insert(code, Room::new(code, member, encrypted));
         self.metrics.rooms.increment(1.0);
         debug!(room = %code, "room created");
         Outcome::Created
@@ -170,6 +174,7 @@ impl MemoryStore {
             history,
             last_id: room.last_id(),
             event_seq: seq,
+            encrypted: room.is_encrypted(),
         }))
     }
 
@@ -363,6 +368,7 @@ impl MemoryStore {
                 lost,
                 last_id: room.last_id(),
                 event_seq: seq,
+                encrypted: room.is_encrypted(),
             }),
         }))
     }

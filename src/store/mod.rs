@@ -78,9 +78,14 @@ pub enum Step {
         conn: Conn,
         name: Username,
     },
-    /// Open a room under `code` with `member` as its host. → `Created`, or `CodeTaken` if a
-    /// room has that code already (the actor draws another).
-    Create { code: RoomCode, member: Member },
+    /// Open a room under `code` with `member` as its host, end-to-end encrypted if
+    /// `encrypted`. → `Created`, or `CodeTaken` if a room has that code already (the actor
+    /// draws another).
+    Create {
+        code: RoomCode,
+        member: Member,
+        encrypted: bool,
+    },
     /// Seat `member` as the guest of room `code`, under the two-member cap and the name rule.
     /// → `Joined`, or `Refused` with `ROOM_NOT_FOUND`, `ROOM_FULL` or `USERNAME_TAKEN`.
     Join { code: RoomCode, member: Member },
@@ -181,6 +186,8 @@ pub struct Joined {
     pub last_id: u64,
     /// The room's event counter after the join: events up to it are the joiner's past.
     pub event_seq: u64,
+    /// Whether the room is end-to-end encrypted.
+    pub encrypted: bool,
 }
 
 /// What a resuming connection needs.
@@ -209,6 +216,8 @@ pub struct ResumedRoom {
     pub last_id: u64,
     /// The room's event counter after the resume.
     pub event_seq: u64,
+    /// Whether the room is end-to-end encrypted.
+    pub encrypted: bool,
 }
 
 /// The other member of a room, as a resuming member sees it.

@@ -12,13 +12,16 @@
 //   never touches the page;
 // - views.js: the page (views, conversation, room bar, errors, typing, "Seen"); it never
 //   sends on the socket;
+// - e2e.js: end-to-end encryption (WebCrypto): a room's key, sealing and opening envelopes,
+//   keeping the key for this tab; it touches neither the page nor the socket;
 // - main.js, this file: what the page knows of the chat (`state`), the handlers that turn the
 //   server's messages into views and the person's actions into messages, and the startup.
 //   It is the only module that imports both the connection and the views; it reaches the
 //   page only through views.js, and the socket only through connection.js.
 
 import * as connection from './connection.js';
-import { ERROR_TEXT } from './protocol.js';
+import * as e2e from './e2e.js';
+import { ERROR_TEXT, MAX_MESSAGE_CHARS } from './protocol.js';
 import * as views from './views.js';
 
 /**
@@ -81,6 +84,23 @@ const state = {
   peerReadUpTo: 0,
   /** Whether the peer's connection dropped and the server holds its seat, waiting for it. */
   peerAway: false,
+  /**
+   * Whether the current room is end-to-end encrypted: the server says so, or this tab holds
+   * a key for it (then a server that calls the room plain cannot make the page send
+   * plaintext).
+   */
+  encrypted: false,
+  /** The current encrypted room's link key (base64url), or null: this page cannot read it. */
+  linkKey: null,
+  /** The AES-GCM key derived from `linkKey`: a promise of a CryptoKey, or of null. */
+  roomKey: null,
+  /** The link key made for the room we asked to create encrypted, until `room_created`. */
+  pendingKey: null,
+  /**
+   * Counts the conversations shown, so that a message opened after its conversation was
+   * cleared (the person left meanwhile) is not shown in the next one, whose ids start over.
+   */
+  conversation: 0,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -186,7 +206,7 @@ function showError(slot, text) {
  */
 const HANDLERS = {
   username_set: onUsernameSet,
-  room_created: (m) => enterRoom(m.room_code, null),
+  room_created: onRoomCreated,
   room_joined: onRoomJoined,
   peer_joined: onPeerJoined,
   typing: (m) => views.showPeerTyping(m.username),
@@ -212,7 +232,7 @@ function onResumed(message) {
   if (message.room_code) {
     const sameRoom = views.roomShown() === message.room_code;
     const peerBefore = state.peer;
-    enterRoom(message.room_code, message.peer);
+    enterRoom(message.room_code, message.peer, message.encrypted === true);
     if (sameRoom) {
       views.addEvent('Reconnected.');
       // The room may have changed while we were away: say so before what was said.
@@ -245,6 +265,7 @@ function onResumed(message) {
   }
   state.roomCode = null;
   state.peer = null;
+  useRoomKey(null, false);
   clearConversation();
   views.showTitle(null);
   if (!message.username) views.showView('name');
@@ -289,10 +310,20 @@ function onUsernameSet(message) {
   }
 }
 
+function onRoomCreated(message) {
+  const key = state.pendingKey;
+  state.pendingKey = null;
+  if (key && message.encrypted === true) e2e.rememberKey(message.room_code, key);
+  enterRoom(message.room_code, null, message.encrypted === true);
+  if (key && message.encrypted !== true) {
+    views.addEvent('This server does not offer end-to-end encryption: this room is not encrypted.');
+  }
+}
+
 function onRoomJoined(message) {
   const rejoined = state.rejoining && views.roomShown() === message.room_code;
   state.rejoining = false;
-  enterRoom(message.room_code, message.peer);
+  enterRoom(message.room_code, message.peer, message.encrypted === true);
   if (rejoined) {
     // The server emptied the room's history when our seat went, so what it sends now was all
     // said after that; what was said before it is gone.
@@ -366,6 +397,9 @@ function onRead(message) {
 function onRoomLeft(message) {
   state.roomCode = null;
   state.peer = null;
+  // The key is needed no more: it does not outlive our time in the room.
+  e2e.forgetKey(message.room_code);
+  useRoomKey(null, false);
   clearConversation();
   views.showTitle(null);
   views.showLobbyNote(`You left room ${message.room_code}.`);
@@ -375,6 +409,7 @@ function onRoomLeft(message) {
 
 function onError(message) {
   state.rejoining = false; // Whatever failed, a later join is the user's own again.
+  state.pendingKey = null; // A refused `create_room` made no room to keep a key for.
   const text = ERROR_TEXT[message.code] || message.message || 'Something went wrong.';
   // Without a name the lobby makes no sense: send the user back to the name form.
   const slot = message.code === 'USERNAME_REQUIRED' ? 'name' : state.lastSlot;
@@ -390,15 +425,42 @@ function onError(message) {
 // The room and its conversation
 // ---------------------------------------------------------------------------------------
 
-/** Switches to the room view for `code`; `peer` is null while we wait alone. */
-function enterRoom(code, peer) {
+/**
+ * Switches to the room view for `code`; `peer` is null while we wait alone; `encrypted` if the
+ * server says the room is end-to-end encrypted.
+ */
+function enterRoom(code, peer, encrypted) {
   // Keep the conversation on screen when we come back to the same room after a reconnect.
   if (views.roomShown() !== code) clearConversation();
   state.roomCode = code;
   state.peer = peer;
-  views.showRoom(code);
+  useRoomKey(code, encrypted);
+  views.showRoom(code, state.linkKey);
+  views.showEncryption(encryptionShown());
   updateRoomBar();
   views.showView('room');
+}
+
+/**
+ * Takes up the key of room `code` (null: no room), if this tab holds one. A room is treated
+ * as encrypted if the server says so or if we hold a key for it: once a page has a room's
+ * key, nobody can talk it into sending that room plaintext.
+ */
+function useRoomKey(code, encrypted) {
+  const linkKey = code === null ? null : e2e.keyFor(code);
+  state.encrypted = code !== null && (encrypted || linkKey !== null);
+  state.linkKey = state.encrypted ? linkKey : null;
+  state.roomKey =
+    state.linkKey && e2e.available()
+      ? e2e.roomKey(state.linkKey, code).catch(() => null)
+      : null;
+}
+
+/** What the room bar and the composer show of the encryption (see views.showEncryption). */
+function encryptionShown() {
+  if (!state.encrypted) return 'plain';
+  if (state.roomKey) return 'on';
+  return state.linkKey ? 'unsupported' : 'no-key';
 }
 
 function updateRoomBar() {
@@ -408,6 +470,7 @@ function updateRoomBar() {
 /** Empties the conversation, and forgets the ids and receipts that belonged to it. */
 function clearConversation() {
   views.clearConversation();
+  state.conversation += 1;
   state.lastId = 0;
   state.lastPeerId = 0;
   state.readSent = 0;
@@ -428,7 +491,34 @@ function addChat(message) {
     state.lastPeerId = message.id;
     scheduleRead();
   }
-  views.addChat(message, own);
+  if (state.encrypted || message.encrypted) addSealedChat(message, own);
+  else views.addChat(message, own);
+}
+
+/**
+ * Shows a message of an encrypted room: in its place at once, and its text once it is
+ * opened. Without the key it says so; one that does not open (changed, moved from another
+ * room or sender, or sent as plaintext where only envelopes belong) is never shown as text.
+ */
+function addSealedChat(message, own) {
+  if (!state.roomKey) {
+    views.addChat(message, own, 'locked');
+    return;
+  }
+  views.addChat(message, own, 'opening');
+  const { conversation, roomCode } = state;
+  openChat(state.roomKey, roomCode, message).then((text) => {
+    if (conversation !== state.conversation) return; // Cleared meanwhile.
+    if (text === null) views.sealChat(message.id, 'unverified');
+    else views.revealChat(message.id, text);
+  });
+}
+
+/** The text of an encrypted room's `chat`, or null if it does not open. */
+async function openChat(roomKey, code, message) {
+  const key = await roomKey;
+  if (!key || message.encrypted !== true) return null;
+  return e2e.open(key, code, message.from, message.content);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -443,6 +533,8 @@ function scheduleRead() {
 
 function sendRead() {
   state.readTimer = null;
+  // Without the key of an encrypted room there is nothing we could have read.
+  if (state.encrypted && !state.roomKey) return;
   // Unseen messages stay unconfirmed; focus and visibilitychange schedule this again.
   if (!state.roomCode || !views.conversationVisible() || state.lastPeerId <= state.readSent) return;
   if (send({ type: 'read', up_to: state.lastPeerId })) state.readSent = state.lastPeerId;
@@ -455,11 +547,51 @@ function sendRead() {
 function sendChat() {
   const content = views.messageText();
   views.clearError('composer');
+  if (state.encrypted) {
+    sendSealedChat(content);
+    return;
+  }
   if (!send({ type: 'chat', content }, 'composer')) return;
   state.lastSent = content;
   views.setMessageText('');
   // The server ends our typing state itself when a chat arrives: no `stop_typing` needed.
   forgetTyping();
+  views.focusMessage();
+}
+
+/**
+ * Sends a message in an encrypted room, sealed. The server sees only the envelope, so it
+ * cannot check that a message is not empty or too long: the page does, before sealing.
+ * Without the key nothing is sent (the composer is disabled then anyway).
+ */
+async function sendSealedChat(content) {
+  if (!state.roomKey) {
+    showError('composer', ERROR_TEXT.ENCRYPTION_REQUIRED);
+    return;
+  }
+  if (content.trim() === '') {
+    showError('composer', ERROR_TEXT.EMPTY_MESSAGE);
+    return;
+  }
+  if ([...content].length > MAX_MESSAGE_CHARS) {
+    showError('composer', ERROR_TEXT.MESSAGE_TOO_LONG);
+    return;
+  }
+  // Cleared before sealing, which takes a moment, so that a second Enter sends nothing twice.
+  const { roomCode, roomKey, name } = state;
+  views.setMessageText('');
+  forgetTyping();
+  const key = await roomKey;
+  const envelope = key ? await e2e.seal(key, roomCode, name, content) : null;
+  if (state.roomCode !== roomCode) return; // We left the room meanwhile.
+  const sent = envelope !== null && send({ type: 'chat', content: envelope, encrypted: true }, 'composer');
+  if (!sent) {
+    // Not sent: give the text back rather than lose it.
+    if (views.messageText() === '') views.setMessageText(content);
+    if (envelope === null) showError('composer', 'This page could not encrypt the message.');
+    return;
+  }
+  state.lastSent = content;
   views.focusMessage();
 }
 
@@ -499,16 +631,36 @@ function forgetTyping() {
 // Names and codes typed by the user
 // ---------------------------------------------------------------------------------------
 
-/** Accepts a bare code or a whole invite link pasted into the code field. */
-function codeFromInput(value) {
-  const match = /[?&]room=([^&#\s]*)/.exec(value);
-  return (match ? match[1] : value).trim();
+/**
+ * Accepts a bare code or a whole invite link pasted into the code field: the code, and the
+ * key if the link has one (`#key=…`), or null.
+ */
+function inviteFromInput(value) {
+  const room = /[?&]room=([^&#\s]*)/.exec(value);
+  const key = /#(?:[^#\s]*&)?key=([A-Za-z0-9_-]+)/.exec(value);
+  return { code: (room ? room[1] : value).trim(), key: key ? key[1] : null };
 }
 
-/** The room code of an invite link (`/?room=CODE`), if the page was opened from one. */
-function inviteCodeFromUrl() {
+/**
+ * The invite the page was opened from (`/?room=CODE`, with `#key=…` for an end-to-end
+ * encrypted room), or null: the code, and the key or null.
+ */
+function inviteFromUrl() {
   const code = new URLSearchParams(location.search).get('room');
-  return code ? code.trim().toUpperCase() : null;
+  if (!code) return null;
+  const key = new URLSearchParams(location.hash.slice(1)).get('key');
+  return { code: code.trim().toUpperCase(), key: e2e.isKey(key) ? key : null };
+}
+
+/**
+ * Keeps the key of an invite for this tab. Once sessionStorage holds it, the fragment is
+ * taken out of the address bar, so that the key is not left on screen or in the history (the
+ * invite link the room shows has it again, to pass on).
+ */
+function keepInviteKey(invite) {
+  if (!invite.key) return;
+  const kept = e2e.rememberKey(invite.code, invite.key);
+  if (kept && location.hash) history.replaceState(null, '', location.pathname + location.search);
 }
 
 /** The name used last time, to prefill the form. Storage may be blocked: then no prefill. */
@@ -539,14 +691,18 @@ function onNameSubmit(name) {
 
 function onJoinSubmit(text) {
   views.clearError('join');
-  const code = codeFromInput(text);
-  views.setJoinCode(code);
-  send({ type: 'join_room', room_code: code }, 'join');
+  const invite = inviteFromInput(text);
+  if (e2e.isKey(invite.key)) e2e.rememberKey(invite.code.toUpperCase(), invite.key);
+  views.setJoinCode(invite.code);
+  send({ type: 'join_room', room_code: invite.code }, 'join');
 }
 
-function onCreateClick() {
+/** "Create a room", end-to-end encrypted if the box is ticked: the key is made here. */
+function onCreateClick(encrypted) {
   views.clearError('create');
-  send({ type: 'create_room' }, 'create');
+  const sealed = encrypted && e2e.available();
+  const request = sealed ? { type: 'create_room', encrypted: true } : { type: 'create_room' };
+  if (send(request, 'create')) state.pendingKey = sealed ? e2e.newKey() : null;
 }
 
 function onLeaveClick() {
@@ -590,12 +746,14 @@ function init() {
   document.addEventListener('visibilitychange', scheduleRead);
   window.addEventListener('focus', scheduleRead);
 
-  const invite = inviteCodeFromUrl();
+  views.offerEncryption(e2e.available());
+  const invite = inviteFromUrl();
   if (invite) {
     // Opened from an invite link: the join form is prefilled, and after choosing a name
     // the user lands directly in the room.
-    state.pendingJoin = invite;
-    views.showInvite(invite);
+    keepInviteKey(invite);
+    state.pendingJoin = invite.code;
+    views.showInvite(invite.code);
   }
   views.prefillName(rememberedName());
   // After a reload the session may still be held: wait for the server's answer to `resume`

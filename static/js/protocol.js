@@ -25,6 +25,7 @@ export const ERROR_TEXT = {
   ROOM_FULL: 'That room already has two people in it.',
   EMPTY_MESSAGE: 'Write something before sending.',
   MESSAGE_TOO_LONG: `That message is too long: the limit is ${MAX_MESSAGE_CHARS} characters.`,
+  ENCRYPTION_REQUIRED: 'This room is end-to-end encrypted, and this page does not have its key: open the invite link to read and write here.',
   INTERNAL_ERROR: 'Something went wrong on the server. Please try again.',
   RATE_LIMITED: 'That was too fast for the server. Wait a moment and try again.',
 };

@@ -10,7 +10,8 @@
 // It keeps none of the chat's state (what it shows comes as arguments from the wiring) and
 // never sends on the socket. Every piece of text that comes from a person (names, messages,
 // codes) goes into the page through `textContent`, never as HTML, so `<b>` in a message
-// shows as `<b>`.
+// shows as `<b>`. In an end-to-end encrypted room, a message this page cannot open is shown
+// as a sentence saying so, never as its ciphertext.
 
 import { MAX_MESSAGE_CHARS } from './protocol.js';
 
@@ -34,9 +35,27 @@ const SLOTS = {
   room: { error: 'room-error', field: 'leave', view: 'room' },
 };
 
+/** What a message of an encrypted room shows instead of its text, by why. */
+const SEALED_TEXT = {
+  opening: 'Decrypting…',
+  locked: 'Encrypted message — open the invite link to read it.',
+  unverified: 'This message could not be verified, so it is not shown.',
+};
+
+/** What the notice above the conversation says when this page cannot read the room. */
+const MISSING_KEY_TEXT = {
+  'no-key':
+    'This room is end-to-end encrypted. You joined it with the code alone, which cannot ' +
+    'carry its key: to read and write here, open the invite link (ask the person who sent ' +
+    'you the code for it).',
+  unsupported:
+    'This room is end-to-end encrypted, but this browser offers no encryption to a page ' +
+    'that is not served over https, so it can neither read nor write here.',
+};
+
 /**
  * Connects the page's controls to the wiring's handlers in `on`: `submitName(name)`,
- * `changeName()`, `createRoom()`, `submitJoin(text)`, `leave()`, `sendChat()`,
+ * `changeName()`, `createRoom(encrypted)`, `submitJoin(text)`, `leave()`, `sendChat()`,
  * `composerInput()`, `copyCode(button)` and `reconnect()`.
  */
 export function bindControls(on) {
@@ -46,7 +65,7 @@ export function bindControls(on) {
   });
   $('name-input').addEventListener('input', () => clearError('name'));
   $('change-name').addEventListener('click', on.changeName);
-  $('create-room').addEventListener('click', on.createRoom);
+  $('create-room').addEventListener('click', () => on.createRoom($('create-encrypted').checked));
   $('join-form').addEventListener('submit', (event) => {
     event.preventDefault();
     on.submitJoin($('join-code').value);
@@ -195,19 +214,31 @@ export function focusCreateRoom() {
   $('create-room').focus();
 }
 
+/** Where this browser offers no encryption (a page not on https), the choice is not offered. */
+export function offerEncryption(available) {
+  $('create-encrypted').disabled = !available;
+  if (!available) $('create-encrypted').checked = false;
+  $('create-encrypted-note').textContent = available
+    ? ''
+    : 'End-to-end encryption needs this page to be opened over https.';
+  $('create-encrypted-note').hidden = available;
+}
+
 // ---------------------------------------------------------------------------------------
 // The room
 // ---------------------------------------------------------------------------------------
 
 /**
- * Fills the room view in for `code`: its code, the invite, the tab's title; and clears what
- * the lobby said. The conversation stays as it is (see `clearConversation`).
+ * Fills the room view in for `code`: its code, the invite (with `linkKey`, the key of an
+ * end-to-end encrypted room, in its fragment), the tab's title; and clears what the lobby
+ * said. The conversation stays as it is (see `clearConversation`).
  */
-export function showRoom(code) {
+export function showRoom(code, linkKey) {
   $('messages').dataset.room = code;
   $('room-code').textContent = code;
   $('room-code-big').textContent = code;
-  $('invite-link').value = inviteLink(code);
+  $('invite-link').value = inviteLink(code, linkKey);
+  $('invite-e2e-note').hidden = !linkKey;
   $('lobby-note').textContent = '';
   clearError('create');
   clearError('join');
@@ -239,8 +270,30 @@ export function updateRoomBar(peer, peerAway) {
   if (alone) scrollToEnd();
 }
 
-function inviteLink(code) {
-  return `${location.origin}/?room=${encodeURIComponent(code)}`;
+/**
+ * The invite link of room `code`. An encrypted room's key goes in the fragment, which
+ * browsers never send to the server (docs/security.md).
+ */
+function inviteLink(code, linkKey) {
+  const link = `${location.origin}/?room=${encodeURIComponent(code)}`;
+  return linkKey ? `${link}#key=${linkKey}` : link;
+}
+
+/**
+ * Shows whether the room is end-to-end encrypted: `mode` is `'plain'`, `'on'` (the lock in
+ * the room bar: this page holds the key), `'no-key'` (joined with the code alone) or
+ * `'unsupported'` (this browser offers the page no encryption). In the last two, a notice says
+ * so plainly and the composer is disabled, so nothing can be sent as plaintext.
+ */
+export function showEncryption(mode) {
+  $('room-lock').hidden = mode !== 'on';
+  const missing = MISSING_KEY_TEXT[mode];
+  $('e2e-missing').textContent = missing || '';
+  $('e2e-missing').hidden = !missing;
+  const input = $('message-input');
+  input.disabled = Boolean(missing);
+  $('send').disabled = Boolean(missing);
+  input.placeholder = missing ? 'You need the invite link to write here' : 'Write a message…';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -262,8 +315,12 @@ function element(tag, className, text) {
   return node;
 }
 
-/** Appends one `chat` message: ours (`own`) on the right, the peer's on the left. */
-export function addChat(message, own) {
+/**
+ * Appends one `chat` message: ours (`own`) on the right, the peer's on the left. Its text is
+ * `message.content`, or, with `sealed` (`'opening'`, `'locked'` or `'unverified'`), a sentence
+ * saying why it is not shown; `revealChat` or `sealChat` change that later.
+ */
+export function addChat(message, own, sealed) {
   const list = $('messages');
   const item = element('li', own ? 'msg msg--own' : 'msg msg--peer');
   item.dataset.from = message.from;
@@ -274,8 +331,40 @@ export function addChat(message, own) {
 
   const meta = element('p', 'msg__meta');
   meta.append(element('span', 'msg__from', message.from), formatTime(message.timestamp));
-  item.append(meta, element('p', 'msg__text', message.content));
+  const text = sealed
+    ? element('p', 'msg__text msg__text--sealed', SEALED_TEXT[sealed])
+    : element('p', 'msg__text', message.content);
+  if (sealed) text.dataset.sealed = sealed;
+  item.append(meta, text);
   appendToConversation(item, own);
+}
+
+/** The text element of the message with `id` in the conversation, if it is there. */
+function chatText(id) {
+  const item = [...$('messages').children].find((li) => li.dataset.id === String(id));
+  return item ? item.querySelector('.msg__text') : null;
+}
+
+/** Shows the opened text of the encrypted message `id` (as text, as always). */
+export function revealChat(id, content) {
+  const text = chatText(id);
+  if (!text) return;
+  // The text may be longer than what stood in for it: keep a reader at the bottom there.
+  const scroller = $('conversation');
+  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+  text.textContent = content;
+  text.classList.remove('msg__text--sealed');
+  delete text.dataset.sealed;
+  if (atBottom) scrollToEnd();
+}
+
+/** Says why the encrypted message `id` is not shown (see `addChat`). */
+export function sealChat(id, sealed) {
+  const text = chatText(id);
+  if (!text) return;
+  text.textContent = SEALED_TEXT[sealed];
+  text.classList.add('msg__text--sealed');
+  text.dataset.sealed = sealed;
 }
 
 /** Appends a line about what happened in the room (joins, leaves, connection). */

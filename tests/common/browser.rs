@@ -65,14 +65,13 @@ pub async fn one_browser_test_at_a_time() -> MutexGuard<'static, ()> {
 
 /// Runs `scenario`, then closes `pages` whether it passed or panicked, and passes a panic on:
 /// a WebDriver session left open would leave its Chromium running after chromedriver is killed.
-pub async fn closing_pages_after(pages: &[&Page], scenario: impl Future<Output = ()>) {
+/// Returns what the scenario returned, for checks that need no page.
+pub async fn closing_pages_after<T>(pages: &[&Page], scenario: impl Future<Output = T>) -> T {
     let outcome = AssertUnwindSafe(scenario).catch_unwind().await;
     for page in pages {
         page.close().await;
     }
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// One chat message as a page shows it.
