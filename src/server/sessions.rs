@@ -190,15 +190,15 @@ impl ChatServer {
             return Err(ErrorCode::SessionExpired.into());
         }
         let fresh = connection.token.clone();
-        let step = Step::Resume {
+        let step = Step::TakeSession {
             token: token.clone(),
             conn: self.conn(id),
-            last_id,
         };
-        let then = Then::Resumed {
+        let then = Then::TookSession {
             client: id,
             token,
             fresh,
+            last_id,
         };
         self.perform(step, then);
         Ok(())

@@ -13,7 +13,7 @@ use super::ChatServer;
 use crate::error::{ErrorCode, Refusal};
 use crate::message::{self, ServerMessage};
 use crate::outbox::Close;
-use crate::store::{Joined, Outcome, Resumed, Step};
+use crate::store::{Joined, Outcome, ResumedRoom, Step, Taken};
 use crate::types::{ClientId, RoomCode, SessionToken};
 
 /// What to do with the outcome of a step: the continuation of the request that asked for it.
@@ -47,12 +47,21 @@ pub(super) enum Then {
         code: Option<RoomCode>,
         token: SessionToken,
     },
-    /// Give `client` the session `token` it resumed; `fresh` is its own session, given up on
-    /// success.
+    /// `client` took over the session `token`: resume its seat, if it has one, and reply.
+    /// `fresh` is the connection's own session, given up on success; `last_id` the last
+    /// message the client has seen.
+    TookSession {
+        client: ClientId,
+        token: SessionToken,
+        fresh: SessionToken,
+        last_id: u64,
+    },
+    /// Give `client` the session `token` it resumed, named `name`, and its seat.
     Resumed {
         client: ClientId,
         token: SessionToken,
         fresh: SessionToken,
+        name: crate::types::Username,
     },
 }
 
@@ -121,17 +130,27 @@ impl ChatServer {
                 }
             }
             (Then::Dropped { .. }, _) => {}
-            (Then::Resumed { client, .. }, Outcome::Expired) => {
+            (Then::TookSession { client, .. } | Then::Resumed { client, .. }, Outcome::Expired) => {
                 self.refuse(client, &ErrorCode::SessionExpired.into());
             }
+            (
+                Then::TookSession {
+                    client,
+                    token,
+                    fresh,
+                    last_id,
+                },
+                Outcome::Taken(taken),
+            ) => self.took_session(client, token, fresh, last_id, *taken),
             (
                 Then::Resumed {
                     client,
                     token,
                     fresh,
+                    name,
                 },
-                Outcome::Resumed(resumed),
-            ) => self.resumed(client, token, fresh, *resumed),
+                Outcome::Resumed(room),
+            ) => self.resumed(client, token, fresh, name, Some(*room)),
             // The session is no longer this connection's: another one resumed it.
             (
                 Then::Named { client, .. }
@@ -243,19 +262,48 @@ impl ChatServer {
         self.send(client, ServerMessage::RoomLeft { room_code: code }.encode());
     }
 
+    fn took_session(
+        &mut self,
+        client: ClientId,
+        token: SessionToken,
+        fresh: SessionToken,
+        last_id: u64,
+        taken: Taken,
+    ) {
+        match taken.room {
+            Some(code) => {
+                let step = Step::ResumeSeat {
+                    code,
+                    token: token.clone(),
+                    conn: self.conn(client),
+                    last_id,
+                };
+                let then = Then::Resumed {
+                    client,
+                    token,
+                    fresh,
+                    name: taken.name,
+                };
+                self.perform(step, then);
+            }
+            None => self.resumed(client, token, fresh, taken.name, None),
+        }
+    }
+
     fn resumed(
         &mut self,
         client: ClientId,
         token: SessionToken,
         fresh: SessionToken,
-        resumed: Resumed,
+        name: crate::types::Username,
+        room: Option<ResumedRoom>,
     ) {
         let Some(connection) = self.connections.get_mut(&client) else {
             return;
         };
-        let Resumed { name, room, .. } = resumed;
         connection.token = token;
-        connection.name = name.clone();
+        connection.name = Some(name.clone());
+        let name = Some(name);
         if let Some(key) = connection.naming_deadline.take() {
             self.timers.cancel_naming(&key);
         }
@@ -320,6 +368,7 @@ impl Then {
             | Then::Chatted { client }
             | Then::Read { client }
             | Then::Left { client, .. }
+            | Then::TookSession { client, .. }
             | Then::Resumed { client, .. } => Some(*client),
         }
     }

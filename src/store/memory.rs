@@ -11,7 +11,8 @@ use foldhash::HashMap as FastMap;
 use tracing::{debug, warn};
 
 use super::{
-    ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, Resumed, ResumedRoom, RoomEvent, Step,
+    ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, ResumedRoom, RoomEvent, RoomState, Step,
+    Taken,
 };
 use crate::error::ErrorCode;
 use crate::message::LeaveReason;
@@ -127,11 +128,34 @@ impl MemoryStore {
                 }
                 Outcome::Done
             }
-            Step::Resume {
+            Step::TakeSession { token, conn } => self.take_session(token, conn, notices),
+            Step::ResumeSeat {
+                code,
                 token,
                 conn,
                 last_id,
-            } => self.resume(token, conn, last_id, notices),
+            } => self.resume_seat(code, token, conn, last_id, notices),
+            Step::Range { code, after, upto } => {
+                Outcome::Frames(self.rooms.get(&code).map(|room| {
+                    let upto = upto.unwrap_or(u64::MAX);
+                    let frames = room
+                        .messages_from(after.saturating_add(1))
+                        .take_while(|chat| chat.id <= upto)
+                        .map(|chat| chat.frame.clone())
+                        .collect();
+                    (room.last_id(), frames)
+                }))
+            }
+            Step::State { code } => Outcome::State(self.rooms.get(&code).map(|room| {
+                RoomState {
+                    event_seq: room.event_seq(),
+                    last_id: room.last_id(),
+                    seats: room
+                        .seats()
+                        .map(|seat| (seat.token.clone(), seat.name.clone(), !seat.is_connected()))
+                        .collect(),
+                }
+            })),
         }
     }
 
@@ -296,53 +320,60 @@ impl MemoryStore {
         Outcome::Held { deadline }
     }
 
-    fn resume(
+    fn take_session(
         &mut self,
         token: SessionToken,
         conn: Conn,
-        last_id: u64,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
         let Some(record) = self.sessions.get_mut(&token) else {
             return Outcome::Expired;
         };
         // A session that never chose a name holds nothing worth resuming.
-        if record.name.is_none() {
+        let Some(name) = record.name.clone() else {
             return Outcome::Expired;
-        }
-        let name = record.name.clone();
-        let previous_conn = std::mem::replace(&mut record.conn, conn);
-        let Some(code) = record.room else {
-            // Outside a room a session lives only as long as its connection, so that connection
-            // is still open: it is to be closed.
-            notices.push(Notice::Kick(previous_conn));
-            return Outcome::Resumed(Box::new(Resumed {
-                name,
-                previous: Some(previous_conn),
-                room: None,
-            }));
         };
+        let previous = std::mem::replace(&mut record.conn, conn);
+        if record.room.is_none() {
+            // Outside a room a session lives only as long as its connection, so that
+            // connection is still open: it is to be closed.
+            notices.push(Notice::Kick(previous));
+        }
+        Outcome::Taken(Box::new(Taken {
+            name,
+            room: record.room,
+            previous,
+        }))
+    }
+
+    fn resume_seat(
+        &mut self,
+        code: RoomCode,
+        token: SessionToken,
+        conn: Conn,
+        last_id: u64,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
         let Some(room) = self.rooms.get_mut(&code) else {
             return Outcome::Expired;
         };
         let Some(seat) = room.seat_of_mut(&token) else {
             return Outcome::Expired;
         };
-        let was_connected = seat.is_connected();
+        // Still open: another device or tab, or a connection that is dead but not yet noticed.
+        if seat.is_connected() {
+            notices.push(Notice::Kick(seat.conn));
+        }
         seat.conn = conn;
         seat.held_until = None;
-        let (seat_name, history_from) = (seat.name.clone(), seat.history_from);
-        let previous = was_connected.then_some(previous_conn);
-        if let Some(previous) = previous {
-            notices.push(Notice::Kick(previous));
-        }
+        let (name, history_from) = (seat.name.clone(), seat.history_from);
         let seq = room.next_event();
         notices.push(Notice::Room(
             code,
             RoomEvent::Reconnected {
                 seq,
                 token: token.clone(),
-                name: seat_name,
+                name,
             },
         ));
         // Every message it may have missed, back to when it entered the room; what a storage
@@ -358,18 +389,14 @@ impl MemoryStore {
             connected: peer.is_connected(),
             read_up_to: peer.read_up_to,
         });
-        Outcome::Resumed(Box::new(Resumed {
-            name,
-            previous,
-            room: Some(ResumedRoom {
-                code,
-                peer,
-                missed,
-                lost,
-                last_id: room.last_id(),
-                event_seq: seq,
-                encrypted: room.is_encrypted(),
-            }),
+        Outcome::Resumed(Box::new(ResumedRoom {
+            code,
+            peer,
+            missed,
+            lost,
+            last_id: room.last_id(),
+            event_seq: seq,
+            encrypted: room.is_encrypted(),
         }))
     }
 

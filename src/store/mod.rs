@@ -130,13 +130,27 @@ pub enum Step {
         token: SessionToken,
         deadline: u64,
     },
-    /// Take over the session `token` for the new connection `conn`, replaying the room's
-    /// messages after `last_id`. → `Resumed` or `Expired`.
-    Resume {
+    /// Take over the session `token` for the new connection `conn`. → `Taken`, or `Expired`
+    /// (no such session, or one that never chose a name). Outside a room that is all of a
+    /// resume; in a room, [`Step::ResumeSeat`] follows.
+    TakeSession { token: SessionToken, conn: Conn },
+    /// Move the seat of `token` in room `code` onto `conn`, replaying the room's messages after
+    /// `last_id`. → `Resumed` (its `room` set) or `Expired` (the seat is gone).
+    ResumeSeat {
+        code: RoomCode,
         token: SessionToken,
         conn: Conn,
         last_id: u64,
     },
+    /// The room's messages after `after` and up to `upto` (all, if `None`), to fill a gap in
+    /// what a node received. → `Frames`.
+    Range {
+        code: RoomCode,
+        after: u64,
+        upto: Option<u64>,
+    },
+    /// Who sits in room `code` now, to repair what a node missed of its events. → `State`.
+    State { code: RoomCode },
 }
 
 /// How a [`Step`] turned out.
@@ -167,10 +181,38 @@ pub enum Outcome {
     Moved,
     /// `Drop`: the seat is held until this deadline (milliseconds since the Unix epoch).
     Held { deadline: u64 },
-    /// `Resume`: the session is this connection's now.
-    Resumed(Box<Resumed>),
-    /// `Resume`: no such session, or its grace period is over.
+    /// `TakeSession`: the session is this connection's now.
+    Taken(Box<Taken>),
+    /// `ResumeSeat`: the seat is this connection's now.
+    Resumed(Box<ResumedRoom>),
+    /// `TakeSession`, `ResumeSeat`: no such session or seat, or its grace period is over.
     Expired,
+    /// `Range`: the room's last id, and the frames asked for (`None`: the room is gone).
+    Frames(Option<(u64, Vec<Utf8Bytes>)>),
+    /// `State`: the room as it is (`None`: the room is gone).
+    State(Option<RoomState>),
+}
+
+/// A session taken over by a new connection.
+#[derive(Debug)]
+pub struct Taken {
+    /// Its name.
+    pub name: Username,
+    /// Its room, if it is in one (a [`Step::ResumeSeat`] follows).
+    pub room: Option<RoomCode>,
+    /// The connection that held it before.
+    pub previous: Conn,
+}
+
+/// Who sits in a room, and its counters.
+#[derive(Debug)]
+pub struct RoomState {
+    /// The room's event counter.
+    pub event_seq: u64,
+    /// The id of its last message.
+    pub last_id: u64,
+    /// Its members: session, name, and whether the seat is held (its connection gone).
+    pub seats: Vec<(SessionToken, Username, bool)>,
 }
 
 /// What a joiner needs: the room as it was at the moment it was seated.
@@ -188,18 +230,6 @@ pub struct Joined {
     pub event_seq: u64,
     /// Whether the room is end-to-end encrypted.
     pub encrypted: bool,
-}
-
-/// What a resuming connection needs.
-#[derive(Debug)]
-pub struct Resumed {
-    /// The session's name, if it chose one.
-    pub name: Option<Username>,
-    /// The connection that held the session before, if it was still open: it is to be closed
-    /// with 4000.
-    pub previous: Option<Conn>,
-    /// The session's room, if it is in one.
-    pub room: Option<ResumedRoom>,
 }
 
 /// A resuming session's room.

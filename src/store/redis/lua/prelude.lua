@@ -1,0 +1,98 @@
+-- Shared by every script of a room: prepended to each before it is loaded.
+--
+-- A room is three keys with the hash tag {CODE}: `chat:{CODE}:room` (a hash: the counters and
+-- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
+-- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
+-- h held until (absent while its connection is up), f first id it may be given, r read up to,
+-- k its recent client_msg_ids.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function f(tok, x) return tok .. ':' .. x end
+
+local function seats(room)
+  local m = redis.call('HMGET', room, 'm1', 'm2')
+  return m[1], m[2]
+end
+
+local function is_member(room, tok)
+  local a, b = seats(room)
+  return a == tok or b == tok
+end
+
+local function other(room, tok)
+  local a, b = seats(room)
+  if a == tok then return b end
+  if b == tok then return a end
+  return false
+end
+
+-- Publishes a counted event: the room's next event number goes in it.
+local function event(room, ch, kind, tok, name, extra)
+  local seq = redis.call('HINCRBY', room, 'ev', 1)
+  local e = {k = kind, s = seq, t = tok, n = name}
+  if extra then for key, value in pairs(extra) do e[key] = value end end
+  redis.call('PUBLISH', ch, 'E' .. cjson.encode(e))
+  return seq
+end
+
+-- The frames with ids from..to that the log still holds.
+local function entries(log, last, from, to)
+  local first = last - redis.call('LLEN', log) + 1
+  if from < first then from = first end
+  if to > last then to = last end
+  if from > to then return {} end
+  return redis.call('LRANGE', log, from - first, to - first)
+end
+
+-- Gives `key` at least `ms` more to live.
+local function extend(key, ms)
+  local t = redis.call('PTTL', key)
+  if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', key, ms) end
+end
+
+local function append(res, list)
+  for _, v in ipairs(list) do res[#res + 1] = v end
+  return res
+end
+
+-- `GONE` if `tok` has no seat, `MOVED` if another connection holds it.
+local function check(room, tok, conn)
+  if not is_member(room, tok) then return 'GONE' end
+  if redis.call('HGET', room, f(tok, 'c')) ~= conn then return 'MOVED' end
+  return false
+end
+
+local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k'}
+
+-- Takes `tok` out of the room: the member who stays is told and becomes the host, or the room's
+-- keys go if nobody stays.
+local function remove_member(room, log, ch, tok, reason)
+  local a, b = seats(room)
+  local name = redis.call('HGET', room, f(tok, 'n'))
+  for _, x in ipairs(SEAT_FIELDS) do redis.call('HDEL', room, f(tok, x)) end
+  local rest
+  if a == tok then rest = b else rest = a end
+  if not rest then
+    redis.call('DEL', room, log)
+    return 'DELETED'
+  end
+  redis.call('HSET', room, 'm1', rest)
+  redis.call('HDEL', room, 'm2')
+  local last = tonumber(redis.call('HGET', room, 'last'))
+  redis.call('HSET', room, 'vis', last + 1)
+  -- What was said before the one who stays entered is nobody's any more.
+  local keep_from = tonumber(redis.call('HGET', room, f(rest, 'f')))
+  local first = last - redis.call('LLEN', log) + 1
+  while first < keep_from do
+    local gone = redis.call('LPOP', log)
+    if not gone then break end
+    redis.call('HINCRBY', room, 'bytes', -(#gone + 64))
+    first = first + 1
+  end
+  event(room, ch, 'left', tok, name, {reason = reason})
+  return 'LEFT'
+end

@@ -1,0 +1,28 @@
+-- A node was found dead: the seats it held are held for a resume (or given up with grace 0),
+-- and the seats already held are returned too, so that their grace entries exist.
+-- KEYS room log ch; ARGV dead_node grace keep -> {tok, deadline, ...} (deadline 0: given up)
+local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
+local grace = tonumber(ARGV[2])
+local a, b = seats(room)
+local res = {}
+for _, tok in ipairs({a, b}) do
+  if tok and is_member(room, tok) then
+    local s = redis.call('HMGET', room, f(tok, 'o'), f(tok, 'h'), f(tok, 'n'))
+    if s[1] == ARGV[1] then
+      if s[2] then
+        append(res, {tok, tonumber(s[2])})
+      elseif grace == 0 then
+        remove_member(room, log, ch, tok, 'disconnected')
+        append(res, {tok, 0})
+      else
+        local deadline = now_ms() + grace
+        redis.call('HSET', room, f(tok, 'h'), deadline)
+        extend(room, tonumber(ARGV[3]))
+        extend(log, tonumber(ARGV[3]))
+        event(room, ch, 'disconnected', tok, s[3])
+        append(res, {tok, deadline})
+      end
+    end
+  end
+end
+return res

@@ -1,0 +1,27 @@
+-- Moves a seat onto a new connection and replays what it missed.
+-- KEYS room log ch; ARGV tok conn node last_id ttl
+--   -> {'OK', name, peer name or '', peer connected, peer read, last, ev, encrypted,
+--       previous conn or '', previous node or '', lost, missed frames...} | {'EXPIRED'}
+local room, log, ch, tok = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+if not is_member(room, tok) then return {'EXPIRED'} end
+local s = redis.call('HMGET', room, f(tok, 'c'), f(tok, 'o'), f(tok, 'h'), f(tok, 'n'), f(tok, 'f'))
+local prev_conn, prev_node = s[1], s[2]
+if s[3] then prev_conn, prev_node = '', '' end
+redis.call('HSET', room, f(tok, 'c'), ARGV[2], f(tok, 'o'), ARGV[3])
+redis.call('HDEL', room, f(tok, 'h'))
+extend(room, tonumber(ARGV[5]))
+extend(log, tonumber(ARGV[5]))
+local ev = event(room, ch, 'reconnected', tok, s[4])
+local p = other(room, tok)
+local peer, peer_connected, peer_read = '', 0, 0
+if p then
+  local ps = redis.call('HMGET', room, f(p, 'n'), f(p, 'h'), f(p, 'r'))
+  peer = ps[1]
+  if not ps[2] then peer_connected = 1 end
+  peer_read = tonumber(ps[3] or '0')
+end
+local last = tonumber(redis.call('HGET', room, 'last'))
+local wanted = math.max(tonumber(ARGV[4]) + 1, tonumber(s[5]))
+local lost = math.max(0, tonumber(redis.call('HGET', room, 'lost')) + 1 - wanted)
+return append({'OK', s[4], peer, peer_connected, peer_read, last, ev,
+  redis.call('HGET', room, 'enc'), prev_conn, prev_node, lost}, entries(log, last, wanted, last))
