@@ -436,6 +436,7 @@ impl TestClient {
 }
 pub mod browser;
 pub mod e2e;
+pub mod redis;
 
 /// The `chat-server` binary, started by a test on `127.0.0.1:0`. A thread reads its stdout to the
 /// end, so the server never writes its logs into a closed pipe; every line goes to `lines`.
