@@ -3,14 +3,15 @@
 // It opens the socket on the page's own host, turns frames into messages and messages into
 // frames, keeps the session token (in sessionStorage too, so that a reload resumes), sends
 // `resume` first on every new socket while it has a session, reconnects after a drop with an
-// exponential, jittered delay, and counts a resume's replay: the `more` `chat` frames that
-// follow `resumed` with the rest of `missed`. (`lost`, the messages the server no longer had,
-// comes in `resumed` for the wiring to say.)
+// exponential, jittered delay (at once when a node says it is restarting, close code 1012),
+// and counts a resume's replay: the `more` `chat` frames that follow `resumed` with the rest
+// of `missed`. (`lost`, the messages the server no longer had, comes in `resumed` for the
+// wiring to say.)
 //
 // It never touches the page: what should show, it tells the wiring (main.js) through the
 // handlers given to `init`. The wiring is the only module that imports this one.
 
-import { CLOSE_POLICY, CLOSE_RESUMED_ELSEWHERE } from './protocol.js';
+import { CLOSE_POLICY, CLOSE_RESUMED_ELSEWHERE, CLOSE_SERVICE_RESTART } from './protocol.js';
 
 /** The first reconnect waits about this long; each failed attempt doubles it... */
 const RECONNECT_FIRST_MS = 500;
@@ -160,7 +161,9 @@ function onSocketMessage(event) {
   else if (message.type === 'resumed') onResumed(message);
   else if (message.type === 'chat') receiveChat(message);
   else if (message.type === 'error' && message.code === 'SESSION_EXPIRED') onSessionExpired();
-  else handlers.message(message);
+  else if (message.type === 'error' && message.code === 'UNAVAILABLE' && conn.resuming) {
+    onResumeUnavailable();
+  } else handlers.message(message);
 }
 
 function onConnected(message) {
@@ -191,6 +194,15 @@ function onSessionExpired() {
   conn.freshToken = null;
   ready();
   handlers.sessionExpired();
+}
+
+/**
+ * The server could not reach its store to resume our session: the session is not lost, only
+ * not back yet. `resume` must be the first message of a connection, so this one is of no more
+ * use: close it, and the usual delay later a new one tries again.
+ */
+function onResumeUnavailable() {
+  conn.socket.close();
 }
 
 /** The connection works and the server knows who we are: the next drop starts a new count. */
@@ -228,8 +240,20 @@ function onClose(event) {
   const outageBegins = wasOpen && !conn.outage;
   if (outageBegins) conn.outage = true;
   handlers.closed({ why: 'lost', outageBegins, outage: conn.outage });
-  conn.reconnectTimer = setTimeout(connect, reconnectDelay(conn.attempts));
+  conn.reconnectTimer = setTimeout(connect, reconnectDelayAfter(event.code));
   conn.attempts += 1;
+}
+
+/**
+ * How long to wait before reconnecting after a close with `code`. A node that is being
+ * restarted (a rolling upgrade) says so with 1012 while the other nodes are up: come back at
+ * once, rather than leave the person waiting out a delay meant for a server that is down.
+ * Only the first attempt is at once: should it fail too, the usual delays follow, so a page
+ * never hammers a server that keeps closing it.
+ */
+function reconnectDelayAfter(code) {
+  if (code === CLOSE_SERVICE_RESTART && conn.attempts === 0) return 0;
+  return reconnectDelay(conn.attempts);
 }
 
 /** How long to wait before attempt number `attempt` (0 first): exponential, with jitter. */

@@ -11,6 +11,11 @@ export const MAX_MESSAGE_CHARS = 4096;
 export const CLOSE_RESUMED_ELSEWHERE = 4000;
 /** Close code "policy violation": the server closed us on purpose (no name for too long). */
 export const CLOSE_POLICY = 1008;
+/**
+ * Close code "service restart": this server node is being restarted (a rolling upgrade) while
+ * the others carry on, so reconnecting at once finds one of them, which resumes the session.
+ */
+export const CLOSE_SERVICE_RESTART = 1012;
 
 /** A sentence for people for every error code of the protocol. */
 export const ERROR_TEXT = {
@@ -28,4 +33,5 @@ export const ERROR_TEXT = {
   ENCRYPTION_REQUIRED: 'This room is end-to-end encrypted, and this page does not have its key: open the invite link to read and write here.',
   INTERNAL_ERROR: 'Something went wrong on the server. Please try again.',
   RATE_LIMITED: 'That was too fast for the server. Wait a moment and try again.',
+  UNAVAILABLE: 'The server is briefly unavailable. Try again in a moment.',
 };
