@@ -4,7 +4,10 @@
 // One WebSocket to /ws carries JSON messages both ways. The page has three views:
 // choose a name, the lobby (create or join a room) and the room (the conversation).
 // When the connection drops, the page reconnects by itself and resumes its session, so
-// the room and every message survive a network change (issue 6).
+// the room and every message survive a network change (issue 6). Each message we send
+// carries its own `client_msg_id` and is kept until the server confirms it; one cut off by
+// a drop, or refused for now (UNAVAILABLE), is sent again under the same id, which the
+// server never stores twice: every message is sent exactly once and shown once (issue 12).
 //
 // The client is plain ES modules, with no build step:
 // - protocol.js: the protocol's limits, close codes and error texts;
@@ -38,6 +41,13 @@ const TYPING_IDLE_MS = 3000;
  * against the server's rate limit.
  */
 const READ_DELAY_MS = 300;
+/**
+ * A message the server could not store for now (UNAVAILABLE: it cannot reach its store) is
+ * sent again after this long; each time it is refused again the wait doubles...
+ */
+const RESEND_FIRST_MS = 1000;
+/** ...up to this. */
+const RESEND_MAX_MS = 10000;
 
 /** Said when the server no longer holds our session and the page had to start over. */
 const NOT_RESUMED =
@@ -58,11 +68,21 @@ const state = {
   pendingJoin: null,
   /**
    * The slot of the last request we sent. The server answers requests in order, and the
-   * page sends one request at a time, so an `error` belongs to this request.
+   * page sends one request at a time, so an `error` belongs to this request. (Only chat
+   * messages may be several on their way: an error about one is about the oldest, see
+   * `takeOldestUnconfirmed`.)
    */
   lastSlot: 'name',
-  /** The text of the last chat we sent, to give it back if the server refuses it. */
-  lastSent: null,
+  /**
+   * Our messages on their way: sent, but not back yet as our own `chat` (the server's word
+   * that it stored them), by `client_msg_id`, oldest first. Each is `{ request, text }`: the
+   * `chat` request exactly as sent, to send again as it is, and the text the person wrote.
+   */
+  unconfirmed: new Map(),
+  /** The pending resend of `unconfirmed` after UNAVAILABLE, or null. */
+  resendTimer: null,
+  /** How long the next resend after UNAVAILABLE waits (see RESEND_FIRST_MS). */
+  resendDelay: RESEND_FIRST_MS,
   /** When we last sent `typing`, in ms; 0 while the peer believes we are idle. */
   typingSentAt: 0,
   /** Fires `stop_typing` after TYPING_IDLE_MS without input. */
@@ -166,6 +186,7 @@ function onNoSession() {
  * start over as a new client, with our name, and back into our room if it still exists.
  */
 function startAfresh() {
+  giveBackUnconfirmed();
   if (state.roomCode) {
     state.pendingJoin = state.roomCode;
     state.rejoining = true;
@@ -272,21 +293,13 @@ function onResumed(message) {
   else if (views.currentView() !== 'name') views.showView('lobby');
 }
 
-/** Every missed message is in: what was not among them never reached the server. */
-function replayDone() {
-  giveBackUnsentMessage();
-  scheduleRead();
-}
-
 /**
- * The message we sent last never came back as a `chat`, not even among the missed ones:
- * the connection dropped before the server got it. Put it back so it is not lost silently.
+ * Every missed message is in, our own among them: what is still on its way was cut off by
+ * the drop, so it goes out again now.
  */
-function giveBackUnsentMessage() {
-  if (state.lastSent === null) return;
-  if (views.messageText() === '') views.setMessageText(state.lastSent);
-  state.lastSent = null;
-  showError('composer', 'Your last message did not get through before the connection dropped. Send it again?');
+function replayDone() {
+  resendUnconfirmed();
+  scheduleRead();
 }
 
 function onUsernameSet(message) {
@@ -352,7 +365,7 @@ function onPeerJoined(message) {
 
 function onChat(message) {
   if (message.from === state.name) {
-    state.lastSent = null; // Accepted: nothing to give back any more.
+    confirmSent(message);
   } else {
     // The server sends `stop_typing` before the chat that ends typing; hide it anyway in
     // case the order ever changes, a typing indicator above the message it became is odd.
@@ -410,15 +423,27 @@ function onRoomLeft(message) {
 function onError(message) {
   state.rejoining = false; // Whatever failed, a later join is the user's own again.
   state.pendingKey = null; // A refused `create_room` made no room to keep a key for.
+  if (message.code === 'UNAVAILABLE' && onUnavailable()) return;
   const text = ERROR_TEXT[message.code] || message.message || 'Something went wrong.';
   // Without a name the lobby makes no sense: send the user back to the name form.
   const slot = message.code === 'USERNAME_REQUIRED' ? 'name' : state.lastSlot;
   showError(slot, text);
-  if (slot === 'composer' && state.lastSent !== null && views.messageText() === '') {
+  if (slot === 'composer') {
     // The input was cleared when the message went out; give the refused text back.
-    views.setMessageText(state.lastSent);
+    const refused = takeOldestUnconfirmed();
+    if (refused !== null && views.messageText() === '') views.setMessageText(refused);
   }
-  state.lastSent = null;
+}
+
+/**
+ * The server cannot reach its store right now (UNAVAILABLE), so it did nothing. In a room,
+ * unless we asked to leave, that answered one of our chat messages, which is sent again after
+ * a pause and shows as on its way meanwhile, or a typing or a receipt, which are of the moment
+ * and replaced by the next one: nothing to tell the person. Returns whether that was all.
+ */
+function onUnavailable() {
+  scheduleResend();
+  return state.roomCode !== null && state.lastSlot !== 'room';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,9 +492,13 @@ function updateRoomBar() {
   views.updateRoomBar(state.peer, state.peerAway);
 }
 
-/** Empties the conversation, and forgets the ids and receipts that belonged to it. */
+/**
+ * Empties the conversation, and forgets the ids, receipts and messages on their way that
+ * belonged to it.
+ */
 function clearConversation() {
   views.clearConversation();
+  forgetUnconfirmed();
   state.conversation += 1;
   state.lastId = 0;
   state.lastPeerId = 0;
@@ -547,12 +576,16 @@ function sendRead() {
 function sendChat() {
   const content = views.messageText();
   views.clearError('composer');
+  const refusal = refusalOf(content);
+  if (refusal) {
+    showError('composer', refusal);
+    return;
+  }
   if (state.encrypted) {
     sendSealedChat(content);
     return;
   }
-  if (!send({ type: 'chat', content }, 'composer')) return;
-  state.lastSent = content;
+  if (!sendOwnChat({ content }, content)) return;
   views.setMessageText('');
   // The server ends our typing state itself when a chat arrives: no `stop_typing` needed.
   forgetTyping();
@@ -560,21 +593,23 @@ function sendChat() {
 }
 
 /**
- * Sends a message in an encrypted room, sealed. The server sees only the envelope, so it
- * cannot check that a message is not empty or too long: the page does, before sealing.
- * Without the key nothing is sent (the composer is disabled then anyway).
+ * Why the server would refuse `content` (empty, or too long), or null. Checked before
+ * sending, so that such a message never shows as on its way; and in an encrypted room the
+ * server sees only the envelope, so it could not check it at all.
+ */
+function refusalOf(content) {
+  if (content.trim() === '') return ERROR_TEXT.EMPTY_MESSAGE;
+  if ([...content].length > MAX_MESSAGE_CHARS) return ERROR_TEXT.MESSAGE_TOO_LONG;
+  return null;
+}
+
+/**
+ * Sends a message in an encrypted room, sealed. Without the key nothing is sent (the composer
+ * is disabled then anyway).
  */
 async function sendSealedChat(content) {
   if (!state.roomKey) {
     showError('composer', ERROR_TEXT.ENCRYPTION_REQUIRED);
-    return;
-  }
-  if (content.trim() === '') {
-    showError('composer', ERROR_TEXT.EMPTY_MESSAGE);
-    return;
-  }
-  if ([...content].length > MAX_MESSAGE_CHARS) {
-    showError('composer', ERROR_TEXT.MESSAGE_TOO_LONG);
     return;
   }
   // Cleared before sealing, which takes a moment, so that a second Enter sends nothing twice.
@@ -584,14 +619,13 @@ async function sendSealedChat(content) {
   const key = await roomKey;
   const envelope = key ? await e2e.seal(key, roomCode, name, content) : null;
   if (state.roomCode !== roomCode) return; // We left the room meanwhile.
-  const sent = envelope !== null && send({ type: 'chat', content: envelope, encrypted: true }, 'composer');
+  const sent = envelope !== null && sendOwnChat({ content: envelope, encrypted: true }, content);
   if (!sent) {
     // Not sent: give the text back rather than lose it.
     if (views.messageText() === '') views.setMessageText(content);
     if (envelope === null) showError('composer', 'This page could not encrypt the message.');
     return;
   }
-  state.lastSent = content;
   views.focusMessage();
 }
 
@@ -625,6 +659,108 @@ function stopTyping() {
 function forgetTyping() {
   clearTimeout(state.idleTimer);
   state.typingSentAt = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Our messages on their way
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Sends one of our chat messages (`fields`: its `content`, and `encrypted` in an encrypted
+ * room) under a fresh `client_msg_id`, and keeps it, shown as on its way, until the server
+ * confirms it. `text` is what the person wrote. Returns false, keeping nothing, if it could
+ * not go out.
+ */
+function sendOwnChat(fields, text) {
+  const request = { type: 'chat', ...fields, client_msg_id: newClientMsgId() };
+  if (!send(request, 'composer')) return false;
+  state.unconfirmed.set(request.client_msg_id, { request, text });
+  views.addPendingChat(request.client_msg_id, state.name, text);
+  return true;
+}
+
+/**
+ * A fresh `client_msg_id`: 128 random bits in hex. Not `crypto.randomUUID()`, which browsers
+ * offer only to pages on https or localhost, and this page is also opened over plain http.
+ */
+function newClientMsgId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Our own `chat` came back, live or in a replay: the server stored the message sent with its
+ * `client_msg_id`, which is on its way no more.
+ */
+function confirmSent(message) {
+  if (!state.unconfirmed.delete(message.client_msg_id)) return;
+  views.removePendingChat(message.client_msg_id);
+  // The server could store it: the next UNAVAILABLE starts again from the shortest pause.
+  state.resendDelay = RESEND_FIRST_MS;
+}
+
+/**
+ * Sends every message still on its way again, exactly as it went: the same `client_msg_id`,
+ * and in an encrypted room the same envelope. The server does not store a repeat of an id it
+ * already stored from us, it answers with the original message instead, so none is ever
+ * stored or shown twice.
+ */
+function resendUnconfirmed() {
+  clearTimeout(state.resendTimer);
+  state.resendTimer = null;
+  for (const { request } of state.unconfirmed.values()) {
+    // Not connected: they go out again once the session is resumed (see `replayDone`).
+    if (!connection.send(request)) return;
+    state.lastSlot = 'composer'; // An error in reply is about a chat message.
+  }
+}
+
+/**
+ * The server could not store a message of ours for now. Sends what is on its way again after
+ * a pause, which doubles while this lasts: a server back in a second loses nobody's message,
+ * and one that stays down longer is not flooded. One pause covers all of them, since messages
+ * sent together are refused together.
+ */
+function scheduleResend() {
+  if (state.resendTimer !== null || state.unconfirmed.size === 0) return;
+  state.resendTimer = setTimeout(resendUnconfirmed, state.resendDelay);
+  state.resendDelay = Math.min(RESEND_MAX_MS, state.resendDelay * 2);
+}
+
+/**
+ * The server refused one of our chat messages for good (too fast, say). It answers requests in
+ * order, so that is the oldest on its way, which is no longer: returns its text, or null.
+ */
+function takeOldestUnconfirmed() {
+  const [oldest] = state.unconfirmed.keys();
+  if (oldest === undefined) return null;
+  const { text } = state.unconfirmed.get(oldest);
+  state.unconfirmed.delete(oldest);
+  views.removePendingChat(oldest);
+  return text;
+}
+
+/**
+ * Our session is gone (see `startAfresh`) with messages still on their way. Whether the server
+ * stored them we cannot tell any more (a `client_msg_id` counts only within the session that
+ * sent it), so rather than risk one showing twice, give them back to the person.
+ */
+function giveBackUnconfirmed() {
+  const texts = forgetUnconfirmed();
+  if (texts.length === 0) return;
+  if (views.messageText() === '') views.setMessageText(texts.join('\n'));
+  showError('composer', 'Your last message may not have got through before the connection dropped. Send it again?');
+}
+
+/** Forgets every message on its way; returns their texts, oldest first. */
+function forgetUnconfirmed() {
+  clearTimeout(state.resendTimer);
+  state.resendTimer = null;
+  state.resendDelay = RESEND_FIRST_MS;
+  const texts = [...state.unconfirmed.values()].map((sent) => sent.text);
+  for (const clientMsgId of state.unconfirmed.keys()) views.removePendingChat(clientMsgId);
+  state.unconfirmed.clear();
+  return texts;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 //
 // It shows the three views (choose a name, the lobby, the room), errors next to the control
 // they are about, the connection status and its banner, the room bar, the conversation
-// (messages, events, "Seen" under our last message the peer has read), the typing indicator
-// and the composer's character count; it copies the room code and the invite link; and
-// `bindControls` tells the wiring (main.js) what the person does.
+// (messages, events, our messages still on their way, "Seen" under our last message the peer
+// has read), the typing indicator and the composer's character count; it copies the room code
+// and the invite link; and `bindControls` tells the wiring (main.js) what the person does.
 //
 // It keeps none of the chat's state (what it shows comes as arguments from the wiring) and
 // never sends on the socket. Every piece of text that comes from a person (names, messages,
@@ -321,14 +321,8 @@ function element(tag, className, text) {
  * saying why it is not shown; `revealChat` or `sealChat` change that later.
  */
 export function addChat(message, own, sealed) {
-  const list = $('messages');
-  const item = element('li', own ? 'msg msg--own' : 'msg msg--peer');
-  item.dataset.from = message.from;
+  const item = chatItem(message.from, own);
   item.dataset.id = String(message.id);
-  // Consecutive messages from one person read as a group: their name is shown once.
-  const previous = list.lastElementChild;
-  if (previous && previous.dataset.from === message.from) item.classList.add('msg--cont');
-
   const meta = element('p', 'msg__meta');
   meta.append(element('span', 'msg__from', message.from), formatTime(message.timestamp));
   const text = sealed
@@ -337,6 +331,51 @@ export function addChat(message, own, sealed) {
   if (sealed) text.dataset.sealed = sealed;
   item.append(meta, text);
   appendToConversation(item, own);
+}
+
+/**
+ * Appends one of our messages that is on its way: sent, but not confirmed by the server yet
+ * (`clientMsgId` is the id it was sent with). It looks lighter and says "Sending…" where the
+ * time goes, and stays at the end of the conversation, below whatever is confirmed meanwhile,
+ * until `removePendingChat` takes it away.
+ */
+export function addPendingChat(clientMsgId, from, content) {
+  const item = chatItem(from, true);
+  item.classList.add('msg--pending');
+  item.dataset.pending = clientMsgId;
+  const meta = element('p', 'msg__meta');
+  meta.append(element('span', 'msg__from', from), element('span', 'msg__sending', 'Sending…'));
+  item.append(meta, element('p', 'msg__text', content));
+  // After the messages on their way before it: they went out in this order.
+  $('messages').append(item);
+  groupWithPrevious(item);
+  scrollToEnd();
+}
+
+/**
+ * Takes away the message on its way sent with `clientMsgId`, if it is shown: confirmed (it
+ * comes back as an ordinary message) or given up.
+ */
+export function removePendingChat(clientMsgId) {
+  const item = [...$('messages').children].find((li) => li.dataset.pending === clientMsgId);
+  if (!item) return;
+  const next = item.nextElementSibling;
+  item.remove();
+  if (next) groupWithPrevious(next);
+}
+
+/** A conversation item for a chat message from `from`: ours (`own`) on the right. */
+function chatItem(from, own) {
+  const item = element('li', own ? 'msg msg--own' : 'msg msg--peer');
+  item.dataset.from = from;
+  return item;
+}
+
+/** Consecutive messages from one person read as a group: their name is shown once. */
+function groupWithPrevious(item) {
+  if (!item.classList.contains('msg')) return; // An event line.
+  const previous = item.previousElementSibling;
+  item.classList.toggle('msg--cont', previous !== null && previous.dataset.from === item.dataset.from);
 }
 
 /** The text element of the message with `id` in the conversation, if it is there. */
@@ -385,11 +424,16 @@ function formatTime(timestamp) {
 /**
  * Adds an item and scrolls to it when the reader was already at the bottom (or `force`):
  * someone scrolled up to reread something should not be yanked down by every new line.
+ * Our messages still on their way stay last: the item goes above them, since whatever is
+ * confirmed or happens meanwhile comes before them in the conversation.
  */
 function appendToConversation(item, force) {
   const scroller = $('conversation');
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
-  $('messages').append(item);
+  const firstPending = $('messages').querySelector('.msg--pending');
+  $('messages').insertBefore(item, firstPending); // Appends when there is none (null).
+  groupWithPrevious(item);
+  if (firstPending) groupWithPrevious(firstPending);
   if (force || atBottom) scrollToEnd();
 }
 
@@ -402,7 +446,7 @@ export function showSeen(upTo) {
   const scroller = $('conversation');
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
   $('messages').querySelector('.msg__seen')?.remove();
-  const read = [...$('messages').querySelectorAll('.msg--own')]
+  const read = [...$('messages').querySelectorAll('.msg--own:not(.msg--pending)')]
     .reverse()
     .find((item) => Number(item.dataset.id) <= upTo);
   if (read) read.append(element('p', 'msg__seen', 'Seen'));
