@@ -80,6 +80,8 @@ pub struct Message {
     pub from: String,
     pub text: String,
     pub own: bool,
+    /// One of the page's own messages on its way: sent, but not confirmed by the server yet.
+    pub pending: bool,
 }
 
 /// One browser page (its own WebDriver session and profile) used by one person.
@@ -243,30 +245,37 @@ impl Page {
         .await
     }
 
-    /// Waits until the last message shown is `text` from `from`; returns all messages.
+    /// Waits until the last message shown is `text` from `from`, confirmed by the server (not
+    /// still on its way); returns all messages.
     pub async fn wait_for_message(&self, from: &str, text: &str) -> Vec<Message> {
         let what = format!("{}: the message {text:?} from {from}", self.name);
         eventually(&what, async || {
             let messages = self.messages().await;
             let last = messages.last()?;
-            (last.from == from && last.text == text).then_some(messages)
+            (last.from == from && last.text == text && !last.pending).then_some(messages)
         })
         .await
     }
 
-    /// The chat messages on the page, read in one script call rather than one WebDriver
-    /// round trip per element.
+    /// The chat messages on the page, its own still on their way included, read in one script
+    /// call rather than one WebDriver round trip per element.
     pub async fn messages(&self) -> Vec<Message> {
         let script = "return [...document.querySelectorAll('#messages .msg')].map((li) => [
                 li.dataset.from,
                 li.querySelector('.msg__text').textContent,
                 li.classList.contains('msg--own'),
+                li.classList.contains('msg--pending'),
             ]);";
-        let rows: Vec<(String, String, bool)> =
+        let rows: Vec<(String, String, bool, bool)> =
             serde_json::from_value(self.client.execute(script, vec![]).await.unwrap())
-                .expect("the script returns [from, text, own] rows");
+                .expect("the script returns [from, text, own, pending] rows");
         rows.into_iter()
-            .map(|(from, text, own)| Message { from, text, own })
+            .map(|(from, text, own, pending)| Message {
+                from,
+                text,
+                own,
+                pending,
+            })
             .collect()
     }
 }
