@@ -459,8 +459,18 @@ impl Node {
         .await
     }
 
-    /// Sends SIGTERM, the graceful stop a supervisor sends.
-    pub fn sigterm(&self) {
+    /// Sends SIGTERM, the graceful stop a supervisor sends, unless the node has exited.
+    pub fn sigterm(&mut self) {
+        // Once reaped, its pid may belong to another process.
+        if self
+            .process
+            .child
+            .try_wait()
+            .expect("the node's status")
+            .is_some()
+        {
+            return;
+        }
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
