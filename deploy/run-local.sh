@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Runs, on this machine, what a two-node deployment runs: Redis, two chat-server nodes sharing
+# it, and nginx (or HAProxy, with HAPROXY=1) spreading connections over them. Prints the address
+# to open; Ctrl-C stops everything. See deploy/README.md.
+#
+# Ports can be changed: PORT (the balancer, 8080), NODE1_PORT (8081), NODE2_PORT (8082),
+# REDIS_PORT (6379). CHAT_SERVER=path runs that binary instead of building this one. Extra
+# arguments are passed to both nodes, e.g. `--resume-grace 10s`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# nginx and HAProxy are in /usr/sbin, which an ordinary user's PATH may leave out.
+PATH="$PATH:/usr/sbin"
+
+port=${PORT:-8080}
+node_ports=("${NODE1_PORT:-8081}" "${NODE2_PORT:-8082}")
+redis_port=${REDIS_PORT:-6379}
+redis_url="redis://127.0.0.1:$redis_port/"
+
+need() {
+  command -v "$1" >/dev/null || {
+    echo "run-local.sh: $1 not found (Debian: apt-get install $2)" >&2
+    exit 1
+  }
+}
+need redis-server redis-server
+need redis-cli redis-tools
+if [ -n "${HAPROXY:-}" ]; then need haproxy haproxy; else need nginx nginx; fi
+
+# Everything this run writes (logs, nginx's pid and temporary files, Redis's directory).
+run=$(mktemp -d "${TMPDIR:-/tmp}/chat-deploy.XXXXXX")
+pids=()
+
+# On the way out, whatever the way: stop what this run started, last first.
+stop_all() {
+  trap - EXIT
+  echo
+  echo "stopping…"
+  # SIGTERM: the nodes close their connections and exit, nginx and Redis stop.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  wait || true
+  echo "logs are in $run"
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Waits until something accepts connections on 127.0.0.1:$2, for at most 30 s; fails if the
+# process $1 (named $3, logging to $4) exits first.
+wait_for_port() {
+  for _ in $(seq 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$1" 2>/dev/null; then
+      echo "run-local.sh: $3 exited; its log ($4):" >&2
+      tail -n 20 "$4" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "run-local.sh: $3 does not listen on port $2 after 30 s; its log is $4" >&2
+  exit 1
+}
+
+# Redis: one that already runs on the port is used as it is (Debian's package starts one on
+# 6379); otherwise a fresh one that keeps nothing on disk.
+if [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; then
+  echo "Redis:  using the one already running on 127.0.0.1:$redis_port"
+else
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$run" --save "" --appendonly no \
+    >"$run/redis.log" 2>&1 &
+  pids+=($!)
+  wait_for_port $! "$redis_port" redis-server "$run/redis.log"
+  echo "Redis:  127.0.0.1:$redis_port (log: $run/redis.log)"
+fi
+
+# The nodes: the release binary, built if it is not up to date, or CHAT_SERVER if set.
+binary=${CHAT_SERVER:-}
+if [ -z "$binary" ]; then
+  cargo build --release --quiet -p chat-server
+  binary="${CARGO_TARGET_DIR:-target}/release/chat-server"
+fi
+for i in 0 1; do
+  node_port=${node_ports[$i]}
+  log="$run/node$((i + 1)).log"
+  # Behind a proxy every client has the proxy's address: no per-address cap.
+  "$binary" --redis "$redis_url" --bind "127.0.0.1:$node_port" --max-connections-per-ip 0 "$@" \
+    >"$log" 2>&1 &
+  pids+=($!)
+  wait_for_port $! "$node_port" "node $((i + 1))" "$log"
+  echo "node $((i + 1)): http://127.0.0.1:$node_port/ (log: $log)"
+done
+
+# The balancer, from deploy/'s configuration with this run's ports.
+fill_in_ports() {
+  sed -e "s/127\.0\.0\.1:8080/127.0.0.1:$port/" \
+    -e "s/127\.0\.0\.1:8081/127.0.0.1:${node_ports[0]}/" \
+    -e "s/127\.0\.0\.1:8082/127.0.0.1:${node_ports[1]}/" "$1"
+}
+if [ -n "${HAPROXY:-}" ]; then
+  fill_in_ports deploy/haproxy.cfg >"$run/haproxy.cfg"
+  haproxy -f "$run/haproxy.cfg" -db >"$run/haproxy.log" 2>&1 &
+  pids+=($!)
+  wait_for_port $! "$port" haproxy "$run/haproxy.log"
+  echo "HAProxy: 127.0.0.1:$port (log: $run/haproxy.log)"
+else
+  fill_in_ports deploy/nginx.conf >"$run/nginx.conf"
+  nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" &
+  pids+=($!)
+  wait_for_port $! "$port" nginx "$run/error.log"
+  echo "nginx:  127.0.0.1:$port (logs: $run/error.log, $run/access.log)"
+fi
+
+echo
+echo "Open http://127.0.0.1:$port/ in two browser tabs: each tab's WebSocket goes to another node."
+echo "Ctrl-C stops everything."
+# Until Ctrl-C, or until one of them stops by itself.
+wait -n "${pids[@]}" || true
+echo "run-local.sh: a process stopped by itself; see the logs in $run" >&2
+exit 1
