@@ -28,7 +28,9 @@ if [ -n "${HAPROXY:-}" ]; then need haproxy haproxy; else need nginx nginx; fi
 
 # Everything this run writes (logs, nginx's pid and temporary files, Redis's directory).
 run=$(mktemp -d "${TMPDIR:-/tmp}/chat-deploy.XXXXXX")
+# What this run started, in order, and the name of each (by pid).
 pids=()
+declare -A names
 
 # On the way out, whatever the way: stop what this run started, last first.
 stop_all() {
@@ -36,7 +38,10 @@ stop_all() {
   echo
   echo "stopping…"
   # SIGTERM: the nodes close their connections and exit, nginx and Redis stop.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  # Only those still running: the pid of one that stopped may be another process's by now.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    if [ -n "${names[${pids[$i]}]:-}" ]; then kill -TERM "${pids[$i]}" 2>/dev/null || true; fi
+  done
   wait || true
   echo "logs are in $run"
 }
@@ -68,6 +73,7 @@ else
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$run" --save "" --appendonly no \
     >"$run/redis.log" 2>&1 &
   pids+=($!)
+  names[$!]=redis-server
   wait_for_port $! "$redis_port" redis-server "$run/redis.log"
   echo "Redis:  127.0.0.1:$redis_port (log: $run/redis.log)"
 fi
@@ -85,8 +91,9 @@ for i in 0 1; do
   "$binary" --redis "$redis_url" --bind "127.0.0.1:$node_port" --max-connections-per-ip 0 "$@" \
     >"$log" 2>&1 &
   pids+=($!)
+  names[$!]="node $((i + 1))"
   wait_for_port $! "$node_port" "node $((i + 1))" "$log"
-  echo "node $((i + 1)): http://127.0.0.1:$node_port/ (log: $log)"
+  echo "node $((i + 1)): http://127.0.0.1:$node_port/ (pid $!, log: $log)"
 done
 
 # The balancer, from deploy/'s configuration with this run's ports.
@@ -99,20 +106,27 @@ if [ -n "${HAPROXY:-}" ]; then
   fill_in_ports deploy/haproxy.cfg >"$run/haproxy.cfg"
   haproxy -f "$run/haproxy.cfg" -db >"$run/haproxy.log" 2>&1 &
   pids+=($!)
+  names[$!]=haproxy
   wait_for_port $! "$port" haproxy "$run/haproxy.log"
   echo "HAProxy: 127.0.0.1:$port (log: $run/haproxy.log)"
 else
   fill_in_ports deploy/nginx.conf >"$run/nginx.conf"
   nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" &
   pids+=($!)
+  names[$!]=nginx
   wait_for_port $! "$port" nginx "$run/error.log"
   echo "nginx:  127.0.0.1:$port (logs: $run/error.log, $run/access.log)"
 fi
 
 echo
-echo "Open http://127.0.0.1:$port/ in two browser tabs: each tab's WebSocket goes to another node."
-echo "Ctrl-C stops everything."
-# Until Ctrl-C, or until one of them stops by itself.
-wait -n "${pids[@]}" || true
-echo "run-local.sh: a process stopped by itself; see the logs in $run" >&2
-exit 1
+echo "Open http://127.0.0.1:$port/ in two browser tabs: their WebSockets go to different nodes."
+echo "Stop a node (kill -TERM its pid) to see its tab move to the other. Ctrl-C stops everything."
+# Until Ctrl-C. A process that stops meanwhile (a node you stopped, to watch its tabs move to
+# the other) is reported, and the others carry on. (`wait -n -p`: bash 5.1 or later.)
+while [ ${#names[@]} -gt 0 ]; do
+  exited=
+  wait -n -p exited "${!names[@]}" || true
+  [ -n "$exited" ] || break
+  echo "run-local.sh: ${names[$exited]} (pid $exited) stopped; its log is in $run" >&2
+  unset "names[$exited]"
+done
