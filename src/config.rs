@@ -119,6 +119,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Share rooms with other nodes through the Redis server at this URL, such as
+    /// redis://127.0.0.1:6379/: rooms, messages and sessions live in Redis, and the nodes tell
+    /// each other what happens in a room through Redis pub/sub (docs/scaling.md). Without it,
+    /// everything is kept in this process's memory.
+    #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL", value_parser = redis_url)]
+    pub redis: Option<redis::Client>,
+
     /// The TLS settings loaded from `tls_cert` and `tls_key` ([`crate::tls::server_config`]):
     /// when set, every connection is TLS, serving `wss://` and `https://` on the one port.
     #[arg(skip)]
@@ -178,6 +185,11 @@ fn period(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a Redis URL (`redis://[user:password@]host[:port][/db]`).
+fn redis_url(text: &str) -> Result<redis::Client, String> {
+    redis::Client::open(text).map_err(|err| err.to_string())
+}
+
 /// Parses an amount of memory: a number of bytes, or a number followed by KiB, MiB or GiB.
 fn size(text: &str) -> Result<usize, String> {
     let text = text.trim();
@@ -222,6 +234,7 @@ mod tests {
         assert_eq!(config.username_timeout, Duration::from_secs(60));
         assert_eq!(config.outbound_queue, Config::OUTBOUND_QUEUE);
         assert!(config.allowed_origins.is_empty() && config.tls.is_none());
+        assert!(config.redis.is_none());
     }
 
     /// Sizes take binary units; anything else is refused with a reason.

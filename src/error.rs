@@ -60,6 +60,10 @@ pub enum ErrorCode {
     /// A `resume` with a session token that is unknown, or whose grace period has ended. The
     /// connection carries on as a new client.
     SessionExpired,
+    /// With `--redis`: the node cannot reach Redis right now, or Redis did not answer in time.
+    /// The request may or may not have taken effect: a `chat` is safe to send again with the
+    /// same `client_msg_id`, which is never stored twice.
+    Unavailable,
     /// A bug on the server's side: should never be sent.
     InternalError,
 }
@@ -94,6 +98,9 @@ impl ErrorCode {
             }
             ErrorCode::RateLimited => "Too many messages: slow down.",
             ErrorCode::SessionExpired => "That session has ended: start again with a username.",
+            ErrorCode::Unavailable => {
+                "The server cannot reach its storage right now: try again in a moment."
+            }
             ErrorCode::InternalError => "Something went wrong on the server.",
         }
     }

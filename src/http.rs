@@ -249,6 +249,14 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
                     "text/plain; charset=utf-8",
                     "the chat server has failed and is closing\n",
                 )
+            } else if !app.server.store_reachable() {
+                // With --redis: the node keeps its connections, but a balancer should send new
+                // ones elsewhere until it reaches Redis again.
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "cannot reach Redis\n",
+                )
             } else {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
             }

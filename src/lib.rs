@@ -178,6 +178,13 @@ async fn serve(
     {
         warn!("some connections did not close in time");
     }
+    // The connections are closed, and their handles with them: the actor stops once it has
+    // finished the steps still in flight (with --redis, the drops that hold the seats of a
+    // restarting node's members, so that they can resume on another node).
+    drop(app);
+    if actor_failure.is_none() && tokio::time::timeout(SHUTDOWN_GRACE, actor).await.is_err() {
+        warn!("the chat server actor did not finish in time");
+    }
     match actor_failure {
         Some(cause) => Err(std::io::Error::other(format!(
             "the chat server actor stopped: {cause}"

@@ -4,8 +4,8 @@
 //! process-wide recorder), so several servers in one process, as in the tests, count separately.
 //! Every metric is registered once, up front; the hot path only bumps an atomic.
 
-use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use strum::IntoEnumIterator;
 
@@ -58,12 +58,43 @@ pub struct Metrics {
     /// `error` messages sent, one counter per code, in the order the codes are declared in
     /// (`chat_errors_sent_total{code="…"}`).
     errors_sent: Vec<Counter>,
+    /// With `--redis`: how the node's link to Redis fares.
+    pub redis: RedisMetrics,
+}
+
+/// With `--redis`: the node's link to Redis, its pub/sub, and its liveness.
+#[derive(Debug)]
+pub struct RedisMetrics {
+    /// How long each step took in Redis, from sending it to its answer
+    /// (`chat_redis_step_seconds`, a histogram).
+    pub step_seconds: Histogram,
+    /// Steps that failed: Redis unreachable, an error, or no answer in time
+    /// (`chat_redis_errors_total`).
+    pub errors: Counter,
+    /// Room events received over pub/sub (`chat_redis_pubsub_events_total`).
+    pub pubsub_events: Counter,
+    /// Gaps in a room's events that this node noticed and repaired from the stored room
+    /// (`chat_redis_gaps_repaired_total`).
+    pub gaps_repaired: Counter,
+    /// 1 while this node's link to Redis is up (`chat_redis_up`).
+    pub up: Gauge,
+    /// 1 while this node's heartbeat is recorded in Redis, so that the other nodes count it as
+    /// alive (`chat_redis_node_live`).
+    pub node_live: Gauge,
 }
 
 impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("chat_redis_step_seconds".into()),
+                &[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+                ],
+            )
+            .expect("the buckets are not empty")
+            .build_recorder();
         let metadata = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
         let counter = |name: &'static str, help: &'static str| {
             recorder.describe_counter(name.into(), None, help.into());
@@ -104,7 +135,38 @@ impl Metrics {
             handshake_timeout: by_limit("handshake_timeout"),
         };
 
+        let step_name = "chat_redis_step_seconds";
+        recorder.describe_histogram(
+            step_name.into(),
+            Some(metrics::Unit::Seconds),
+            "With --redis: how long each step took in Redis, from sending it to its answer.".into(),
+        );
+        let redis = RedisMetrics {
+            step_seconds: recorder.register_histogram(&Key::from_static_name(step_name), &metadata),
+            errors: counter(
+                "chat_redis_errors_total",
+                "With --redis: steps that failed (Redis unreachable, an error, or no answer in time).",
+            ),
+            pubsub_events: counter(
+                "chat_redis_pubsub_events_total",
+                "With --redis: room events received over pub/sub.",
+            ),
+            gaps_repaired: counter(
+                "chat_redis_gaps_repaired_total",
+                "With --redis: gaps in a room's events noticed and repaired from the stored room.",
+            ),
+            up: gauge(
+                "chat_redis_up",
+                "With --redis: 1 while the link to Redis is up.",
+            ),
+            node_live: gauge(
+                "chat_redis_node_live",
+                "With --redis: 1 while this node's heartbeat is recorded, so others count it alive.",
+            ),
+        };
+
         Metrics {
+            redis,
             refused_by_limit,
             flooders_disconnected: counter(
                 "chat_flooders_disconnected_total",

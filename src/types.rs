@@ -23,6 +23,11 @@ impl ClientId {
     pub fn new() -> Self {
         ClientId(Uuid::new_v4())
     }
+
+    /// An id as `Display` writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(ClientId)
+    }
 }
 
 impl Default for ClientId {

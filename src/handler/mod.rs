@@ -94,8 +94,10 @@ enum Ending {
     TooBig,
     /// A frame that breaks the WebSocket protocol (bad UTF-8 in a text frame, bad framing).
     ProtocolViolation(CloseCode),
-    /// The server is shutting down.
-    Shutdown,
+    /// The server is shutting down. A node of several (`--redis`) is restarting, as far as its
+    /// clients are concerned: they are to resume on another node at once (1012), their seats
+    /// held for them.
+    Shutdown { restart: bool },
     /// The write task ended first: the actor closed the client's queue (too slow, flooding,
     /// unnamed for too long, or its session resumed elsewhere), the actor is gone, or writing
     /// failed.
@@ -123,7 +125,8 @@ impl Ending {
             Ending::Silent => (CloseCode::Away, "no heartbeat"),
             Ending::TooBig => (CloseCode::Size, "message too big"),
             Ending::ProtocolViolation(code) => (code, "protocol violation"),
-            Ending::Shutdown => (CloseCode::Away, "server shutting down"),
+            Ending::Shutdown { restart: false } => (CloseCode::Away, "server shutting down"),
+            Ending::Shutdown { restart: true } => (CloseCode::Restart, "service restart"),
             Ending::ActorStopped => (CloseCode::Error, "internal error"),
         };
         Some(Farewell::Close(close_frame(code, reason)))
@@ -218,7 +221,9 @@ pub async fn serve<S>(
         ending = read_loop(&mut stream, client_id, &server, config.heartbeat_interval * 2) => {
             (ending, None)
         }
-        () = shutdown.cancelled() => (Ending::Shutdown, None),
+        () = shutdown.cancelled() => {
+            (Ending::Shutdown { restart: config.redis.is_some() }, None)
+        }
         exit = &mut writer => (Ending::WriterEnded, Some(exit)),
     };
     debug!(client = %client_id, ?ending, "connection ending");

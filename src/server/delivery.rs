@@ -13,18 +13,19 @@
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
 
-use super::ChatServer;
+use super::steps::Then;
+use super::{ChatServer, Store};
 use crate::error::{Refusal, SendError};
 use crate::message::ServerMessage;
 use crate::outbox::Close;
-use crate::store::{Notice, RoomEvent};
+use crate::store::{Notice, RoomEvent, Step};
 use crate::types::{ClientId, RoomCode};
 
 impl ChatServer {
-    /// Tells room `code` something the store does not keep (typing).
+    /// Tells room `code` something the store does not keep (typing), in order with the room's
+    /// steps: through the store, so that the members on other nodes hear it too.
     pub(super) fn publish(&mut self, code: RoomCode, event: RoomEvent) {
-        self.notices.push(Notice::Room(code, event));
-        self.deliver_notices();
+        self.perform(Step::Publish { code, event }, Then::Nothing);
     }
 
     /// Delivers what the last steps told, in the order they told it.
@@ -44,20 +45,36 @@ impl ChatServer {
     }
 
     /// Tells this node's members of room `code` what they are to hear of `event`.
-    fn deliver(&mut self, code: RoomCode, event: &RoomEvent) {
-        let Some(room) = self.store.room(code) else {
-            return;
-        };
-        // This node's members: the seats held by a connection of ours that is up. At most two.
-        let mut members = [None; 2];
-        for (slot, seat) in members.iter_mut().zip(room.seats()) {
-            if seat.conn.node == self.node && seat.is_connected() {
-                *slot = Some(seat.conn.client);
-            }
-        }
-        for member in members.into_iter().flatten() {
+    pub(super) fn deliver(&mut self, code: RoomCode, event: &RoomEvent) {
+        for member in self.members_here(code).into_iter().flatten() {
             self.tell(member, event);
         }
+    }
+
+    /// This node's members of room `code`: at most two.
+    pub(super) fn members_here(&self, code: RoomCode) -> [Option<ClientId>; 2] {
+        let mut members = [None; 2];
+        match &self.store {
+            // The seats held by a connection of ours that is up.
+            Store::Memory(store) => {
+                if let Some(room) = store.room(code) {
+                    for (slot, seat) in members.iter_mut().zip(room.seats()) {
+                        if seat.conn.node == self.node && seat.is_connected() {
+                            *slot = Some(seat.conn.client);
+                        }
+                    }
+                }
+            }
+            // The connections this node has seen enter the room.
+            Store::Redis(_) => {
+                if let Some(room) = self.remote.room(code) {
+                    for (slot, member) in members.iter_mut().zip(room.members()) {
+                        *slot = Some(member);
+                    }
+                }
+            }
+        }
+        members
     }
 
     /// Tells `member` what it is to hear of `event`.
@@ -65,12 +82,18 @@ impl ChatServer {
         let Some(connection) = self.connections.get_mut(&member) else {
             return;
         };
-        let own = *event.token() == connection.token;
-        if let RoomEvent::Chat { id, frame, .. } = event {
+        if let RoomEvent::Chat { id, frame, token } = event {
             if *id <= connection.seen_chat {
                 return; // In its history or its `missed` already.
             }
             connection.seen_chat = *id;
+            // A message recovered after a gap (`remote.rs`) comes without its sender's
+            // session: its sender is then known by name, which is unique in a room.
+            let own = if token.as_str().is_empty() {
+                chat_sender(frame).is_some_and(|from| connection.name.as_ref() == Some(&from))
+            } else {
+                *token == connection.token
+            };
             // The sender's node ends its typing before the message it turned into; this covers
             // a sender whose node went away before it could.
             let peer_was_typing = !own && std::mem::take(&mut connection.peer_typing);
@@ -83,7 +106,7 @@ impl ChatServer {
             self.send(member, frame.clone());
             return;
         }
-        if own {
+        if *event.token() == connection.token {
             return; // A member is not told about itself.
         }
         if let Some(seq) = event.seq() {
@@ -92,6 +115,14 @@ impl ChatServer {
             }
             connection.seen_event = seq;
         }
+        self.say(member, event);
+    }
+
+    /// Tells `member` of `event`, an event about its peer, whatever it was told before.
+    pub(super) fn say(&mut self, member: ClientId, event: &RoomEvent) {
+        let Some(connection) = self.connections.get_mut(&member) else {
+            return;
+        };
         let frame = match event {
             RoomEvent::Typing { name, .. } => {
                 if std::mem::replace(&mut connection.peer_typing, true) {
@@ -202,7 +233,7 @@ impl ChatServer {
 
 /// The sender's name of a `chat` frame, read back from its JSON. Only needed when a sender's
 /// node could not say that its typing ended, which is rare enough to parse for.
-fn chat_sender(frame: &str) -> Option<crate::types::Username> {
+pub(super) fn chat_sender(frame: &str) -> Option<crate::types::Username> {
     #[derive(serde::Deserialize)]
     struct From<'a> {
         from: &'a str,

@@ -3,11 +3,20 @@
 
 use std::collections::HashMap;
 
-use super::ChatServer;
+use super::{ChatServer, Store};
 use crate::connection::Connection;
+use crate::store::MemoryStore;
 use crate::types::{ClientId, RoomCode};
 
 impl ChatServer {
+    /// The in-memory store, which is the only one these inspections look into.
+    fn memory_store(&self) -> Option<&MemoryStore> {
+        match &self.store {
+            Store::Memory(store) => Some(store),
+            Store::Redis(_) => None,
+        }
+    }
+
     /// How many sessions there are: connected clients, and seats held for a resume.
     pub fn session_count(&self) -> usize {
         self.connections.len() + self.held_seats().count()
@@ -15,16 +24,19 @@ impl ChatServer {
 
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
-        self.store.room_count()
+        self.memory_store().map_or(0, MemoryStore::room_count)
     }
 
     /// The seats held for a resume: (the connection that held it last, its room).
     fn held_seats(&self) -> impl Iterator<Item = (ClientId, RoomCode, &crate::room::Seat)> {
-        self.store.rooms().flat_map(|room| {
-            room.seats()
-                .filter(|seat| !seat.is_connected())
-                .map(move |seat| (seat.conn.client, room.code(), seat))
-        })
+        self.memory_store()
+            .into_iter()
+            .flat_map(MemoryStore::rooms)
+            .flat_map(|room| {
+                room.seats()
+                    .filter(|seat| !seat.is_connected())
+                    .map(move |seat| (seat.conn.client, room.code(), seat))
+            })
     }
 
     /// A copy of who is where, for tests that hold the actor to a model of the protocol.
@@ -50,8 +62,9 @@ impl ChatServer {
         Snapshot {
             sessions: connected.chain(held).collect(),
             rooms: self
-                .store
-                .rooms()
+                .memory_store()
+                .into_iter()
+                .flat_map(MemoryStore::rooms)
                 .map(|room| {
                     let view = RoomView {
                         host: room.host().conn.client,
@@ -73,15 +86,17 @@ impl ChatServer {
     /// is left waiting to be dropped.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.store.check()?;
+        if let Some(store) = self.memory_store() {
+            store.check()?;
+        }
         for (id, connection) in &self.connections {
             if connection.id != *id {
                 return Err(format!("connection {id} is filed under another id"));
             }
             if let Some(code) = connection.room {
                 let seat = self
-                    .store
-                    .room(code)
+                    .memory_store()
+                    .and_then(|store| store.room(code))
                     .and_then(|room| room.seat_of(&connection.token))
                     .ok_or_else(|| format!("connection {id} is in {code}, which has no seat"))?;
                 if seat.conn != self.conn(*id) || !seat.is_connected() {
@@ -96,7 +111,7 @@ impl ChatServer {
                 ));
             }
         }
-        for room in self.store.rooms() {
+        for room in self.memory_store().into_iter().flat_map(MemoryStore::rooms) {
             for seat in room.seats().filter(|seat| seat.is_connected()) {
                 let ours = self.connections.get(&seat.conn.client);
                 if seat.conn.node == self.node && ours.and_then(|c| c.room) != Some(room.code()) {

@@ -18,6 +18,9 @@
 //! - `delivery.rs`: what each member is told of the events of its room, queueing frames without
 //!   ever waiting, and dropping clients too slow to read them;
 //! - `timers.rs`: the typing, naming and grace timers, behind one type;
+//! - `remote.rs`: what changes when the store is Redis, shared with other nodes: steps in
+//!   flight while the actor carries on, requests that wait for their client's step, the rooms
+//!   this node hears over pub/sub, and their repair when events were lost;
 //! - `inspect.rs` (tests only): a copy of the state, and the invariants that must hold.
 //!
 //! The state of record (rooms, seats, what was said, sessions that can be resumed) is the
@@ -27,6 +30,7 @@
 mod delivery;
 #[cfg(any(test, feature = "testing"))]
 mod inspect;
+mod remote;
 mod rooms;
 mod sessions;
 mod steps;
@@ -42,6 +46,7 @@ pub use inspect::{RoomView, SessionView, Snapshot};
 use foldhash::HashMap as FastMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -55,8 +60,10 @@ use crate::limits::{MessageLimits, Verdict};
 use crate::message::ClientMessage;
 use crate::metrics::Metrics;
 use crate::outbox::{self, Close};
-use crate::store::{Conn, MemoryStore, NodeId, Notice};
+use crate::store::redis::{RedisEvent, scripts::TOUCH_EVERY};
+use crate::store::{Conn, MemoryStore, NodeId, Notice, RedisStore};
 use crate::types::{ClientId, RoomCode, Username};
+use remote::Remote;
 use timers::{Expired, Timers};
 
 /// How many commands may wait for the actor. When it is full, handlers wait to send, which in
@@ -65,6 +72,10 @@ const COMMAND_QUEUE: usize = 1024;
 
 /// The most commands the actor takes from its queue in one turn of its loop.
 const COMMAND_BATCH: usize = 64;
+
+/// How long the actor, once every handle is gone, waits for the steps it submitted to Redis (a
+/// restarting node's last drops, which hold its members' seats).
+const FINISH_STEPS: Duration = Duration::from_secs(3);
 
 /// The longest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 4096;
@@ -96,14 +107,41 @@ pub enum ServerCommand {
     },
 }
 
+/// The next event of the Redis store, or never, with the in-memory store.
+async fn next_event(events: &mut Option<mpsc::Receiver<RedisEvent>>) -> Option<RedisEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes at `deadline`, or never if there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A cheap, cloneable way to reach the actor. When the last handle is dropped, the actor's
 /// channel closes and [`ChatServer::run`] returns.
 #[derive(Debug, Clone)]
 pub struct ChatServerHandle {
     commands: mpsc::Sender<ServerCommand>,
+    /// With `--redis`: whether the link to Redis is up.
+    store_up: Option<Arc<AtomicBool>>,
 }
 
 impl ChatServerHandle {
+    /// Whether the store can be reached: always, in memory; with `--redis`, while the link to
+    /// Redis is up. `/healthz` says 503 when it cannot, so that a balancer sends new clients to
+    /// another node.
+    pub fn store_reachable(&self) -> bool {
+        self.store_up
+            .as_ref()
+            .is_none_or(|up| up.load(Ordering::Relaxed))
+    }
+
     /// Sends one command, waiting while the actor's queue is full. Fails only if the actor has
     /// stopped, which happens only once every handle is gone, or if it panicked.
     pub async fn send(&self, command: ServerCommand) -> Result<(), AppError> {
@@ -112,6 +150,15 @@ impl ChatServerHandle {
             .await
             .map_err(|_| AppError::ActorStopped)
     }
+}
+
+/// Where the state of record is kept.
+#[derive(Debug)]
+enum Store {
+    /// In this process's memory: steps are applied at once.
+    Memory(MemoryStore),
+    /// In Redis, shared with other nodes: steps are submitted, and answered later.
+    Redis(Box<RedisStore>),
 }
 
 /// The actor. Owns this node's connections and the store; see the module docs.
@@ -126,7 +173,12 @@ pub struct ChatServer {
     /// whole record.
     connections: FastMap<ClientId, Box<Connection>>,
     /// The state of record: rooms, seats, what was said, sessions that can be resumed.
-    store: MemoryStore,
+    store: Store,
+    /// With `--redis`: the store's outcomes and the rooms' events, as they arrive.
+    store_events: Option<mpsc::Receiver<RedisEvent>>,
+    /// With `--redis`: the steps in flight and what waits for them, and the rooms this node
+    /// hears. Empty with the in-memory store.
+    remote: Remote,
     /// What the current step told others, waiting to be delivered once its outcome is handled.
     notices: Vec<Notice>,
     /// The typing, naming and grace timers.
@@ -164,6 +216,27 @@ impl ChatServer {
                 config.rate_limit
             ),
         );
+        let node = NodeId::random();
+        let (store, store_events, store_up) = match &config.redis {
+            None => (
+                Store::Memory(MemoryStore::new(
+                    config.max_stored_bytes,
+                    Arc::clone(&metrics),
+                )),
+                None,
+                None,
+            ),
+            Some(client) => {
+                let (store, events) = RedisStore::start(
+                    client.clone(),
+                    node,
+                    config.resume_grace,
+                    Arc::clone(&metrics),
+                );
+                let up = store.reachable();
+                (Store::Redis(Box::new(store)), Some(events), Some(up))
+            }
+        };
         let server = ChatServer {
             limits: MessageLimits::new(
                 config.rate_limit,
@@ -174,9 +247,11 @@ impl ChatServer {
             username_timeout: (!config.username_timeout.is_zero())
                 .then_some(config.username_timeout),
             commands: commands_rx,
-            node: NodeId::random(),
+            node,
             connections: FastMap::default(),
-            store: MemoryStore::new(config.max_stored_bytes, Arc::clone(&metrics)),
+            store,
+            store_events,
+            remote: Remote::default(),
             notices: Vec::new(),
             timers: Timers::default(),
             typing_timeout: config.typing_timeout,
@@ -189,6 +264,7 @@ impl ChatServer {
             server,
             ChatServerHandle {
                 commands: commands_tx,
+                store_up,
             },
         )
     }
@@ -198,20 +274,28 @@ impl ChatServer {
         self.outbound_queue
     }
 
-    /// Handles commands and timers until every handle has been dropped.
+    /// Handles commands and timers until every handle has been dropped (and, with `--redis`,
+    /// until the steps still in flight are done, or [`FINISH_STEPS`] has passed).
     pub async fn run(mut self) {
         // Commands are taken in batches: under load many are waiting at once, and one turn of
         // this loop (the `select!`, polling the timers, going to sleep and waking up) is then
         // paid once for all of them.
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
+        let mut store_events = self.store_events.take();
+        let mut touch = tokio::time::interval(TOUCH_EVERY);
+        touch.tick().await; // The first tick is now: nothing to touch yet.
+        // Once every handle is gone: until when the steps in flight may take to finish.
+        let mut closing: Option<Instant> = None;
         loop {
-            // Two event sources: commands from the handlers, and the actor's timers (typing
-            // that runs out, a name not chosen in time, a grace period that ends). With no timer
-            // pending, the timers are not polled at all (the `if` guard).
+            // The event sources: commands from the handlers; the actor's timers (typing that
+            // runs out, a name not chosen in time, a grace period that ends), not polled at all
+            // while none is pending (the `if` guard); and with `--redis`, the store's outcomes
+            // and rooms' events, and the touch that keeps this node's rooms alive in Redis.
             tokio::select! {
-                received = self.commands.recv_many(&mut batch, COMMAND_BATCH) => {
+                received = self.commands.recv_many(&mut batch, COMMAND_BATCH), if closing.is_none() => {
                     if received == 0 {
-                        break; // Every handle is gone.
+                        // Every handle is gone.
+                        closing = Some(Instant::now() + FINISH_STEPS);
                     }
                     for command in batch.drain(..) {
                         self.handle(command);
@@ -222,8 +306,14 @@ impl ChatServer {
                     Expired::Naming(id) => self.username_overdue(id),
                     Expired::Grace(code, token, deadline) => self.grace_expired(code, token, deadline),
                 },
+                Some(event) = next_event(&mut store_events) => self.store_event(event),
+                _ = touch.tick(), if store_events.is_some() => self.touch(),
+                () = sleep_until(closing) => break,
             }
             self.disconnect_slow_consumers();
+            if closing.is_some() && self.remote.is_idle() {
+                break;
+            }
         }
         debug!("all handles dropped; chat server actor stopped");
     }
@@ -243,13 +333,23 @@ impl ChatServer {
                 address,
                 outbound,
             } => self.connect(client_id, address, outbound),
-            ServerCommand::Disconnect { client_id } => self.connection_lost(client_id),
+            ServerCommand::Disconnect { client_id } => {
+                // With `--redis`, after the step its client is waiting for.
+                if !self.wait_for_step(client_id, remote::Waiting::Disconnect) {
+                    self.connection_lost(client_id);
+                }
+            }
             ServerCommand::Request { client_id, request } => {
                 // A forgotten client (dropped as a flooder, say) may still have requests on
                 // their way: `within_rate_limit` ignores them.
                 if !self.within_rate_limit(client_id) {
                     return;
                 }
+                // With `--redis`, a request waits for the step its client is waiting for, so
+                // that a client's requests are handled in the order it sent them.
+                let Some(request) = self.queue_behind_step(client_id, request) else {
+                    return;
+                };
                 if let Err(refusal) = self.handle_request(client_id, request) {
                     self.refuse(client_id, &refusal);
                 }
@@ -296,7 +396,11 @@ impl ChatServer {
         false
     }
 
-    fn handle_request(&mut self, id: ClientId, request: ClientMessage) -> Result<(), Refusal> {
+    pub(super) fn handle_request(
+        &mut self,
+        id: ClientId,
+        request: ClientMessage,
+    ) -> Result<(), Refusal> {
         match request {
             ClientMessage::SetUsername { username } => self.set_username(id, &username),
             ClientMessage::CreateRoom { encrypted } => self.create_room(id, encrypted),

@@ -33,6 +33,7 @@ impl ChatServer {
         let code = RoomCode::random();
         let then = Then::Created {
             client: id,
+            token: member.token.clone(),
             code,
             encrypted,
             attempts,
@@ -56,10 +57,12 @@ impl ChatServer {
         // nothing about whether the room exists.
         self.check_failed_joins(id)?;
         let member = self.member(id)?;
-        self.perform(
-            Step::Join { code, member },
-            Then::Joined { client: id, code },
-        );
+        let then = Then::Joined {
+            client: id,
+            token: member.token.clone(),
+            code,
+        };
+        self.perform(Step::Join { code, member }, then);
         Ok(())
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::ChatServer;
 use super::steps::Then;
+use super::{ChatServer, Store};
 use crate::connection::Connection;
 use crate::error::{ErrorCode, Refusal};
 use crate::limits::limit_key;
@@ -92,6 +92,9 @@ impl ChatServer {
     pub(super) fn kick(&mut self, conn: Conn) {
         if conn.node == self.node {
             self.close_connection_only(conn.client, &Close::TAKEN_OVER);
+        } else if let Store::Redis(store) = &self.store {
+            // On another node: that node is asked to close it.
+            store.kick_remote(conn);
         }
     }
 
@@ -110,6 +113,10 @@ impl ChatServer {
             self.timers.cancel_typing(key);
         }
         self.metrics.connections.decrement(1.0);
+        self.forget_waiting(id);
+        if let Some(code) = connection.room {
+            self.left_here(id, code);
+        }
         let held = (connection.token.clone(), connection.room);
         // Dropping the queue without a close is for a connection that is gone already: its
         // write task has said its farewell and reads the queue no more.

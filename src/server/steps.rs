@@ -5,11 +5,14 @@
 //! Splitting each such request in two (what to ask, what to do with the answer) is what lets
 //! the same rules run on either store: the in-memory store answers at once, inside
 //! [`ChatServer::perform`], while a store on the network answers later, and the actor handles
-//! other connections meanwhile.
+//! other connections meanwhile (`remote.rs`).
+
+use std::time::Duration;
 
 use tracing::debug;
 
-use super::ChatServer;
+use super::remote::Baseline;
+use super::{ChatServer, Store};
 use crate::error::{ErrorCode, Refusal};
 use crate::message::{self, ServerMessage};
 use crate::outbox::Close;
@@ -30,12 +33,17 @@ pub(super) enum Then {
     /// Put `client` in the room it created, or try another code.
     Created {
         client: ClientId,
+        token: SessionToken,
         code: RoomCode,
         encrypted: bool,
         attempts: u32,
     },
     /// Welcome `client` into room `code`, or tell it why not.
-    Joined { client: ClientId, code: RoomCode },
+    Joined {
+        client: ClientId,
+        token: SessionToken,
+        code: RoomCode,
+    },
     /// `client` sent a chat message.
     Chatted { client: ClientId },
     /// `client` sent a read receipt.
@@ -56,13 +64,18 @@ pub(super) enum Then {
         fresh: SessionToken,
         last_id: u64,
     },
-    /// Give `client` the session `token` it resumed, named `name`, and its seat.
+    /// Give `client` the session `token` it resumed, named `name`, and its seat in `code`.
     Resumed {
         client: ClientId,
         token: SessionToken,
         fresh: SessionToken,
         name: crate::types::Username,
+        code: RoomCode,
     },
+    /// With `--redis`: room `code` missed events; here is what it is now (then its messages).
+    Repaired { code: RoomCode },
+    /// With `--redis`: the messages room `code` missed.
+    Filled { code: RoomCode },
 }
 
 /// How many codes `create_room` draws before it gives up: with 887 million codes, a second draw
@@ -73,7 +86,12 @@ impl ChatServer {
     /// Performs `step` on the store, then `then` with its outcome, then tells the members of
     /// the rooms concerned what happened there.
     pub(super) fn perform(&mut self, step: Step, then: Then) {
-        let outcome = self.store.apply(step, &mut self.notices);
+        let Store::Memory(store) = &mut self.store else {
+            // Answered later, as a `RedisEvent::Done`.
+            self.submit(step, then);
+            return;
+        };
+        let outcome = store.apply(step, &mut self.notices);
         self.conclude(then, outcome);
         self.deliver_notices();
     }
@@ -82,18 +100,29 @@ impl ChatServer {
     pub(super) fn conclude(&mut self, then: Then, outcome: Outcome) {
         match (then, outcome) {
             (Then::Nothing, _) => {}
+            (then, Outcome::Unavailable) => self.unavailable(then),
+            (Then::Repaired { code }, Outcome::State(state)) => self.repaired(code, state),
+            (Then::Filled { code }, Outcome::Frames(frames)) => self.filled(code, frames),
             (Then::Named { client, name }, Outcome::Done) => self.named(client, name),
             (
                 Then::Created {
                     client,
+                    token,
                     code,
                     encrypted,
                     attempts,
                 },
                 outcome,
-            ) => self.created(client, code, encrypted, attempts, outcome),
-            (Then::Joined { client, code }, Outcome::Joined(joined)) => {
-                self.joined(client, code, *joined);
+            ) => self.created(client, token, code, encrypted, attempts, outcome),
+            (
+                Then::Joined {
+                    client,
+                    token,
+                    code,
+                },
+                Outcome::Joined(joined),
+            ) => {
+                self.joined(client, token, code, *joined);
             }
             (Then::Joined { client, .. }, Outcome::Refused(code)) => {
                 if matches!(
@@ -148,6 +177,7 @@ impl ChatServer {
                     token,
                     fresh,
                     name,
+                    ..
                 },
                 Outcome::Resumed(room),
             ) => self.resumed(client, token, fresh, name, Some(*room)),
@@ -195,6 +225,7 @@ impl ChatServer {
     fn created(
         &mut self,
         client: ClientId,
+        token: SessionToken,
         code: RoomCode,
         encrypted: bool,
         attempts: u32,
@@ -203,6 +234,8 @@ impl ChatServer {
         match outcome {
             Outcome::Created => {
                 let Some(connection) = self.connections.get_mut(&client) else {
+                    // Gone while the store seated it (only with a store on the network).
+                    self.abandon_seat(client, code, token, Duration::ZERO);
                     return;
                 };
                 connection.room = Some(code);
@@ -211,6 +244,8 @@ impl ChatServer {
                 connection.seen_event = 0;
                 connection.peer_typing = false;
                 debug!(%client, room = %code, encrypted, "room created");
+                let name = connection.name.clone();
+                self.entered(client, code, Baseline::created(name));
                 let reply = ServerMessage::RoomCreated {
                     room_code: code,
                     encrypted,
@@ -225,8 +260,10 @@ impl ChatServer {
         }
     }
 
-    fn joined(&mut self, client: ClientId, code: RoomCode, joined: Joined) {
+    fn joined(&mut self, client: ClientId, token: SessionToken, code: RoomCode, joined: Joined) {
         let Some(connection) = self.connections.get_mut(&client) else {
+            // Gone while the store seated it (only with a store on the network).
+            self.abandon_seat(client, code, token, Duration::ZERO);
             return;
         };
         connection.room = Some(code);
@@ -235,6 +272,8 @@ impl ChatServer {
         connection.seen_event = joined.event_seq;
         connection.peer_typing = false;
         debug!(%client, room = %code, "room joined");
+        let name = connection.name.clone();
+        self.entered(client, code, Baseline::joined(name, &joined));
         // The history, in the `room_joined` and, if it does not fit, after it.
         let welcome =
             message::with_history(&joined.history, |history, _| ServerMessage::RoomJoined {
@@ -259,6 +298,7 @@ impl ChatServer {
             connection.room = None;
             connection.peer_typing = false;
         }
+        self.left_here(client, code);
         self.send(client, ServerMessage::RoomLeft { room_code: code }.encode());
     }
 
@@ -283,6 +323,7 @@ impl ChatServer {
                     token,
                     fresh,
                     name: taken.name,
+                    code,
                 };
                 self.perform(step, then);
             }
@@ -299,6 +340,11 @@ impl ChatServer {
         room: Option<ResumedRoom>,
     ) {
         let Some(connection) = self.connections.get_mut(&client) else {
+            // Gone while the store moved the seat onto it (only with a store on the network):
+            // the seat is held again, for the next resume.
+            if let Some(room) = room {
+                self.abandon_seat(client, room.code, token, self.resume_grace);
+            }
             return;
         };
         connection.token = token;
@@ -316,6 +362,9 @@ impl ChatServer {
             connection.seen_event = room.event_seq;
         }
         debug!(%client, "session resumed");
+        if let Some(room) = &room {
+            self.entered(client, room.code, Baseline::resumed(name.clone(), room));
+        }
         // The reply: where the session stands, and every message it may have missed.
         let missed = room.as_ref().map_or(&[][..], |room| &room.missed[..]);
         let peer = room.as_ref().and_then(|room| room.peer.as_ref());
@@ -350,7 +399,7 @@ impl ChatServer {
                 room: None,
                 token: fresh,
                 conn,
-                grace: std::time::Duration::ZERO,
+                grace: Duration::ZERO,
             },
             Then::Nothing,
         );
@@ -358,10 +407,18 @@ impl ChatServer {
 }
 
 impl Then {
+    /// Whether what the request does changes what the actor knows of its connection (its name,
+    /// room or session), so that the client's next request must wait for it.
+    pub(super) fn changes_the_connection(&self) -> bool {
+        !matches!(self, Then::Chatted { .. } | Then::Read { .. })
+    }
+
     /// The client whose request this is, if any.
-    fn client(&self) -> Option<ClientId> {
+    pub(super) fn client(&self) -> Option<ClientId> {
         match self {
-            Then::Nothing | Then::Dropped { .. } => None,
+            Then::Nothing | Then::Dropped { .. } | Then::Repaired { .. } | Then::Filled { .. } => {
+                None
+            }
             Then::Named { client, .. }
             | Then::Created { client, .. }
             | Then::Joined { client, .. }

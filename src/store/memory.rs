@@ -11,8 +11,8 @@ use foldhash::HashMap as FastMap;
 use tracing::{debug, warn};
 
 use super::{
-    ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, ResumedRoom, RoomEvent, RoomState, Step,
-    Taken,
+    ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, ResumedRoom, RoomEvent, RoomState,
+    SeatState, Step, Taken,
 };
 use crate::error::ErrorCode;
 use crate::message::LeaveReason;
@@ -152,10 +152,19 @@ impl MemoryStore {
                     last_id: room.last_id(),
                     seats: room
                         .seats()
-                        .map(|seat| (seat.token.clone(), seat.name.clone(), !seat.is_connected()))
+                        .map(|seat| SeatState {
+                            token: seat.token.clone(),
+                            name: seat.name.clone(),
+                            held: !seat.is_connected(),
+                            read_up_to: seat.read_up_to,
+                        })
                         .collect(),
                 }
             })),
+            Step::Publish { code, event } => {
+                notices.push(Notice::Room(code, event));
+                Outcome::Done
+            }
         }
     }
 

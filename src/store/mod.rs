@@ -14,6 +14,7 @@
 //! Lua script.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::message::LeaveReason;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// One chat-server process, among those that share a store. Random per process: a restarted
 /// node is a new node.
@@ -35,6 +37,13 @@ impl NodeId {
     /// A fresh random id.
     pub fn random() -> Self {
         NodeId(rand::random())
+    }
+}
+
+impl NodeId {
+    /// A node id as [`NodeId`]'s `Display` writes it (16 hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        u64::from_str_radix(text, 16).ok().map(NodeId)
     }
 }
 
@@ -59,6 +68,22 @@ pub struct Conn {
     pub node: NodeId,
 }
 
+impl Conn {
+    /// The connection as a store writes it down: `NODE/CLIENT`.
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.node, self.client)
+    }
+
+    /// A connection as [`Conn::encode`] wrote it.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (node, client) = text.split_once('/')?;
+        Some(Conn {
+            node: NodeId::parse(node)?,
+            client: ClientId::parse(client)?,
+        })
+    }
+}
+
 /// A person entering a room: their session, the connection that holds it, and their name.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -68,7 +93,7 @@ pub struct Member {
 }
 
 /// An atomic step on the state of record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Step {
     /// A new connection's session: no name, no room. → [`Outcome::Done`].
     Open { token: SessionToken, conn: Conn },
@@ -151,6 +176,17 @@ pub enum Step {
     },
     /// Who sits in room `code` now, to repair what a node missed of its events. → `State`.
     State { code: RoomCode },
+    /// Tells room `code` something that is not kept (typing), in order with its steps.
+    /// → `Done`.
+    Publish { code: RoomCode, event: RoomEvent },
+}
+
+impl Step {
+    /// Whether the step only keeps the books (a session opened, a connection gone): no client
+    /// waits for it, and a store that could not be reached must be asked again later.
+    pub fn is_bookkeeping(&self) -> bool {
+        matches!(self, Step::Drop { .. } | Step::Expire { .. })
+    }
 }
 
 /// How a [`Step`] turned out.
@@ -191,6 +227,9 @@ pub enum Outcome {
     Frames(Option<(u64, Vec<Utf8Bytes>)>),
     /// `State`: the room as it is (`None`: the room is gone).
     State(Option<RoomState>),
+    /// The store could not be reached, or did not answer in time. The step may or may not
+    /// have been applied.
+    Unavailable,
 }
 
 /// A session taken over by a new connection.
@@ -211,8 +250,19 @@ pub struct RoomState {
     pub event_seq: u64,
     /// The id of its last message.
     pub last_id: u64,
-    /// Its members: session, name, and whether the seat is held (its connection gone).
-    pub seats: Vec<(SessionToken, Username, bool)>,
+    /// Its members.
+    pub seats: Vec<SeatState>,
+}
+
+/// A member of a room, as [`RoomState`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatState {
+    pub token: SessionToken,
+    pub name: Username,
+    /// Whether the seat is held for a resume (its connection gone).
+    pub held: bool,
+    /// The highest id it has said it has read.
+    pub read_up_to: u64,
 }
 
 /// What a joiner needs: the room as it was at the moment it was seated.

@@ -1,15 +1,15 @@
 -- Who sits in a room now, to repair what a node missed of its events.
--- KEYS room -> {ev, last, then per seat: token, name, held (0|1)} | {} if the room is gone
+-- KEYS room -> {ev, last, then per seat: token, name, held (0|1), read up to} | {} if gone
 local room = KEYS[1]
 if redis.call('EXISTS', room) == 0 then return {} end
 local res = {tonumber(redis.call('HGET', room, 'ev')), tonumber(redis.call('HGET', room, 'last'))}
 local a, b = seats(room)
 for _, tok in ipairs({a, b}) do
   if tok then
-    local s = redis.call('HMGET', room, f(tok, 'n'), f(tok, 'h'))
+    local s = redis.call('HMGET', room, f(tok, 'n'), f(tok, 'h'), f(tok, 'r'))
     local held = 0
     if s[2] then held = 1 end
-    append(res, {tok, s[1], held})
+    append(res, {tok, s[1], held, tonumber(s[3] or '0')})
   end
 end
 return res

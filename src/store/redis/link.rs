@@ -1,0 +1,123 @@
+//! The node's link to Redis: one multiplexed connection, which every step shares (each step's
+//! commands are pipelined on it with the others'), watched by a supervisor that pings it,
+//! notices when it is gone, and connects again with backoff.
+//!
+//! While the link is down, a step fails at once, without waiting: the client that asked gets
+//! `UNAVAILABLE`, and nothing queues up for a Redis that may be gone for minutes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+use super::RedisEvent;
+use crate::metrics::Metrics;
+
+/// How long a step may wait for its answer before it counts as failed.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the supervisor pings a link that is up.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The first pause before connecting again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The link, shared by every step and the supervisor.
+#[derive(Debug)]
+pub struct Link {
+    client: redis::Client,
+    /// The connection while the link is up.
+    current: Mutex<Option<MultiplexedConnection>>,
+    /// Whether it is up, for `/healthz`.
+    up: Arc<AtomicBool>,
+    /// Wakes the supervisor early: a step just failed.
+    trouble: Notify,
+}
+
+impl Link {
+    pub fn new(client: redis::Client, up: Arc<AtomicBool>) -> Self {
+        Link {
+            client,
+            current: Mutex::new(None),
+            up,
+            trouble: Notify::new(),
+        }
+    }
+
+    /// The connection, if the link is up. A clone shares the one socket.
+    pub fn connection(&self) -> Option<MultiplexedConnection> {
+        self.current.lock().ok()?.clone()
+    }
+
+    /// A step failed: the supervisor checks the link now rather than at its next ping.
+    pub fn report_trouble(&self) {
+        self.trouble.notify_one();
+    }
+
+    fn set(&self, connection: Option<MultiplexedConnection>) {
+        let up = connection.is_some();
+        if let Ok(mut current) = self.current.lock() {
+            *current = connection;
+        }
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Keeps the link up, for as long as the node runs, and tells the actor when it goes down
+    /// and comes back.
+    pub async fn supervise(
+        self: Arc<Self>,
+        events: mpsc::Sender<RedisEvent>,
+        metrics: Arc<Metrics>,
+    ) {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(ANSWER_TIMEOUT))
+            .set_response_timeout(Some(ANSWER_TIMEOUT));
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let connected = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await;
+            let mut connection = match connected {
+                Ok(connection) => connection,
+                Err(err) => {
+                    warn!(cause = %err, backoff_ms = backoff.as_millis(), "cannot reach Redis");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            info!("linked to Redis");
+            backoff = FIRST_BACKOFF;
+            self.set(Some(connection.clone()));
+            metrics.redis.up.set(1.0);
+            if events.send(RedisEvent::Link(true)).await.is_err() {
+                return; // The actor has stopped.
+            }
+            // Ping until a ping fails.
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(PING_EVERY) => {}
+                    () = self.trouble.notified() => {}
+                }
+                let ping: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                if let Err(err) = ping {
+                    warn!(cause = %err, "lost the link to Redis");
+                    break;
+                }
+            }
+            self.set(None);
+            metrics.redis.up.set(0.0);
+            metrics.redis.errors.increment(1);
+            if events.send(RedisEvent::Link(false)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

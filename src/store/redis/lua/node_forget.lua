@@ -1,0 +1,4 @@
+-- A dead node's rooms are reaped: it is no longer listed. KEYS live rooms lock; ARGV node
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1

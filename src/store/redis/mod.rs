@@ -1,0 +1,324 @@
+//! The state of record in Redis, shared by several nodes (`--redis URL`).
+//!
+//! Each step is a Lua script ([`scripts`]), atomic in Redis, so the rules hold whichever node
+//! asks: a code is issued once, a room seats two, ids increase. What happens in a room is
+//! published on its channel, and every node with members there hears it on its pub/sub
+//! connection ([`bus`]) and tells its own members, as the in-memory store's notices would.
+//!
+//! The actor never waits for Redis. It hands a step to [`RedisStore::submit`] and carries on;
+//! the step runs in a task of its own, and its outcome comes back to the actor as a
+//! [`RedisEvent::Done`]. Steps run in lanes: those of one room (or, outside rooms, of one
+//! session) run one after another, in the order they were submitted, while the steps of
+//! different rooms are in flight together, pipelined on one connection ([`link`]).
+//!
+//! Nodes watch over each other ([`node`]): a node that stops beating is reaped by the others.
+
+mod bus;
+mod link;
+mod node;
+pub mod scripts;
+mod wire;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use foldhash::HashMap as FastMap;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{Conn, NodeId, Notice, Outcome, RoomEvent, Step};
+use crate::metrics::Metrics;
+use crate::types::{ClientId, RoomCode, SessionToken};
+use bus::Bus;
+use link::Link;
+use scripts::{Scripts, keys};
+
+/// How many events may wait for the actor. Outcomes wait for room; pub/sub events that find it
+/// full are dropped, and repaired from Redis (see [`bus`]).
+const EVENT_QUEUE: usize = 8192;
+
+/// What the Redis store tells the actor.
+#[derive(Debug)]
+pub enum RedisEvent {
+    /// A step is done, with this outcome. `lane` is free for the next step.
+    Done {
+        op: u64,
+        lane: Lane,
+        outcome: Outcome,
+        notices: Vec<Notice>,
+    },
+    /// Something happened in a room where this node has members.
+    Room(RoomCode, RoomEvent),
+    /// Another node asks this one to close a connection: its session was resumed there.
+    Kick(ClientId),
+    /// Room events may have been lost (pub/sub reconnected, or events were dropped): every room
+    /// is to be repaired from what Redis keeps.
+    Resync,
+    /// The link to Redis went down (`false`) or came back (`true`).
+    Link(bool),
+    /// The other nodes found this node dead while it was cut off, and gave its seats away: it
+    /// carries on under a new id, after closing every connection so that its clients resume.
+    Fenced(NodeId),
+}
+
+/// Steps that must keep their order: those of one room, or of one session outside rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Room(RoomCode),
+    Session(SessionToken),
+}
+
+impl Lane {
+    fn of(step: &Step) -> Lane {
+        match step {
+            Step::Open { token, .. }
+            | Step::Name { token, .. }
+            | Step::TakeSession { token, .. }
+            | Step::Drop {
+                room: None, token, ..
+            } => Lane::Session(token.clone()),
+            Step::Drop {
+                room: Some(code), ..
+            }
+            | Step::Create { code, .. }
+            | Step::Join { code, .. }
+            | Step::Chat { code, .. }
+            | Step::Read { code, .. }
+            | Step::Leave { code, .. }
+            | Step::Expire { code, .. }
+            | Step::ResumeSeat { code, .. }
+            | Step::Range { code, .. }
+            | Step::State { code }
+            | Step::Publish { code, .. } => Lane::Room(*code),
+        }
+    }
+}
+
+/// The parts every step's task shares.
+#[derive(Debug)]
+struct Shared {
+    link: Arc<Link>,
+    scripts: Arc<Scripts>,
+    bus: Bus,
+    events: mpsc::Sender<RedisEvent>,
+    metrics: Arc<Metrics>,
+}
+
+/// The Redis store, as the actor holds it. See the module docs.
+#[derive(Debug)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// The lanes with a step in flight, and the steps waiting behind it.
+    lanes: FastMap<Lane, VecDeque<(u64, Step)>>,
+    /// Whether the link to Redis is up, for `/healthz`.
+    up: Arc<AtomicBool>,
+}
+
+impl RedisStore {
+    /// Starts the store's tasks (the link, the bus, the watch) for node `node`, and returns the
+    /// store and where its events arrive. Nothing is connected yet: the link connects in the
+    /// background, and keeps trying while Redis is away.
+    pub fn start(
+        client: redis::Client,
+        node: NodeId,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (RedisStore, mpsc::Receiver<RedisEvent>) {
+        let (events, received) = mpsc::channel(EVENT_QUEUE);
+        let up = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Link::new(client.clone(), Arc::clone(&up)));
+        let scripts = Arc::new(Scripts::new());
+        let bus = bus::start(client, node, events.clone(), Arc::clone(&metrics));
+        tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
+        let watch = node::Watch {
+            link: Arc::clone(&link),
+            scripts: Arc::clone(&scripts),
+            bus: bus.clone(),
+            node,
+            grace,
+            events: events.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        tokio::spawn(watch.run());
+        let shared = Arc::new(Shared {
+            link,
+            scripts,
+            bus,
+            events,
+            metrics,
+        });
+        let store = RedisStore {
+            shared,
+            lanes: FastMap::default(),
+            up,
+        };
+        (store, received)
+    }
+
+    /// Whether the link to Redis is up.
+    pub fn reachable(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.up)
+    }
+
+    /// Runs `step` once the steps before it in its lane are done; its outcome comes back as
+    /// [`RedisEvent::Done`] with `op`.
+    pub fn submit(&mut self, op: u64, step: Step) {
+        let lane = Lane::of(&step);
+        if let Some(waiting) = self.lanes.get_mut(&lane) {
+            waiting.push_back((op, step));
+            return;
+        }
+        self.lanes.insert(lane.clone(), VecDeque::new());
+        self.spawn(op, lane, step);
+    }
+
+    /// The step in flight in `lane` is done: the next one there may run.
+    pub fn finished(&mut self, lane: Lane) {
+        let Some(waiting) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        match waiting.pop_front() {
+            Some((op, step)) => self.spawn(op, lane, step),
+            None => {
+                self.lanes.remove(&lane);
+            }
+        }
+    }
+
+    fn spawn(&self, op: u64, lane: Lane, step: Step) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let (outcome, notices) = shared.run(step).await;
+            let done = RedisEvent::Done {
+                op,
+                lane,
+                outcome,
+                notices,
+            };
+            // Only fails once the actor has stopped.
+            let _ = shared.events.send(done).await;
+        });
+    }
+
+    /// The node has no member in room `code` any more: it stops listening there.
+    pub fn forget_room(&self, node: NodeId, code: RoomCode) {
+        self.shared.bus.unsubscribe(code);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            if let Some(mut redis) = shared.link.connection() {
+                let removed: redis::RedisResult<i64> = redis::cmd("SREM")
+                    .arg(keys::node_rooms(node))
+                    .arg(code.as_str())
+                    .query_async(&mut redis)
+                    .await;
+                if let Err(err) = removed {
+                    warn!(cause = %err, "could not unlist a room");
+                }
+            }
+        });
+    }
+
+    /// Asks the node of `conn` to close it: its session was resumed on this node.
+    pub fn kick_remote(&self, conn: Conn) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            if let Some(mut redis) = shared.link.connection() {
+                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(keys::node_control(conn.node))
+                    .arg(conn.client.to_string())
+                    .query_async(&mut redis)
+                    .await;
+                if let Err(err) = sent {
+                    warn!(cause = %err, "could not ask another node to close a connection");
+                }
+            }
+        });
+    }
+
+    /// Keeps the rooms and sessions of this node's connections from running out
+    /// ([`scripts::ROOM_TTL`]).
+    pub fn touch(&self, rooms: Vec<RoomCode>, sessions: Vec<SessionToken>) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let Some(mut redis) = shared.link.connection() else {
+                return;
+            };
+            let ttl = scripts::millis(scripts::ROOM_TTL);
+            for code in rooms {
+                let touched: redis::RedisResult<i64> = shared
+                    .scripts
+                    .room_touch
+                    .key(keys::room(code))
+                    .key(keys::log(code))
+                    .arg(ttl)
+                    .invoke_async(&mut redis)
+                    .await;
+                if touched.is_err() {
+                    return;
+                }
+            }
+            let mut pipe = redis::pipe();
+            for token in &sessions {
+                pipe.cmd("PEXPIRE")
+                    .arg(keys::session(token))
+                    .arg(scripts::millis(scripts::SESSION_TTL))
+                    .ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
+        });
+    }
+}
+
+impl Shared {
+    /// Runs one step, timing it; a step that fails or gets no answer in time is `Unavailable`.
+    async fn run(&self, step: Step) -> (Outcome, Vec<Notice>) {
+        let entering = match &step {
+            Step::Create { code, .. } | Step::Join { code, .. } | Step::ResumeSeat { code, .. } => {
+                Some(*code)
+            }
+            _ => None,
+        };
+        // A member enters a room only once this node hears the room, so that it misses none
+        // of what happens there after it entered.
+        if let Some(code) = entering
+            && !self.bus.subscribe(code).await
+        {
+            self.metrics.redis.errors.increment(1);
+            return (Outcome::Unavailable, Vec::new());
+        }
+        let Some(mut redis) = self.link.connection() else {
+            self.metrics.redis.errors.increment(1);
+            return (Outcome::Unavailable, Vec::new());
+        };
+        let started = Instant::now();
+        let ran = tokio::time::timeout(
+            link::ANSWER_TIMEOUT,
+            scripts::run(&self.scripts, &mut redis, step),
+        )
+        .await;
+        self.metrics
+            .redis
+            .step_seconds
+            .record(started.elapsed().as_secs_f64());
+        match ran {
+            Ok(Ok(done)) => done,
+            Ok(Err(err)) => {
+                warn!(cause = %err, "a step failed in Redis");
+                self.failed()
+            }
+            Err(_) => {
+                warn!("a step got no answer from Redis in time");
+                self.failed()
+            }
+        }
+    }
+
+    fn failed(&self) -> (Outcome, Vec<Notice>) {
+        self.metrics.redis.errors.increment(1);
+        self.link.report_trouble();
+        (Outcome::Unavailable, Vec::new())
+    }
+}

@@ -1,0 +1,794 @@
+//! Several nodes on one Redis (`--redis`), tested from the clients' side: each test starts its
+//! own `redis-server` and two or three chat-server processes, puts the two members of a room on
+//! different nodes, and checks what each client receives.
+//!
+//! The first tests are one set of rules run against both stores: each runs once on a server
+//! that keeps everything in memory and once on two nodes sharing Redis, so that a rule cannot
+//! drift between the two. The rest only exist with several nodes: races between nodes, a node
+//! killed or restarted, Redis out of reach, and what Redis keeps.
+//!
+//! Without `redis-server` these tests fail under CI and say they skipped elsewhere.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, MutexGuard};
+
+use common::redis::{Node, RedisLink, RedisServer, nodes, redis_available};
+use common::{PATIENCE, TestClient, TestServer};
+
+/// The resume grace period the tests give: short, so that a test waits it out quickly.
+const GRACE: &str = "2s";
+
+/// Where the members of a room connect: one in-memory server, or nodes on one Redis.
+enum Setup {
+    Memory(TestServer),
+    Redis {
+        redis: RedisServer,
+        nodes: Vec<Node>,
+        /// One multi-node test at a time: each runs several processes, and their timing
+        /// (heartbeats, liveness) is what many of them check.
+        _turn: MutexGuard<'static, ()>,
+    },
+}
+
+/// Whose turn it is to run processes.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+impl Setup {
+    /// One server that keeps everything in memory, with a grace period of [`GRACE`].
+    async fn memory() -> Self {
+        let config = chat_server::Config {
+            resume_grace: humantime::parse_duration(GRACE).expect("a duration"),
+            ..chat_server::Config::default()
+        };
+        Setup::Memory(TestServer::with_config(config).await)
+    }
+
+    /// `n` nodes on a Redis of their own, with `--resume-grace` [`GRACE`] and `args`; `None`
+    /// where `redis-server` is missing (outside CI).
+    async fn redis(test: &str, n: usize, args: &[&str]) -> Option<Self> {
+        if !redis_available(test) {
+            return None;
+        }
+        let turn = TURN.lock().await;
+        let redis = RedisServer::start().await;
+        let mut all = vec!["--resume-grace", GRACE];
+        all.extend_from_slice(args);
+        let nodes = nodes(n, &redis.url(), &all);
+        for node in &nodes {
+            linked(node).await;
+        }
+        Some(Setup::Redis {
+            redis,
+            nodes,
+            _turn: turn,
+        })
+    }
+
+    /// The WebSocket URL of node `i` (any `i`: they are taken in turn).
+    fn url(&self, i: usize) -> String {
+        match self {
+            Setup::Memory(server) => server.ws_url(),
+            Setup::Redis { nodes, .. } => nodes[i % nodes.len()].ws_url(),
+        }
+    }
+
+    async fn named(&self, i: usize, name: &str) -> TestClient {
+        let mut client = TestClient::connect(&self.url(i)).await;
+        client.set_username(name).await;
+        client
+    }
+
+    /// A room with its host on node 0 and its guest on node 1.
+    async fn pair(&self, host: &str, guest: &str) -> (TestClient, TestClient, String) {
+        let mut host_client = self.named(0, host).await;
+        let code = host_client.create_room().await;
+        let mut guest_client = self.named(1, guest).await;
+        let joined = guest_client.join(&code).await;
+        assert_eq!(joined["peer"], host);
+        let announced = host_client.expect("peer_joined").await;
+        assert_eq!(announced["username"], guest);
+        (host_client, guest_client, code)
+    }
+}
+
+/// Waits until `node` has reached Redis (`/healthz` says 200), as a balancer would before
+/// sending it anyone: a node that has not yet answers `UNAVAILABLE`.
+async fn linked(node: &Node) {
+    let deadline = Instant::now() + PATIENCE;
+    while node.healthz().await != 200 {
+        assert!(Instant::now() < deadline, "the node reaches Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node started with `args`, once it has reached Redis.
+async fn node(args: &[&str]) -> Node {
+    let node = Node::start(args);
+    linked(&node).await;
+    node
+}
+
+/// Runs a scenario once on each store.
+macro_rules! on_both_stores {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test]
+            async fn in_memory() {
+                super::$scenario(&Setup::memory().await).await;
+            }
+
+            #[tokio::test]
+            async fn on_two_nodes_sharing_redis() {
+                let test = concat!(stringify!($scenario), "::on_two_nodes_sharing_redis");
+                if let Some(setup) = Setup::redis(test, 2, &[]).await {
+                    super::$scenario(&setup).await;
+                }
+            }
+        }
+    };
+}
+
+/// The `chat` messages among `messages`, as (id, from, content).
+fn chats(messages: &[Value]) -> Vec<(u64, String, String)> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "chat")
+        .map(|m| {
+            (
+                m["id"].as_u64().expect("an id"),
+                m["from"].as_str().expect("a sender").to_string(),
+                m["content"].as_str().expect("content").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Reads `count` chat messages, skipping nothing else: anything but a chat fails the test.
+async fn read_chats(client: &mut TestClient, count: usize) -> Vec<(u64, String, String)> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        received.push(client.expect("chat").await);
+    }
+    chats(&received)
+}
+
+// One set of rules, on both stores.
+
+/// Both members receive every message, their own echo included, exactly once and in id order,
+/// with ids that increase by one, while both send at once.
+async fn one_order_per_room(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    const EACH: usize = 40;
+    for i in 0..EACH {
+        host.chat(&format!("ada {i}")).await;
+        guest.chat(&format!("bob {i}")).await;
+    }
+    let seen_by_host = read_chats(&mut host, 2 * EACH).await;
+    let seen_by_guest = read_chats(&mut guest, 2 * EACH).await;
+    assert_eq!(seen_by_host, seen_by_guest, "both see one order");
+    let ids: Vec<u64> = seen_by_host.iter().map(|(id, ..)| *id).collect();
+    assert_eq!(ids, (1..=2 * EACH as u64).collect::<Vec<_>>());
+    for who in ["ada", "bob"] {
+        let said: Vec<&str> = seen_by_host
+            .iter()
+            .filter(|(_, from, _)| from == who)
+            .map(|(.., content)| content.as_str())
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{who} {i}")).collect();
+        assert_eq!(
+            said, expected,
+            "{who}'s messages, each once, in the order sent"
+        );
+    }
+    host.expect_nothing_pending().await;
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(one_order_per_room);
+
+/// Typing reaches the peer; the peer sees it stop before the message it turned into, and
+/// before the typist leaves.
+async fn typing_stops_before_what_ended_it(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    host.send(json!({"type": "typing"})).await;
+    assert_eq!(guest.expect("typing").await["username"], "ada");
+    host.chat("done typing").await;
+    assert_eq!(guest.expect("stop_typing").await["username"], "ada");
+    assert_eq!(guest.expect("chat").await["content"], "done typing");
+    host.expect("chat").await;
+    host.send(json!({"type": "typing"})).await;
+    guest.expect("typing").await;
+    host.send(json!({"type": "leave_room"})).await;
+    host.expect("room_left").await;
+    guest.expect("stop_typing").await;
+    let left = guest.expect("peer_left").await;
+    assert_eq!(
+        (&left["username"], &left["reason"]),
+        (&json!("ada"), &json!("left"))
+    );
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(typing_stops_before_what_ended_it);
+
+/// A joiner gets the conversation so far; once a member leaves, the next joiner gets nothing
+/// of what was said before.
+async fn history_for_joiners_and_its_end(setup: &Setup) {
+    let mut host = setup.named(0, "ada").await;
+    let code = host.create_room().await;
+    for text in ["one", "two", "three"] {
+        host.chat(text).await;
+        host.expect("chat").await;
+    }
+    let mut guest = setup.named(1, "bob").await;
+    let joined = guest.join(&code).await;
+    let history: Vec<&str> = joined["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["content"].as_str().expect("content"))
+        .collect();
+    assert_eq!(history, ["one", "two", "three"]);
+    host.expect("peer_joined").await;
+    guest.send(json!({"type": "leave_room"})).await;
+    guest.expect("room_left").await;
+    host.expect("peer_left").await;
+    let mut next = setup.named(2, "cy").await;
+    let joined = next.join(&code).await;
+    assert_eq!(joined["history"], json!([]), "{joined}");
+}
+on_both_stores!(history_for_joiners_and_its_end);
+
+/// A member whose connection drops resumes (on another node, with Redis): it gets what it
+/// missed exactly once and in order, and its peer sees `peer_disconnected` then
+/// `peer_reconnected`, and its receipts.
+async fn resume_gets_what_was_missed(setup: &Setup) {
+    let (mut host, mut guest, code) = setup.pair("ada", "bob").await;
+    host.chat("before").await;
+    host.expect("chat").await;
+    let seen = guest.expect("chat").await["id"].as_u64().expect("an id");
+    let token = guest.session_token.clone();
+    drop(guest); // The connection ends without a close handshake.
+    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
+    for text in ["missed 1", "missed 2"] {
+        host.chat(text).await;
+        host.expect("chat").await;
+    }
+    host.send(json!({"type": "read", "up_to": 3})).await;
+    let mut back = TestClient::connect(&setup.url(2)).await;
+    back.send(json!({"type": "resume", "session_token": token, "last_id": seen}))
+        .await;
+    let resumed = back.expect("resumed").await;
+    assert_eq!(resumed["room_code"], code);
+    assert_eq!(resumed["peer"], "ada");
+    let missed: Vec<&str> = resumed["missed"]
+        .as_array()
+        .expect("missed")
+        .iter()
+        .map(|m| m["content"].as_str().expect("content"))
+        .collect();
+    assert_eq!(missed, ["missed 1", "missed 2"]);
+    let receipt = back.expect("read").await;
+    assert_eq!(
+        (&receipt["username"], &receipt["up_to"]),
+        (&json!("ada"), &json!(3))
+    );
+    assert_eq!(host.expect("peer_reconnected").await["username"], "bob");
+    host.chat("after").await;
+    host.expect("chat").await;
+    assert_eq!(back.expect("chat").await["content"], "after");
+    back.expect_nothing_pending().await;
+    host.expect_nothing_pending().await;
+}
+on_both_stores!(resume_gets_what_was_missed);
+
+/// A resume while the old connection is still open (another tab, or a connection not yet known
+/// dead) closes the old one with 4000, wherever it is.
+async fn resume_closes_the_old_connection(setup: &Setup) {
+    let (_host, mut guest, _) = setup.pair("ada", "bob").await;
+    let mut back = TestClient::connect(&setup.url(2)).await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+        .await;
+    back.expect("resumed").await;
+    let close = guest.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4000);
+}
+on_both_stores!(resume_closes_the_old_connection);
+
+/// A retried message with the same `client_msg_id` is answered with the original, and stored
+/// once.
+async fn a_retry_never_duplicates(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    let message = json!({"type": "chat", "content": "once", "client_msg_id": "m-1"});
+    host.send(message.clone()).await;
+    let first = host.expect("chat").await;
+    assert_eq!(first["client_msg_id"], "m-1");
+    host.send(message).await;
+    assert_eq!(host.expect("chat").await, first, "the original, again");
+    assert_eq!(guest.expect("chat").await, first);
+    host.chat("next").await;
+    assert_eq!(
+        guest.expect("chat").await["id"],
+        first["id"].as_u64().expect("id") + 1
+    );
+}
+on_both_stores!(a_retry_never_duplicates);
+
+/// The name rule and the cap: a joiner with the host's name is refused, and a third is refused.
+async fn names_and_the_cap(setup: &Setup) {
+    let (_host, _guest, code) = setup.pair("ada", "bob").await;
+    let mut third = setup.named(2, "cy").await;
+    third
+        .send(json!({"type": "join_room", "room_code": code}))
+        .await;
+    third.expect_error("ROOM_FULL").await;
+    let mut host = setup.named(0, "dee").await;
+    let code = host.create_room().await;
+    let mut same = setup.named(1, "dee").await;
+    same.send(json!({"type": "join_room", "room_code": code}))
+        .await;
+    same.expect_error("USERNAME_TAKEN").await;
+}
+on_both_stores!(names_and_the_cap);
+
+/// An end-to-end encrypted room is one on every node: the joiner is told so, its plain text is
+/// refused, and envelopes reach the peer exactly as sent.
+async fn the_encrypted_flag_travels_with_the_room(setup: &Setup) {
+    let mut host = setup.named(0, "ada").await;
+    host.send(json!({"type": "create_room", "encrypted": true}))
+        .await;
+    let created = host.expect("room_created").await;
+    assert_eq!(created["encrypted"], true, "{created}");
+    let code = created["room_code"].as_str().expect("a code").to_string();
+    let mut guest = setup.named(1, "bob").await;
+    let joined = guest.join(&code).await;
+    assert_eq!(joined["encrypted"], true, "{joined}");
+    host.expect("peer_joined").await;
+    guest.chat("in the clear").await;
+    guest.expect_error("ENCRYPTION_REQUIRED").await;
+    let key = common::e2e::room_key(&common::e2e::new_link_key(), &code);
+    let envelope = common::e2e::seal(&key, &code, "bob", "sealed");
+    guest
+        .send(json!({"type": "chat", "content": envelope, "encrypted": true}))
+        .await;
+    let relayed = host.expect("chat").await;
+    assert_eq!(
+        (&relayed["content"], &relayed["encrypted"]),
+        (&json!(envelope), &json!(true))
+    );
+    assert_eq!(
+        common::e2e::open(&key, &code, "bob", &envelope).as_deref(),
+        Some("sealed")
+    );
+}
+on_both_stores!(the_encrypted_flag_travels_with_the_room);
+
+// Only with several nodes.
+
+/// Three nodes on one Redis, or `None` (skipped).
+async fn three_nodes(
+    test: &str,
+    args: &[&str],
+) -> Option<(RedisServer, Vec<Node>, MutexGuard<'static, ()>)> {
+    let Setup::Redis {
+        redis,
+        nodes,
+        _turn,
+    } = Setup::redis(test, 3, args).await?
+    else {
+        unreachable!("Setup::redis makes nodes");
+    };
+    Some((redis, nodes, _turn))
+}
+
+/// A room code is never issued twice, whichever node creates it: hosts on three nodes create
+/// rooms at once, and every code is different and joinable.
+#[tokio::test]
+async fn codes_are_never_issued_twice() {
+    let Some((_redis, nodes, _turn)) = three_nodes("codes_are_never_issued_twice", &[]).await
+    else {
+        return;
+    };
+    let mut creators = Vec::new();
+    for i in 0..60 {
+        let url = nodes[i % 3].ws_url();
+        creators.push(tokio::spawn(async move {
+            let mut client = TestClient::connect(&url).await;
+            client.set_username(&format!("host{i}")).await;
+            (client.create_room().await, client)
+        }));
+    }
+    let mut codes = HashSet::new();
+    let mut hosts = Vec::new();
+    for creator in creators {
+        let (code, client) = creator.await.expect("a creator");
+        assert!(codes.insert(code.clone()), "{code} issued twice");
+        hosts.push((code, client));
+    }
+    // Each code leads to its own host.
+    for (i, (code, mut host)) in hosts.into_iter().enumerate().take(6) {
+        let mut guest = TestClient::connect(&nodes[(i + 1) % 3].ws_url()).await;
+        guest.set_username("guest").await;
+        let joined = guest.join(&code).await;
+        assert_eq!(joined["peer"], format!("host{i}"));
+        host.expect("peer_joined").await;
+    }
+}
+
+/// Two guests who join the same room at the same moment through different nodes: exactly one
+/// `room_joined` and one `ROOM_FULL`, every time.
+#[tokio::test]
+async fn a_join_race_seats_one() {
+    let limits_off = ["--max-failed-joins", "0"];
+    let Some((_redis, nodes, _turn)) = three_nodes("a_join_race_seats_one", &limits_off).await
+    else {
+        return;
+    };
+    for round in 0..25 {
+        let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+        host.set_username("host").await;
+        let code = host.create_room().await;
+        let mut guests = Vec::new();
+        for (i, node) in nodes[1..].iter().enumerate() {
+            let mut guest = TestClient::connect(&node.ws_url()).await;
+            guest.set_username(&format!("guest{i}")).await;
+            guests.push(guest);
+        }
+        let request = json!({"type": "join_room", "room_code": code});
+        let (a, b) = guests.split_at_mut(1);
+        let (first, second) = tokio::join!(a[0].send(request.clone()), b[0].send(request.clone()));
+        let ((), ()) = (first, second);
+        let (one, two) = tokio::join!(a[0].recv(), b[0].recv());
+        let mut outcomes = [one, two]
+            .iter()
+            .map(|m| match m["type"].as_str() {
+                Some("error") => m["code"].as_str().unwrap_or("?").to_string(),
+                other => other.unwrap_or("?").to_string(),
+            })
+            .collect::<Vec<_>>();
+        outcomes.sort();
+        assert_eq!(outcomes, ["ROOM_FULL", "room_joined"], "round {round}");
+        host.expect("peer_joined").await;
+        host.expect_nothing_pending().await;
+    }
+}
+
+/// The name rule under a race: a guest with the host's name and another guest join at once
+/// through different nodes. The first is never seated (`USERNAME_TAKEN`, or `ROOM_FULL` if the
+/// other was seated first), and the second always is.
+#[tokio::test]
+async fn a_name_race_seats_one() {
+    let limits_off = ["--max-failed-joins", "0"];
+    let Some((_redis, nodes, _turn)) = three_nodes("a_name_race_seats_one", &limits_off).await
+    else {
+        return;
+    };
+    for round in 0..10 {
+        let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+        host.set_username("same").await;
+        let code = host.create_room().await;
+        let mut a = TestClient::connect(&nodes[1].ws_url()).await;
+        a.set_username("same").await;
+        let mut b = TestClient::connect(&nodes[2].ws_url()).await;
+        b.set_username("other").await;
+        let request = json!({"type": "join_room", "room_code": code});
+        let ((), ()) = tokio::join!(a.send(request.clone()), b.send(request.clone()));
+        let refused = a.expect("error").await;
+        assert!(
+            refused["code"] == "USERNAME_TAKEN" || refused["code"] == "ROOM_FULL",
+            "round {round}: {refused}"
+        );
+        b.expect("room_joined").await;
+        host.expect("peer_joined").await;
+        host.expect_nothing_pending().await;
+    }
+}
+
+/// A node killed with SIGKILL: its member's peer on a surviving node gets `peer_disconnected`
+/// within the documented bound (node liveness: silent for 5 s, noticed within a beat), then
+/// `peer_left` when the grace period ends.
+#[tokio::test]
+async fn a_killed_node_s_members_are_let_go() {
+    let Some((_redis, mut nodes, _turn)) =
+        three_nodes("a_killed_node_s_members_are_let_go", &[]).await
+    else {
+        return;
+    };
+    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    nodes[1].sigkill();
+    let killed = Instant::now();
+    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < Duration::from_secs(8),
+        "noticed after {noticed:?}"
+    );
+    let left = host.expect("peer_left").await;
+    assert_eq!(left["reason"], "disconnected");
+    host.expect_nothing_pending().await;
+}
+
+/// A node killed with SIGKILL, whose client resumes on a surviving node: no accepted message is
+/// lost, and its peer sees it reconnect.
+#[tokio::test]
+async fn a_killed_node_s_members_resume_elsewhere() {
+    let Some((_redis, mut nodes, _turn)) =
+        three_nodes("a_killed_node_s_members_resume_elsewhere", &[]).await
+    else {
+        return;
+    };
+    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    guest.chat("sent before the crash").await;
+    let last = guest.expect("chat").await["id"].as_u64().expect("id");
+    host.expect("chat").await;
+    nodes[1].sigkill();
+    host.chat("while bob's node is dead").await;
+    host.expect("chat").await;
+    host.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": last}))
+        .await;
+    let resumed = back.expect("resumed").await;
+    assert_eq!(
+        chats(resumed["missed"].as_array().expect("missed")).len(),
+        1
+    );
+    assert_eq!(resumed["missed"][0]["content"], "while bob's node is dead");
+    host.expect("peer_reconnected").await;
+    back.chat("back").await;
+    assert_eq!(host.expect("chat").await["content"], "back");
+}
+
+/// A rolling restart: SIGTERM closes the node's connections with 1012 and keeps their seats;
+/// the client resumes on another node; its peer sees at most `peer_disconnected` and
+/// `peer_reconnected`, and misses nothing.
+#[tokio::test]
+async fn a_rolling_restart_loses_nothing() {
+    let Some((_redis, mut nodes, _turn)) =
+        three_nodes("a_rolling_restart_loses_nothing", &[]).await
+    else {
+        return;
+    };
+    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    nodes[1].sigterm();
+    let (_, close) = guest.read_to_close().await;
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+    assert!(nodes[1].exited().await.success());
+    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
+    host.chat("during the restart").await;
+    host.expect("chat").await;
+    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+        .await;
+    let resumed = back.expect("resumed").await;
+    assert_eq!(resumed["missed"][0]["content"], "during the restart");
+    // The peer saw the member go and come back, and nothing else.
+    assert_eq!(host.expect("peer_reconnected").await["username"], "bob");
+    host.expect_nothing_pending().await;
+}
+
+/// Redis out of reach of one node: the node keeps its connections, a request that needs Redis
+/// gets `UNAVAILABLE`, `/healthz` says 503; once Redis is back, every message accepted before
+/// and during the cut reaches both members, exactly once and in order (the node repairs what
+/// its pub/sub missed), and a retry with the same `client_msg_id` is not stored twice.
+#[tokio::test]
+async fn redis_out_of_reach_loses_nothing() {
+    let test = "redis_out_of_reach_loses_nothing";
+    if !redis_available(test) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let redis = RedisServer::start().await;
+    let link = RedisLink::start(redis.addr()).await;
+    let steady = node(&["--redis", &redis.url(), "--resume-grace", "30s"]).await;
+    let cut_off = node(&["--redis", &link.url(), "--resume-grace", "30s"]).await;
+    let mut host = TestClient::connect(&steady.ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&cut_off.ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    host.chat("before the cut").await;
+    host.expect("chat").await;
+    guest.expect("chat").await;
+
+    link.cut();
+    let retry = json!({"type": "chat", "content": "from bob", "client_msg_id": "b-1"});
+    guest.send(retry.clone()).await;
+    guest.expect_error("UNAVAILABLE").await;
+    // The node notices within a ping or two that it lost Redis.
+    let deadline = Instant::now() + PATIENCE;
+    while cut_off.healthz().await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "the node says it cannot reach Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(steady.healthz().await, 200);
+    for text in ["during 1", "during 2"] {
+        host.chat(text).await;
+        host.expect("chat").await;
+    }
+
+    link.restore();
+    // The node says it is healthy once it reaches Redis again.
+    linked(&cut_off).await;
+    let missed = read_chats(&mut guest, 2).await;
+    let texts: Vec<&str> = missed.iter().map(|(.., c)| c.as_str()).collect();
+    assert_eq!(texts, ["during 1", "during 2"]);
+    // The message that got UNAVAILABLE may or may not have been stored: sent again, it is
+    // stored once either way.
+    guest.send(retry.clone()).await;
+    let mine = guest.expect("chat").await;
+    assert_eq!(mine["content"], "from bob");
+    guest.send(retry).await;
+    assert_eq!(guest.expect("chat").await, mine);
+    let at_host = host.expect("chat").await;
+    assert_eq!(at_host, mine);
+    host.expect_nothing_pending().await;
+    guest.expect_nothing_pending().await;
+}
+
+/// A `peer_joined` published while a node's pub/sub was cut off is not waited for in vain: the
+/// node repairs the room from its state once it hears Redis again.
+#[tokio::test]
+async fn a_lost_peer_joined_is_repaired() {
+    let test = "a_lost_peer_joined_is_repaired";
+    if !redis_available(test) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let redis = RedisServer::start().await;
+    let link = RedisLink::start(redis.addr()).await;
+    let steady = node(&["--redis", &redis.url()]).await;
+    let cut_off = node(&["--redis", &link.url()]).await;
+    let mut host = TestClient::connect(&cut_off.ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    link.cut();
+    let mut guest = TestClient::connect(&steady.ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    guest.chat("hello?").await;
+    guest.expect("chat").await;
+    link.restore();
+    assert_eq!(host.expect("peer_joined").await["username"], "bob");
+    assert_eq!(host.expect("chat").await["content"], "hello?");
+    host.expect_nothing_pending().await;
+}
+
+/// A node cut off from Redis for longer than the liveness bound is dead to the others: its
+/// member's peer is told `peer_disconnected`; when it reaches Redis again and finds itself
+/// fenced, it closes its connections with 1012, so that they resume.
+#[tokio::test]
+async fn a_node_found_dead_closes_its_connections() {
+    let test = "a_node_found_dead_closes_its_connections";
+    if !redis_available(test) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let redis = RedisServer::start().await;
+    let link = RedisLink::start(redis.addr()).await;
+    let steady = node(&["--redis", &redis.url(), "--resume-grace", "60s"]).await;
+    let cut_off = node(&["--redis", &link.url(), "--resume-grace", "60s"]).await;
+    let mut host = TestClient::connect(&steady.ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&cut_off.ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    link.cut();
+    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
+    link.restore();
+    let close = guest.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012);
+    let mut back = TestClient::connect(&steady.ws_url()).await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+        .await;
+    back.expect("resumed").await;
+    host.expect("peer_reconnected").await;
+}
+
+/// After a Redis restart that kept its data, every heartbeat in it is old: the nodes must not
+/// take each other for dead. Nobody is told `peer_disconnected`, and no node fences itself.
+#[tokio::test]
+async fn a_redis_restart_kills_no_node() {
+    let test = "a_redis_restart_kills_no_node";
+    let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+        return;
+    };
+    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    redis.command(&["SAVE"]).await;
+    redis.stop();
+    // Longer than the liveness bound: every beat in the saved data is stale by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.start_again().await;
+    // Longer than a beat and a judgement: a node that took another for dead would have said so.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    host.chat("still here").await;
+    assert_eq!(host.expect("chat").await["content"], "still here");
+    assert_eq!(guest.expect("chat").await["content"], "still here");
+    host.expect_nothing_pending().await;
+    guest.expect_nothing_pending().await;
+}
+
+/// Nothing outlives its use: once a room's members are gone, Redis holds no key of the room or
+/// of their sessions; and every key that a dead node could leave behind has a TTL.
+#[tokio::test]
+async fn nothing_outlives_its_use() {
+    let Some(Setup::Redis { redis, nodes, .. }) =
+        Setup::redis("nothing_outlives_its_use", 2, &[]).await
+    else {
+        return;
+    };
+    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
+    host.set_username("ada").await;
+    let code = host.create_room().await;
+    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
+    guest.set_username("bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    host.chat("a message").await;
+    host.expect("chat").await;
+    host.send(json!({"type": "typing"})).await;
+    guest.expect("chat").await;
+    guest.expect("typing").await;
+    // While the room lives: every key has a TTL.
+    for key in redis.keys("*").await {
+        let ttl = redis.command(&["PTTL", &key]).await.into_integer();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+    assert!(!redis.keys(&format!("chat:{{{code}}}*")).await.is_empty());
+    host.send(json!({"type": "leave_room"})).await;
+    host.expect("room_left").await;
+    guest.expect("stop_typing").await;
+    guest.expect("peer_left").await;
+    guest.send(json!({"type": "leave_room"})).await;
+    guest.expect("room_left").await;
+    drop((host, guest));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let room = redis.keys(&format!("chat:{{{code}}}*")).await;
+        let sessions = redis.keys("chat:sess:*").await;
+        if room.is_empty() && sessions.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left over: {room:?} {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
