@@ -4,8 +4,10 @@
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
-local err = check(room, tok, ARGV[2])
-if err then return {err} end
+-- `check`, in one call: this is the hot path.
+local s = redis.call('HMGET', room, 'm1', 'm2', f(tok, 'c'))
+if s[1] ~= tok and s[2] ~= tok then return {'GONE'} end
+if s[3] ~= ARGV[2] then return {'MOVED'} end
 local recent = {}
 if cm ~= '' then
   local seen = redis.call('HGET', room, f(tok, 'k'))
@@ -20,10 +22,11 @@ if cm ~= '' then
 end
 local id = redis.call('HINCRBY', room, 'last', 1)
 local frame = '{"type":"chat","id":' .. id .. ARGV[3]
-redis.call('RPUSH', log, frame)
+local length = redis.call('RPUSH', log, frame)
+-- A new log lives as long as its room; later, the room's TTL is extended with it.
+if length == 1 then redis.call('PEXPIRE', log, math.max(redis.call('PTTL', room), 1)) end
 local bytes = redis.call('HINCRBY', room, 'bytes', #frame + 64)
 local max_messages, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
-local length = redis.call('LLEN', log)
 while length > max_messages or bytes > max_bytes do
   local gone = redis.call('LPOP', log)
   if not gone then break end
@@ -36,7 +39,5 @@ if cm ~= '' then
   if #recent > 100 then table.remove(recent, 1) end
   redis.call('HSET', room, f(tok, 'k'), cjson.encode(recent))
 end
-local t = redis.call('PTTL', room)
-if t > 0 then redis.call('PEXPIRE', log, t) end
 redis.call('PUBLISH', ch, 'C' .. id .. '|' .. tok .. '|' .. frame)
 return {'OK', id}
