@@ -1,10 +1,12 @@
 //! A 1:1 WebSocket chat server: one person creates a private room and gets a short code, the
 //! other joins with the code, and they chat in real time with a typing indicator.
 //!
-//! All state lives in one actor, [`server::ChatServer`], which receives commands over a bounded
-//! mpsc channel. Each WebSocket connection is served by a read loop and a write task
-//! ([`handler`]) that only move bytes between the socket and the actor. docs/architecture.md
-//! follows one message through all of it; docs/protocol.md is the wire protocol.
+//! One actor, [`server::ChatServer`], owns the node's connections and applies every rule; it
+//! receives commands over a bounded mpsc channel, and keeps rooms and sessions in a store: in
+//! its own memory (the default), or in Redis shared with other nodes (`--redis`). Each WebSocket
+//! connection is served by a read loop and a write task ([`handler`]) that only move bytes
+//! between the socket and the actor. docs/architecture.md follows one message through all of
+//! it; docs/protocol.md is the wire protocol.
 //!
 //! # Layout
 //!
@@ -12,10 +14,11 @@
 //! - [`http`]: HTTP/1.1 on each connection; routes requests and upgrades `/ws` to WebSocket.
 //! - [`handler`]: one WebSocket connection: a read loop, a write task, the heartbeat.
 //! - [`server`]: the `ChatServer` actor, its handle and its commands: every rule of the protocol,
-//!   one file per subject (rooms, sessions, storage, delivery, timers).
+//!   one file per subject (sessions, rooms, steps, delivery, timers, and the Redis mode).
 //! - [`connection`]: the actor's record of one connection and the session it holds.
 //! - [`store`]: the state of record (rooms, seats, what was said, sessions that can be
-//!   resumed) and the atomic steps that change it; [`room`] is one room of it.
+//!   resumed) and the atomic steps that change it, in memory or in Redis; [`room`] is one room
+//!   of the in-memory store.
 //! - [`outbox`]: each connection's small bounded outbound queue, from the actor to the write
 //!   task, and what goes through it (messages, and the close that ends it).
 //! - [`message`]: the JSON wire messages, client to server and server to client.

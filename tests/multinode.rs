@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
-use common::redis::{Node, RedisLink, RedisServer, nodes, redis_available};
+use common::redis::{Node, RedisLink, RedisServer, Reply, nodes, redis_available};
 use common::{PATIENCE, TestClient, TestServer};
 
 /// The resume grace period the tests give: short, so that a test waits it out quickly.
@@ -652,6 +652,31 @@ async fn redis_out_of_reach_loses_nothing() {
     assert_eq!(at_host, mine);
     host.expect_nothing_pending().await;
     guest.expect_nothing_pending().await;
+    // What `/metrics` says of it, once the node has beaten again (within a second).
+    let deadline = Instant::now() + PATIENCE;
+    while cut_off.metric("chat_redis_node_live").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the node beats again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_off_metrics = cut_off.metrics().await;
+    let metric = |name| common::redis::metric_value(&cut_off_metrics, name).unwrap_or(0.0);
+    assert!(
+        metric("chat_redis_errors_total") >= 1.0,
+        "{cut_off_metrics}"
+    );
+    assert!(
+        metric("chat_redis_gaps_repaired_total") >= 1.0,
+        "{cut_off_metrics}"
+    );
+    assert!(
+        metric("chat_redis_pubsub_events_total") >= 3.0,
+        "{cut_off_metrics}"
+    );
+    assert_eq!(metric("chat_redis_up"), 1.0);
+    assert!(
+        cut_off_metrics.contains("chat_redis_step_seconds_bucket"),
+        "{cut_off_metrics}"
+    );
 }
 
 /// A `peer_joined` published while a node's pub/sub was cut off is not waited for in vain: the
@@ -744,6 +769,32 @@ async fn a_redis_restart_kills_no_node() {
     guest.expect_nothing_pending().await;
 }
 
+/// Everything Redis keeps of chat, key by key (`DUMP` of each key but the nodes' heartbeats,
+/// which change every second).
+async fn stored(redis: &RedisServer) -> Vec<(String, Vec<String>)> {
+    let mut stored = Vec::new();
+    for key in redis.keys("*").await {
+        if key == "chat:{nodes}:live" {
+            continue;
+        }
+        let kind = match redis.command(&["TYPE", &key]).await {
+            Reply::Status(kind) => kind,
+            other => panic!("TYPE answers with a status, not {other:?}"),
+        };
+        let read: &[&str] = match kind.as_str() {
+            "hash" => &["HGETALL", &key],
+            "list" => &["LRANGE", &key, "0", "-1"],
+            "set" => &["SMEMBERS", &key],
+            "zset" => &["ZRANGE", &key, "0", "-1"],
+            other => panic!("{key} is a {other}, which chat-server does not keep"),
+        };
+        let mut value = redis.command(read).await.into_strings();
+        value.sort();
+        stored.push((key, value));
+    }
+    stored
+}
+
 /// Nothing outlives its use: once a room's members are gone, Redis holds no key of the room or
 /// of their sessions; and every key that a dead node could leave behind has a TTL.
 #[tokio::test]
@@ -762,9 +813,20 @@ async fn nothing_outlives_its_use() {
     host.expect("peer_joined").await;
     host.chat("a message").await;
     host.expect("chat").await;
-    host.send(json!({"type": "typing"})).await;
     guest.expect("chat").await;
+    // Typing is ephemeral: it travels over pub/sub and leaves nothing in Redis.
+    let before = stored(&redis).await;
+    host.send(json!({"type": "typing"})).await;
     guest.expect("typing").await;
+    host.send(json!({"type": "stop_typing"})).await;
+    guest.expect("stop_typing").await;
+    host.send(json!({"type": "typing"})).await;
+    guest.expect("typing").await;
+    assert_eq!(
+        stored(&redis).await,
+        before,
+        "typing changed what Redis keeps"
+    );
     // While the room lives: every key has a TTL.
     for key in redis.keys("*").await {
         let ttl = redis.command(&["PTTL", &key]).await.into_integer();

@@ -1,4 +1,5 @@
-//! The `ChatServer` actor: the one owner of all chat state.
+//! The `ChatServer` actor: the one owner of this node's connections, and the only one that
+//! changes the state of record (through its store).
 //!
 //! Every connection handler talks to the actor through a cloneable [`ChatServerHandle`], which
 //! wraps the sending side of one bounded mpsc channel of [`ServerCommand`]s. The actor takes the
@@ -77,6 +78,10 @@ const COMMAND_BATCH: usize = 64;
 /// restarting node's last drops, which hold its members' seats).
 const FINISH_STEPS: Duration = Duration::from_secs(3);
 
+/// How often the bookkeeping steps that found Redis away are tried again (and at once when the
+/// link comes back).
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
 /// The longest chat message, in characters (Unicode scalar values).
 pub const MAX_CHAT_CHARS: usize = 4096;
 
@@ -93,8 +98,9 @@ pub enum ServerCommand {
     /// The connection ended, however it ended. The actor tells the peer, and forgets the client
     /// or, if it is in a room, holds its seat for the resume grace period.
     Disconnect { client_id: ClientId },
-    /// The client sent a well-formed request (`set_username`, `create_room`, `join_room`, `chat`,
-    /// `typing`, `stop_typing` or `leave_room`: the seed design's commands, one per message type).
+    /// The client sent a well-formed request: the seed design's commands, one per message type
+    /// (`set_username`, `create_room`, `join_room`, `chat`, `typing`, `stop_typing`,
+    /// `leave_room`), and `resume` and `read`.
     Request {
         client_id: ClientId,
         request: ClientMessage,
@@ -284,6 +290,7 @@ impl ChatServer {
         let mut store_events = self.store_events.take();
         let mut touch = tokio::time::interval(TOUCH_EVERY);
         touch.tick().await; // The first tick is now: nothing to touch yet.
+        let mut retry = tokio::time::interval(RETRY_EVERY);
         // Once every handle is gone: until when the steps in flight may take to finish.
         let mut closing: Option<Instant> = None;
         loop {
@@ -308,6 +315,7 @@ impl ChatServer {
                 },
                 Some(event) = next_event(&mut store_events) => self.store_event(event),
                 _ = touch.tick(), if store_events.is_some() => self.touch(),
+                _ = retry.tick(), if self.remote.has_retries() => self.retry_bookkeeping(),
                 () = sleep_until(closing) => break,
             }
             self.disconnect_slow_consumers();

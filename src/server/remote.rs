@@ -71,6 +71,11 @@ impl Remote {
         self.pending.is_empty()
     }
 
+    /// Whether bookkeeping steps wait to be tried again.
+    pub fn has_retries(&self) -> bool {
+        !self.retry.is_empty()
+    }
+
     /// A room this node hears.
     pub fn room(&self, code: RoomCode) -> Option<&HeardRoom> {
         self.rooms.get(&code)
@@ -275,13 +280,18 @@ impl ChatServer {
             RedisEvent::Kick(client) => self.close_connection_only(client, &Close::TAKEN_OVER),
             RedisEvent::Resync => self.repair_all(),
             RedisEvent::Link(true) => {
-                for step in std::mem::take(&mut self.remote.retry) {
-                    self.perform(step, Then::Nothing);
-                }
+                self.retry_bookkeeping();
                 self.repair_all();
             }
             RedisEvent::Link(false) => {}
             RedisEvent::Fenced(node) => self.fenced(node),
+        }
+    }
+
+    /// Submits again the bookkeeping steps that found Redis away (they are idempotent).
+    pub(super) fn retry_bookkeeping(&mut self) {
+        for step in std::mem::take(&mut self.remote.retry) {
+            self.perform(step, Then::Nothing);
         }
     }
 
@@ -398,9 +408,16 @@ impl ChatServer {
         if !room.members.contains(&client) {
             room.members.push(client);
         }
-        if room.told.is_none() {
-            room.told = Some(baseline.0);
-            self.replay_backlog(code);
+        match &room.told {
+            None => {
+                room.told = Some(baseline.0);
+                self.replay_backlog(code);
+            }
+            // This node heard messages of the room after the store seated the newcomer (they
+            // raced its outcome here), and told them to the members it had then: the newcomer
+            // gets them from the room's log.
+            Some(told) if baseline.0.chat < told.chat => self.repair(code),
+            Some(_) => {}
         }
     }
 
@@ -489,9 +506,17 @@ impl ChatServer {
             self.room_lost(code);
             return;
         };
+        // From where the member that has been told least stands (a newcomer may be behind).
+        let behind = room
+            .members
+            .iter()
+            .filter_map(|member| self.connections.get(member))
+            .map(|connection| connection.seen_chat)
+            .min()
+            .unwrap_or(told.chat);
         let step = Step::Range {
             code,
-            after: told.chat,
+            after: behind.min(told.chat),
             upto: Some(state.last_id),
         };
         room.state = Some(state);

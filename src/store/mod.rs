@@ -16,7 +16,7 @@
 pub mod memory;
 pub mod redis;
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -182,8 +182,9 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether the step only keeps the books (a session opened, a connection gone): no client
-    /// waits for it, and a store that could not be reached must be asked again later.
+    /// Whether the step only keeps the books (a connection gone, a grace period over): no client
+    /// waits for it, and a store that could not be reached must be asked again later. (A new
+    /// connection's `Open` is not retried: its session is made again by its first `Name`.)
     pub fn is_bookkeeping(&self) -> bool {
         matches!(self, Step::Drop { .. } | Step::Expire { .. })
     }
@@ -412,7 +413,14 @@ pub struct ChatTail(pub String);
 impl ChatTail {
     /// The `chat` frame of the message numbered `id`.
     pub fn frame(&self, id: u64) -> Utf8Bytes {
-        Utf8Bytes::from(format!("{{\"type\":\"chat\",\"id\":{id}{}", self.0))
+        const HEAD: &str = "{\"type\":\"chat\",\"id\":";
+        // One allocation of the right size: this is every message's path.
+        let mut frame = String::with_capacity(HEAD.len() + 20 + self.0.len());
+        frame.push_str(HEAD);
+        // Writing to a `String` cannot fail.
+        let _ = write!(frame, "{id}");
+        frame.push_str(&self.0);
+        Utf8Bytes::from(frame)
     }
 }
 

@@ -99,8 +99,11 @@ impl Link {
             if events.send(RedisEvent::Link(true)).await.is_err() {
                 return; // The actor has stopped.
             }
-            // Ping until a ping fails.
+            // Ping until a ping fails, or the actor stops.
             loop {
+                if events.is_closed() {
+                    return;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(PING_EVERY) => {}
                     () = self.trouble.notified() => {}

@@ -66,6 +66,16 @@ local function check(room, tok, conn)
   return false
 end
 
+-- `check`, and `GONE` too if the seat is held: its connection was given up for dead (its node
+-- was reaped), and speaks for the seat no more; it is to reconnect and resume.
+local function check_live(room, tok, conn)
+  local s = redis.call('HMGET', room, 'm1', 'm2', f(tok, 'c'), f(tok, 'h'))
+  if s[1] ~= tok and s[2] ~= tok then return 'GONE' end
+  if s[3] ~= conn then return 'MOVED' end
+  if s[4] then return 'GONE' end
+  return false
+end
+
 local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k'}
 
 -- Takes `tok` out of the room: the member who stays is told and becomes the host, or the room's

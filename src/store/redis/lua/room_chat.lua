@@ -4,10 +4,8 @@
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
--- `check`, in one call: this is the hot path.
-local s = redis.call('HMGET', room, 'm1', 'm2', f(tok, 'c'))
-if s[1] ~= tok and s[2] ~= tok then return {'GONE'} end
-if s[3] ~= ARGV[2] then return {'MOVED'} end
+local err = check_live(room, tok, ARGV[2])
+if err then return {err} end
 local recent = {}
 if cm ~= '' then
   local seen = redis.call('HGET', room, f(tok, 'k'))
