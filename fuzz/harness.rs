@@ -117,7 +117,7 @@ pub fn drive_actor(data: &[u8]) {
                 // Sometimes marked as encrypted, whatever it is and whatever the room is.
                 let encrypted = arg & 0x40 != 0;
                 Some(ClientMessage::Chat {
-                    content,
+                    content: content.into(),
                     encrypted,
                     client_msg_id: None,
                 })

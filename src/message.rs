@@ -38,11 +38,13 @@ pub enum ClientMessage {
     /// `{"type":"chat","content":"v1.…","encrypted":true}`: `content` is an envelope, and
     /// `encrypted` (absent means false) must say so.
     Chat {
-        content: String,
+        // Boxed strings rather than `String`s: every request passes through the read loop of
+        // a connection, whose future is as large as its largest request.
+        content: Box<str>,
         #[serde(default)]
         encrypted: bool,
         #[serde(default)]
-        client_msg_id: Option<String>,
+        client_msg_id: Option<Box<str>>,
     },
     /// `{"type":"typing"}`: the sender is typing (repeat it to keep the indicator alive).
     Typing,
@@ -690,7 +692,7 @@ mod tests {
                 any::<String>().prop_map(|content| (
                     json!({"type": "chat", "content": content}),
                     ClientMessage::Chat {
-                        content,
+                        content: content.into(),
                         encrypted: false,
                         client_msg_id: None
                     }
@@ -698,7 +700,7 @@ mod tests {
                 (any::<String>(), any::<bool>()).prop_map(|(content, encrypted)| (
                     json!({"type": "chat", "content": content, "encrypted": encrypted}),
                     ClientMessage::Chat {
-                        content,
+                        content: content.into(),
                         encrypted,
                         client_msg_id: None
                     }

@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn the_member_who_stays_becomes_host() {
         let (ada, grace) = (member("ada"), member("grace"));
-        let (ada_token, grace_token) = (ada.token.clone(), grace.token.clone());
+        let (ada_token, grace_token) = (ada.token, grace.token);
         let mut room = Room::new(RoomCode::random(), ada, false);
         room.seat(grace);
         assert!(room.is_full());
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn a_joiner_sees_only_what_was_said_since_the_last_departure() {
         let (ada, grace) = (member("ada"), member("grace"));
-        let grace_token = grace.token.clone();
+        let grace_token = grace.token;
         let mut room = Room::new(RoomCode::random(), ada, false);
         room.seat(grace);
         assert_eq!(room.seat_of(&grace_token).map(|s| s.history_from), Some(1));
@@ -459,7 +459,7 @@ mod tests {
         );
         room.store(chat(151, 10));
         let linus = member("linus");
-        let linus_token = linus.token.clone();
+        let linus_token = linus.token;
         room.seat(linus);
         assert_eq!(
             room.seat_of(&linus_token).map(|s| s.history_from),

@@ -45,28 +45,41 @@ impl fmt::Display for ClientId {
 /// The secret that lets a new connection take over a session after a network drop (`resume`).
 ///
 /// 128 bits from the operating system's CSPRNG, written as 32 lowercase hex digits: URL-safe,
-/// and unguessable even by someone who has seen every other token.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionToken(Box<str>);
+/// and unguessable even by someone who has seen every other token. Kept as the number itself:
+/// `Copy`, no allocation, and a fast key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionToken(u128);
 
 impl SessionToken {
+    /// No session: stands for a member whose session is not known (a message recovered from a
+    /// room's log). A random token is never it.
+    pub const NOBODY: SessionToken = SessionToken(0);
+
     /// A fresh random token.
     pub fn random() -> Self {
-        let bits: u128 = rand::rng().random();
-        SessionToken(format!("{bits:032x}").into())
+        loop {
+            let bits: u128 = rand::rng().random();
+            if bits != 0 {
+                return SessionToken(bits);
+            }
+        }
     }
 
-    /// The token as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// A token as the server writes it (32 lowercase hex digits), or `None` for any other
+    /// text: a token that was never issued matches no session.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid =
+            text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid
+            .then(|| u128::from_str_radix(text, 16).ok())
+            .flatten()
+            .filter(|&bits| bits != 0)
+            .map(SessionToken)
     }
-}
 
-impl From<&str> for SessionToken {
-    /// A token as a client presents it. Any text will do: one that was never issued simply
-    /// matches no session.
-    fn from(text: &str) -> Self {
-        SessionToken(text.into())
+    /// The token as text: the secret itself, for the client and the store, never for logs.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.0)
     }
 }
 
@@ -79,7 +92,7 @@ impl fmt::Debug for SessionToken {
 
 impl Serialize for SessionToken {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.collect_str(&format_args!("{:032x}", self.0))
     }
 }
 
@@ -293,12 +306,30 @@ mod tests {
         let a = SessionToken::random();
         let b = SessionToken::random();
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 32);
-        assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.hex().len(), 32);
+        assert!(a.hex().chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
         assert!(
-            !format!("{a:?}").contains(a.as_str()),
+            !format!("{a:?}").contains(&a.hex()),
             "tokens stay out of debug output"
         );
+        assert_eq!(SessionToken::parse(&a.hex()), Some(a), "a token reads back");
+    }
+
+    /// Only a token as the server writes it can name a session: anything else names none.
+    #[test]
+    fn only_issued_tokens_parse() {
+        let a = SessionToken::random().hex();
+        for text in [
+            "",
+            &a[1..],
+            &format!("{a}0"),
+            &a.to_uppercase(),
+            &format!("+{}", &a[1..]),
+            "00000000000000000000000000000000",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        ] {
+            assert_eq!(SessionToken::parse(text), None, "{text:?}");
+        }
     }
 
     /// Names are trimmed; length is counted in characters, not bytes.

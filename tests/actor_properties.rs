@@ -839,7 +839,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
             } => {
                 let encrypted = model.sealed(slot, *sealed);
                 Some(ClientMessage::Chat {
-                    content: content(*choice, encrypted),
+                    content: content(*choice, encrypted).into(),
                     encrypted,
                     client_msg_id: None,
                 })

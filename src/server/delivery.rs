@@ -19,7 +19,7 @@ use crate::error::{Refusal, SendError};
 use crate::message::ServerMessage;
 use crate::outbox::Close;
 use crate::store::{Notice, RoomEvent, Step};
-use crate::types::{ClientId, RoomCode};
+use crate::types::{ClientId, RoomCode, SessionToken};
 
 impl ChatServer {
     /// Tells room `code` something the store does not keep (typing), in order with the room's
@@ -89,7 +89,7 @@ impl ChatServer {
             connection.seen_chat = *id;
             // A message recovered after a gap (`remote.rs`) comes without its sender's
             // session: its sender is then known by name, which is unique in a room.
-            let own = if token.as_str().is_empty() {
+            let own = if *token == SessionToken::NOBODY {
                 chat_sender(frame).is_some_and(|from| connection.name.as_ref() == Some(&from))
             } else {
                 *token == connection.token

@@ -543,7 +543,7 @@ impl ChatServer {
                 told.chat = told.chat.max(id);
                 chats.push(RoomEvent::Chat {
                     id,
-                    token: SessionToken::from(""),
+                    token: SessionToken::NOBODY,
                     frame,
                 });
             }
@@ -620,7 +620,7 @@ impl ChatServer {
             return Vec::new();
         }
         connection.seen_event = connection.seen_event.max(state.event_seq);
-        let token = SessionToken::from("");
+        let token = SessionToken::NOBODY;
         let seq = state.event_seq;
         let peer_before = before.iter().find(|seat| seat.name != name);
         let peer_after = after.iter().find(|seat| seat.name != name);
@@ -628,7 +628,7 @@ impl ChatServer {
         match (peer_before, peer_after) {
             (Some(gone), None) => events.push(RoomEvent::Left {
                 seq,
-                token: token.clone(),
+                token,
                 name: gone.name.clone(),
                 reason: LeaveReason::Disconnected,
             }),
@@ -638,14 +638,14 @@ impl ChatServer {
                     if let Some(gone) = before {
                         events.push(RoomEvent::Left {
                             seq,
-                            token: token.clone(),
+                            token,
                             name: gone.name.clone(),
                             reason: LeaveReason::Disconnected,
                         });
                     }
                     events.push(RoomEvent::Joined {
                         seq,
-                        token: token.clone(),
+                        token,
                         name: now.name.clone(),
                     });
                 }
@@ -653,13 +653,13 @@ impl ChatServer {
                 if now.held && !was_held {
                     events.push(RoomEvent::Disconnected {
                         seq,
-                        token: token.clone(),
+                        token,
                         name: now.name.clone(),
                     });
                 } else if !now.held && was_held {
                     events.push(RoomEvent::Reconnected {
                         seq,
-                        token: token.clone(),
+                        token,
                         name: now.name.clone(),
                     });
                 }
@@ -667,7 +667,7 @@ impl ChatServer {
                 if now.read_up_to > read_before {
                     events.push(RoomEvent::Read {
                         seq,
-                        token: token.clone(),
+                        token,
                         name: now.name.clone(),
                         up_to: now.read_up_to,
                     });
@@ -728,7 +728,7 @@ impl ChatServer {
         let sessions = self
             .connections
             .values()
-            .map(|connection| connection.token.clone())
+            .map(|connection| connection.token)
             .collect();
         store.touch(rooms, sessions);
     }

@@ -33,7 +33,7 @@ impl ChatServer {
         let code = RoomCode::random();
         let then = Then::Created {
             client: id,
-            token: member.token.clone(),
+            token: member.token,
             code,
             encrypted,
             attempts,
@@ -59,7 +59,7 @@ impl ChatServer {
         let member = self.member(id)?;
         let then = Then::Joined {
             client: id,
-            token: member.token.clone(),
+            token: member.token,
             code,
         };
         self.perform(Step::Join { code, member }, then);
@@ -70,7 +70,7 @@ impl ChatServer {
     fn member(&self, id: ClientId) -> Result<Member, Refusal> {
         let connection = self.connection(id)?;
         Ok(Member {
-            token: connection.token.clone(),
+            token: connection.token,
             conn: self.conn(id),
             name: connection.name.clone().ok_or(ErrorCode::UsernameRequired)?,
         })
@@ -111,9 +111,9 @@ impl ChatServer {
     pub(super) fn chat(
         &mut self,
         id: ClientId,
-        content: String,
+        content: Box<str>,
         encrypted: bool,
-        client_msg_id: Option<String>,
+        client_msg_id: Option<Box<str>>,
     ) -> Result<(), Refusal> {
         let (code, from) = self.membership(id)?;
         // For a plain room this is one comparison more than protocol v1 needed.
@@ -150,10 +150,10 @@ impl ChatServer {
         };
         let step = Step::Chat {
             code,
-            token: self.connection(id)?.token.clone(),
+            token: self.connection(id)?.token,
             conn: self.conn(id),
             tail: draft.tail(),
-            client_msg_id: client_msg_id.map(String::into_boxed_str),
+            client_msg_id,
         };
         self.perform(step, Then::Chatted { client: id });
         Ok(())
@@ -173,7 +173,7 @@ impl ChatServer {
             return Ok(());
         }
         connection.typing = Some(self.timers.start_typing(id, self.typing_timeout));
-        let token = connection.token.clone();
+        let token = connection.token;
         self.publish(code, RoomEvent::Typing { token, name });
         Ok(())
     }
@@ -212,7 +212,7 @@ impl ChatServer {
         if let Ok((code, name)) = self.membership(id)
             && let Ok(connection) = self.connection(id)
         {
-            let token = connection.token.clone();
+            let token = connection.token;
             self.publish(code, RoomEvent::StopTyping { token, name });
         }
     }
@@ -222,7 +222,7 @@ impl ChatServer {
         self.end_typing(id);
         let step = Step::Leave {
             code,
-            token: self.connection(id)?.token.clone(),
+            token: self.connection(id)?.token,
             conn: self.conn(id),
         };
         self.perform(step, Then::Left { client: id, code });

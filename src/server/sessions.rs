@@ -23,7 +23,7 @@ impl ChatServer {
     pub(super) fn connect(&mut self, id: ClientId, address: IpAddr, outbound: outbox::Sender) {
         debug!(client = %id, "client connected");
         let token = SessionToken::random();
-        let mut connection = Connection::new(id, token.clone(), limit_key(address), outbound);
+        let mut connection = Connection::new(id, token, limit_key(address), outbound);
         connection.limits = self.limits.new_client(Instant::now());
         if let Some(timeout) = self.username_timeout {
             connection.naming_deadline = Some(self.timers.start_naming(id, timeout));
@@ -70,7 +70,7 @@ impl ChatServer {
         self.perform(
             Step::Drop {
                 room,
-                token: token.clone(),
+                token,
                 conn,
                 grace,
             },
@@ -117,7 +117,7 @@ impl ChatServer {
         if let Some(code) = connection.room {
             self.left_here(id, code);
         }
-        let held = (connection.token.clone(), connection.room);
+        let held = (connection.token, connection.room);
         // Dropping the queue without a close is for a connection that is gone already: its
         // write task has said its farewell and reads the queue no more.
         if let Some(close) = close {
@@ -147,7 +147,7 @@ impl ChatServer {
         }
         let name = Username::parse(input)?;
         let step = Step::Name {
-            token: connection.token.clone(),
+            token: connection.token,
             conn: self.conn(id),
             name: name.clone(),
         };
@@ -192,13 +192,14 @@ impl ChatServer {
                 "`resume` must be the first message on a new connection.",
             ));
         }
-        let token = SessionToken::from(token);
-        if token == connection.token {
+        // A token the server never issues matches no session.
+        let Some(token) = SessionToken::parse(token).filter(|&token| token != connection.token)
+        else {
             return Err(ErrorCode::SessionExpired.into());
-        }
-        let fresh = connection.token.clone();
+        };
+        let fresh = connection.token;
         let step = Step::TakeSession {
-            token: token.clone(),
+            token,
             conn: self.conn(id),
         };
         let then = Then::TookSession {
@@ -217,7 +218,7 @@ impl ChatServer {
         let (code, _) = self.membership(id)?;
         let step = Step::Read {
             code,
-            token: self.connection(id)?.token.clone(),
+            token: self.connection(id)?.token,
             conn: self.conn(id),
             up_to,
         };

@@ -314,7 +314,7 @@ impl ChatServer {
             Some(code) => {
                 let step = Step::ResumeSeat {
                     code,
-                    token: token.clone(),
+                    token,
                     conn: self.conn(client),
                     last_id,
                 };

@@ -183,7 +183,7 @@ async fn a_full_queue_disconnects_the_slow_member_only() {
             &mut server,
             &host,
             ClientMessage::Chat {
-                content: format!("m{n}"),
+                content: format!("m{n}").into(),
                 client_msg_id: None,
                 encrypted: false,
             },
@@ -209,7 +209,7 @@ async fn a_takeover_closes_a_full_queue_with_4000() {
     for n in 0..2 {
         let content = format!("m{n}");
         let chat = ClientMessage::Chat {
-            content,
+            content: content.into(),
             encrypted: false,
             client_msg_id: None,
         };

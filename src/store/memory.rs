@@ -34,9 +34,11 @@ pub struct SessionRecord {
 #[derive(Debug)]
 pub struct MemoryStore {
     /// Every live room. A room is removed the moment its last member goes.
-    rooms: FastMap<RoomCode, Room>,
+    /// Boxed, like the session records: a hash map keeps up to twice as many slots as entries,
+    /// so a slot should be a pointer rather than the whole record.
+    rooms: FastMap<RoomCode, Box<Room>>,
     /// Every session that can still be resumed, by its token.
-    sessions: FastMap<SessionToken, SessionRecord>,
+    sessions: FastMap<SessionToken, Box<SessionRecord>>,
     /// What all rooms' logs cost together ([`Room::stored_bytes`]).
     stored_bytes: usize,
     /// `--max-stored-bytes`: the most [`MemoryStore::stored_bytes`] may reach, or `None` for no
@@ -67,7 +69,7 @@ impl MemoryStore {
                     room: None,
                     conn,
                 };
-                self.sessions.insert(token, record);
+                self.sessions.insert(token, Box::new(record));
                 Outcome::Done
             }
             Step::Name { token, conn, name } => match self.sessions.get_mut(&token) {
@@ -153,7 +155,7 @@ impl MemoryStore {
                     seats: room
                         .seats()
                         .map(|seat| SeatState {
-                            token: seat.token.clone(),
+                            token: seat.token,
                             name: seat.name.clone(),
                             held: !seat.is_connected(),
                             read_up_to: seat.read_up_to,
@@ -175,7 +177,8 @@ impl MemoryStore {
         if let Some(record) = self.sessions.get_mut(&member.token) {
             record.room = Some(code);
         }
-        self.rooms.insert(code, Room::new(code, member, encrypted));
+        self.rooms
+            .insert(code, Box::new(Room::new(code, member, encrypted)));
         self.metrics.rooms.increment(1.0);
         debug!(room = %code, "room created");
         Outcome::Created
@@ -194,7 +197,7 @@ impl MemoryStore {
         }
         let (host_name, host_connected) = (host.name.clone(), host.is_connected());
         let history = room.history().map(|chat| chat.frame.clone()).collect();
-        let (token, name) = (member.token.clone(), member.name.clone());
+        let (token, name) = (member.token, member.name.clone());
         room.seat(member);
         let seq = room.next_event();
         if let Some(record) = self.sessions.get_mut(&token) {
@@ -246,7 +249,7 @@ impl MemoryStore {
             seat.remember(client_msg_id, id);
         }
         self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
-        let token = token.clone();
+        let token = *token;
         notices.push(Notice::Room(code, RoomEvent::Chat { id, token, frame }));
         self.keep_to_budget();
         Outcome::Accepted { id }
@@ -281,7 +284,7 @@ impl MemoryStore {
         let seq = room.next_event();
         let event = RoomEvent::Read {
             seq,
-            token: token.clone(),
+            token: *token,
             name,
             up_to,
         };
@@ -379,11 +382,7 @@ impl MemoryStore {
         let seq = room.next_event();
         notices.push(Notice::Room(
             code,
-            RoomEvent::Reconnected {
-                seq,
-                token: token.clone(),
-                name,
-            },
+            RoomEvent::Reconnected { seq, token, name },
         ));
         // Every message it may have missed, back to when it entered the room; what a storage
         // bound dropped meanwhile is counted as lost.
@@ -476,7 +475,11 @@ impl MemoryStore {
             return;
         }
         let target = budget - budget / 8;
-        let mut sizes: Vec<usize> = self.rooms.values().map(Room::stored_bytes).collect();
+        let mut sizes: Vec<usize> = self
+            .rooms
+            .values()
+            .map(|room| room.stored_bytes())
+            .collect();
         let level = level_for(&mut sizes, target);
         let mut shed = 0;
         for room in self.rooms.values_mut() {
@@ -500,17 +503,19 @@ impl MemoryStore {
 
     /// Every room, for inspection.
     pub fn rooms(&self) -> impl Iterator<Item = &Room> {
-        self.rooms.values()
+        self.rooms.values().map(|room| &**room)
     }
 
     /// The room `code`, for inspection.
     pub fn room(&self, code: RoomCode) -> Option<&Room> {
-        self.rooms.get(&code)
+        self.rooms.get(&code).map(|room| &**room)
     }
 
     /// Every session, for inspection.
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionToken, &SessionRecord)> {
-        self.sessions.iter()
+        self.sessions
+            .iter()
+            .map(|(token, record)| (token, &**record))
     }
 
     /// How many rooms exist.

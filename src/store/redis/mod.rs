@@ -79,7 +79,7 @@ impl Lane {
             | Step::TakeSession { token, .. }
             | Step::Drop {
                 room: None, token, ..
-            } => Lane::Session(token.clone()),
+            } => Lane::Session(*token),
             Step::Drop {
                 room: Some(code), ..
             }
@@ -257,7 +257,7 @@ impl RedisStore {
                     .invoke_async(&mut redis)
                     .await;
                 if touched.is_err() {
-                    return;
+                    break; // The link failed: the next touch will do.
                 }
             }
             let mut pipe = redis::pipe();

@@ -192,8 +192,9 @@ impl Watch {
                 else {
                     continue;
                 };
-                if deadline > 0 {
-                    let token = SessionToken::from(token);
+                if deadline > 0
+                    && let Some(token) = SessionToken::parse(token)
+                {
                     scripts::file_grace(&self.scripts, redis, code, &token, deadline, self.grace)
                         .await?;
                 }
@@ -226,8 +227,8 @@ impl Watch {
             if let (Some(code), Some(token), Some(deadline)) =
                 (parts.next(), parts.next(), parts.next())
                 && let (Ok(code), Ok(deadline)) = (RoomCode::parse(code), deadline.parse())
+                && let Some(token) = SessionToken::parse(token)
             {
-                let token = SessionToken::from(token);
                 scripts::expire(&self.scripts, redis, code, &token, deadline).await?;
             }
             let _: i64 = redis::cmd("ZREM")

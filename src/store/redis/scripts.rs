@@ -63,7 +63,7 @@ pub mod keys {
 
     /// A session: its name, room and connection (a hash).
     pub fn session(token: &SessionToken) -> String {
-        format!("chat:sess:{{{}}}", token.as_str())
+        format!("chat:sess:{{{}}}", token.hex())
     }
 
     /// The nodes that beat, by the time of their last beat (a sorted set).
@@ -260,7 +260,7 @@ pub async fn run(
             let created: i64 = scripts
                 .room_create
                 .key(keys::room(code))
-                .arg(member.token.as_str())
+                .arg(member.token.hex())
                 .arg(member.name.as_str())
                 .arg(member.conn.encode())
                 .arg(member.conn.node.to_string())
@@ -281,7 +281,7 @@ pub async fn run(
                 .key(keys::room(code))
                 .key(keys::log(code))
                 .key(keys::channel(code))
-                .arg(member.token.as_str())
+                .arg(member.token.hex())
                 .arg(member.name.as_str())
                 .arg(member.conn.encode())
                 .arg(member.conn.node.to_string())
@@ -325,7 +325,7 @@ pub async fn run(
                 .key(keys::room(code))
                 .key(keys::log(code))
                 .key(keys::channel(code))
-                .arg(token.as_str())
+                .arg(token.hex())
                 .arg(conn.encode())
                 .arg(tail.0)
                 .arg(client_msg_id.as_deref().unwrap_or(""))
@@ -357,7 +357,7 @@ pub async fn run(
                 .room_read
                 .key(keys::room(code))
                 .key(keys::channel(code))
-                .arg(token.as_str())
+                .arg(token.hex())
                 .arg(conn.encode())
                 .arg(up_to)
                 .invoke_async(redis)
@@ -378,7 +378,7 @@ pub async fn run(
                 .key(keys::room(code))
                 .key(keys::log(code))
                 .key(keys::channel(code))
-                .arg(token.as_str())
+                .arg(token.hex())
                 .arg(conn.encode())
                 .invoke_async(redis)
                 .await?;
@@ -405,7 +405,7 @@ pub async fn run(
                     .key(keys::room(code))
                     .key(keys::log(code))
                     .key(keys::channel(code))
-                    .arg(token.as_str())
+                    .arg(token.hex())
                     .arg(conn.encode())
                     .arg(millis(grace))
                     .arg(millis(grace + GRACE_MARGIN))
@@ -475,7 +475,7 @@ pub async fn run(
                 .key(keys::room(code))
                 .key(keys::log(code))
                 .key(keys::channel(code))
-                .arg(token.as_str())
+                .arg(token.hex())
                 .arg(conn.encode())
                 .arg(conn.node.to_string())
                 .arg(last_id)
@@ -552,7 +552,8 @@ pub async fn run(
             let mut seats = Vec::new();
             while let Ok(token) = reply.text() {
                 seats.push(SeatState {
-                    token: SessionToken::from(token.as_str()),
+                    token: SessionToken::parse(&token)
+                        .ok_or_else(|| unexpected("a stored session that is not valid"))?,
                     name: reply.name()?,
                     held: reply.flag()?,
                     read_up_to: reply.number()?,
@@ -652,7 +653,7 @@ pub async fn file_grace(
 
 /// A grace list entry: `CODE|TOKEN|DEADLINE`.
 pub fn grace_entry(code: RoomCode, token: &SessionToken, deadline: u64) -> String {
-    format!("{code}|{}|{deadline}", token.as_str())
+    format!("{code}|{}|{deadline}", token.hex())
 }
 
 /// A held seat's grace period ended: its member leaves for good, unless it resumed.
@@ -668,7 +669,7 @@ pub async fn expire(
         .key(keys::room(code))
         .key(keys::log(code))
         .key(keys::channel(code))
-        .arg(token.as_str())
+        .arg(token.hex())
         .arg(deadline)
         .invoke_async(redis)
         .await?;

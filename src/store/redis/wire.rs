@@ -42,7 +42,7 @@ struct Event<'a> {
 pub fn encode(event: &RoomEvent) -> String {
     let (k, up_to, reason) = match event {
         RoomEvent::Chat { id, token, frame } => {
-            return format!("C{id}|{}|{frame}", token.as_str());
+            return format!("C{id}|{}|{frame}", token.hex());
         }
         RoomEvent::Joined { .. } => ("joined", None, None),
         RoomEvent::Left { reason, .. } => (
@@ -72,7 +72,7 @@ pub fn encode(event: &RoomEvent) -> String {
     let wire = Event {
         k: k.into(),
         s: event.seq(),
-        t: event.token().as_str().into(),
+        t: event.token().hex().into(),
         n: name.into(),
         reason: reason.map(Cow::from),
         up_to,
@@ -88,12 +88,12 @@ pub fn decode(payload: &str) -> Option<RoomEvent> {
         let (token, frame) = rest.split_once('|')?;
         return Some(RoomEvent::Chat {
             id: id.parse().ok()?,
-            token: SessionToken::from(token),
+            token: SessionToken::parse(token)?,
             frame: Utf8Bytes::from(frame),
         });
     }
     let event: Event = serde_json::from_str(payload.strip_prefix('E')?).ok()?;
-    let token = SessionToken::from(&*event.t);
+    let token = SessionToken::parse(&event.t)?;
     let name = Username::parse(&event.n).ok()?;
     let seq = || event.s;
     Some(match &*event.k {
@@ -143,48 +143,48 @@ mod tests {
 
     #[test]
     fn every_event_comes_back_as_it_went() {
-        let token = SessionToken::from("0123456789abcdef0123456789abcdef");
+        let token = SessionToken::random();
         let events = [
             RoomEvent::Chat {
                 id: 42,
-                token: token.clone(),
+                token,
                 frame: Utf8Bytes::from(r#"{"type":"chat","id":42,"from":"a|b","content":"x|y"}"#),
             },
             RoomEvent::Joined {
                 seq: 1,
-                token: token.clone(),
+                token,
                 name: name("ada"),
             },
             RoomEvent::Left {
                 seq: 2,
-                token: token.clone(),
+                token,
                 name: name("ada"),
                 reason: LeaveReason::Left,
             },
             RoomEvent::Left {
                 seq: 3,
-                token: token.clone(),
+                token,
                 name: name("ada"),
                 reason: LeaveReason::Disconnected,
             },
             RoomEvent::Disconnected {
                 seq: 4,
-                token: token.clone(),
+                token,
                 name: name("ada"),
             },
             RoomEvent::Reconnected {
                 seq: 5,
-                token: token.clone(),
+                token,
                 name: name("ada"),
             },
             RoomEvent::Read {
                 seq: 6,
-                token: token.clone(),
+                token,
                 name: name("ada \"the\" éclair/𝄞"),
                 up_to: 9,
             },
             RoomEvent::Typing {
-                token: token.clone(),
+                token,
                 name: name("ada"),
             },
             RoomEvent::StopTyping {
