@@ -31,6 +31,7 @@ PORT=${PORT:-9500}
 REDIS_PORT=${REDIS_PORT:-6479}
 CHAT_SERVER_FLAGS=${CHAT_SERVER_FLAGS:---rate-limit 0 --max-connections 0 --max-connections-per-ip 0 --max-failed-joins 0}
 OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-multinode}
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 
 for tool in cargo node npm jq redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "multinode.sh: $tool is required" >&2; exit 2; }
