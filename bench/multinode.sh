@@ -21,7 +21,7 @@ ROOMS=${ROOMS:-1000}                 # fixed-rate scenario: rooms, each spanning
 RATE=${RATE:-5000}                   # fixed-rate scenario: messages a second, offered
 IDLE_ROOMS=${IDLE_ROOMS:-9000}       # idle scenario: 2 x this many connections over the nodes
 HOLD=${HOLD:-10s}
-SCENARIOS=${SCENARIOS:-fixed idle}
+SCENARIOS=${SCENARIOS:-fixed idle}    # and fixed-ids: the fixed-rate scenario, every chat with a client_msg_id
 TARGETS=${TARGETS:-chat-server-redis node-redis chat-server node}
 # An earlier chat-server build to measure the in-memory mode against (target chat-server-before),
 # e.g. TARGETS="... chat-server-before" BEFORE_BIN=../old/target/release/chat-server.
@@ -162,6 +162,9 @@ for run in $(seq "$RUNS"); do
       case "$scenario" in
         fixed) measure "fixed-$RATE-per-sec-$ROOMS-rooms" "$run" throughput --rooms "$ROOMS" \
           --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" ;;
+        fixed-ids) measure "fixed-$RATE-per-sec-$ROOMS-rooms-with-ids" "$run" throughput \
+          --rooms "$ROOMS" --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" \
+          --client-msg-ids ;;
         idle) measure "idle-$IDLE_ROOMS-rooms" "$run" connections --rooms "$IDLE_ROOMS" \
           --hold "$HOLD" ;;
         *) echo "multinode.sh: unknown scenario $scenario" >&2; exit 2 ;;

@@ -150,6 +150,11 @@ pub struct ThroughputArgs {
     /// sequence number and send time; the protocol allows up to 4096 characters).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub size: u32,
+
+    /// Give every chat a `client_msg_id`, as the web client does (servers that deduplicate
+    /// retries then remember each sender's recent ids).
+    #[arg(long)]
+    pub client_msg_ids: bool,
 }
 
 /// Options of `churn`.

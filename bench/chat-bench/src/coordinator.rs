@@ -161,6 +161,7 @@ impl Job {
                     first_room: 0,
                     load: Load::Idle,
                     size: 0,
+                    client_msg_ids: false,
                 },
                 warmup: Duration::ZERO,
                 window: args.hold,
@@ -187,6 +188,7 @@ impl Job {
                         first_room: 0,
                         load,
                         size: args.size,
+                        client_msg_ids: args.client_msg_ids,
                     },
                     warmup: args.warmup,
                     window: args.duration,
@@ -201,6 +203,7 @@ impl Job {
                         },
                         rate: args.rate,
                         size: Some(args.size),
+                        client_msg_ids: args.client_msg_ids.then_some(true),
                         ..Settings::default()
                     },
                 }
@@ -265,7 +268,11 @@ impl Job {
         let (index, workers) = (u64::from(index), u64::from(workers));
         match self.kind {
             Scenario::Rooms {
-                rooms, load, size, ..
+                rooms,
+                load,
+                size,
+                client_msg_ids,
+                ..
             } => {
                 let mine = rooms / workers + u64::from(index < rooms % workers);
                 // The rooms of the workers before this one.
@@ -281,6 +288,7 @@ impl Job {
                     first_room,
                     load,
                     size,
+                    client_msg_ids,
                 }
             }
             Scenario::Churn {
@@ -791,6 +799,7 @@ mod tests {
             in_flight: None,
             rate: Some(100.0),
             size: 64,
+            client_msg_ids: false,
         }))
         .expect("a job")
     }

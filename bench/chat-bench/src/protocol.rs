@@ -16,8 +16,13 @@ pub enum ClientMessage<'a> {
     CreateRoom,
     /// `{"type":"join_room","room_code":"ABC234"}`
     JoinRoom { room_code: &'a str },
-    /// `{"type":"chat","content":"17:123456789...."}`
-    Chat { content: &'a str },
+    /// `{"type":"chat","content":"17:123456789....","client_msg_id":"17"}` (the id only with
+    /// `--client-msg-ids`).
+    Chat {
+        content: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<&'a str>,
+    },
     /// `{"type":"leave_room"}`
     LeaveRoom,
 }

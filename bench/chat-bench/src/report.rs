@@ -79,6 +79,9 @@ pub struct Settings {
     /// Chat content length in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u32>,
+    /// Whether every chat carried a `client_msg_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_ids: Option<bool>,
     /// Chat messages per member per session (churn).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<u32>,
@@ -377,6 +380,9 @@ impl fmt::Display for Report {
         }
         if let Some(size) = s.size {
             setting.push(format!("{size}-byte messages"));
+        }
+        if s.client_msg_ids == Some(true) {
+            setting.push("each with a client_msg_id".to_owned());
         }
         if let Some(messages) = s.messages {
             setting.push(format!("{messages} messages per member"));

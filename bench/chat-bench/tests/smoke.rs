@@ -402,6 +402,40 @@ async fn closed_loop_throughput_delivers_and_measures_latency() {
     server.shut_down().await.expect("clean shutdown");
 }
 
+/// With `--client-msg-ids` every chat carries an id of its own: a server that drops repeats
+/// (chat-server does) delivers every message sent, once, and nothing is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_msg_ids_are_distinct_per_sender() {
+    let server = unlimited_server().await;
+    let report = report(
+        &server,
+        &[
+            "throughput",
+            "--rooms",
+            "3",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--in-flight",
+            "2",
+            "--client-msg-ids",
+        ],
+    )
+    .await;
+    assert_rooms_all_up(&report, 3.0);
+    assert_eq!(report["settings"]["client_msg_ids"], true, "{report}");
+    let sent = number(&report, "/messages/sent");
+    assert!(sent > 0.0, "{report}");
+    assert_eq!(
+        number(&report, "/latency_us/count"),
+        sent,
+        "every message sent in the window is received once by the peer: {report}"
+    );
+    assert_eq!(number(&report, "/errors/total"), 0.0, "{report}");
+    server.shut_down().await.expect("clean shutdown");
+}
+
 /// Fixed-rate `throughput` sends at the offered rate (within a tenth) and reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_rate_throughput_keeps_the_offered_rate() {

@@ -185,11 +185,17 @@ async fn session(
 
     for i in 0..messages {
         let content = format!("host message {i}");
-        host.send(&ClientMessage::Chat { content: &content })
-            .await?;
+        host.send(&ClientMessage::Chat {
+            content: &content,
+            client_msg_id: None,
+        })
+        .await?;
         let content = format!("guest message {i}");
         guest
-            .send(&ClientMessage::Chat { content: &content })
+            .send(&ClientMessage::Chat {
+                content: &content,
+                client_msg_id: None,
+            })
             .await?;
     }
     // Every chat goes to both members, so each reads its own and the peer's.

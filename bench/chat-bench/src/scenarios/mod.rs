@@ -34,6 +34,8 @@ pub enum Scenario {
         load: Load,
         /// Chat content length in bytes.
         size: u32,
+        /// Whether every chat carries a `client_msg_id`.
+        client_msg_ids: bool,
     },
     /// Sessions started at `rate` per second.
     Churn {
@@ -128,6 +130,7 @@ pub fn spawn(
             first_room,
             load,
             size,
+            client_msg_ids,
         } => rooms::spawn(
             rooms::Plan {
                 worker: spec.index,
@@ -135,6 +138,7 @@ pub fn spawn(
                 first_room,
                 load,
                 size,
+                client_msg_ids,
                 concurrency: spec.concurrency,
             },
             nodes,

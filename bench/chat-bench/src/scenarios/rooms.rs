@@ -6,6 +6,7 @@
 //! `join!`. Each member reads its socket all the time, which answers the server's pings and
 //! notices at once if the server drops the connection.
 
+use std::fmt::Write as _;
 use std::future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct Plan {
     pub load: Load,
     /// Chat content length in bytes.
     pub size: u32,
+    /// Whether every chat carries a `client_msg_id`.
+    pub client_msg_ids: bool,
     /// Rooms set up at the same time.
     pub concurrency: u32,
 }
@@ -74,7 +77,10 @@ pub fn spawn(
             room_setup,
             shared.clone(),
             members,
-            plan.size as usize,
+            Shape {
+                size: plan.size as usize,
+                client_msg_ids: plan.client_msg_ids,
+            },
             phase.clone(),
         ));
     }
@@ -139,7 +145,7 @@ async fn run_room(
     mut room: RoomSetup,
     shared: Arc<Shared>,
     [host, guest]: [MemberPlan; 2],
-    size: usize,
+    shape: Shape,
     phase: watch::Receiver<Phase>,
 ) {
     let setup = async {
@@ -156,9 +162,18 @@ async fn run_room(
     };
     room.token.done();
     tokio::join!(
-        Member::new(host_client, host, size, shared.clone()).run(phase.clone()),
-        Member::new(guest_client, guest, size, shared.clone()).run(phase),
+        Member::new(host_client, host, shape, shared.clone()).run(phase.clone()),
+        Member::new(guest_client, guest, shape, shared.clone()).run(phase),
     );
+}
+
+/// What each chat a member sends looks like.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Minimum chat content length.
+    size: usize,
+    /// Whether every chat carries a `client_msg_id` (its sequence number).
+    client_msg_ids: bool,
 }
 
 /// One connected member of a room.
@@ -167,8 +182,7 @@ struct Member {
     /// This member's username; a chat `from` it is this member's own message echoed back.
     name: String,
     sending: Sending,
-    /// Minimum chat content length.
-    size: usize,
+    shape: Shape,
     shared: Arc<Shared>,
     /// Released once this member has seen the end of both members' messages.
     drain: Token,
@@ -184,17 +198,18 @@ struct Member {
     peer_end_seen: bool,
     /// Whether this member has nothing more to wait for (and has released `drain`).
     finished: bool,
-    /// Reused buffer for outgoing content, so sending does not allocate it each time.
+    /// Reused buffers for outgoing content and ids, so sending does not allocate them.
     content: String,
+    client_msg_id: String,
 }
 
 impl Member {
-    fn new(client: Client, plan: MemberPlan, size: usize, shared: Arc<Shared>) -> Member {
+    fn new(client: Client, plan: MemberPlan, shape: Shape, shared: Arc<Shared>) -> Member {
         Member {
             client,
             name: plan.name,
             sending: plan.sending,
-            size,
+            shape,
             shared,
             drain: plan.drain,
             next_seq: 0,
@@ -203,7 +218,8 @@ impl Member {
             own_end_seen: false,
             peer_end_seen: false,
             finished: false,
-            content: String::with_capacity(size),
+            content: String::with_capacity(shape.size),
+            client_msg_id: String::new(),
         }
     }
 
@@ -310,6 +326,7 @@ impl Member {
                 self.client
                     .send(&ClientMessage::Chat {
                         content: END_OF_RUN,
+                        client_msg_id: None,
                     })
                     .await?;
             }
@@ -323,10 +340,17 @@ impl Member {
             seq: self.next_seq,
             sent_ns,
         }
-        .write(self.size, &mut self.content);
+        .write(self.shape.size, &mut self.content);
+        let client_msg_id = self.shape.client_msg_ids.then(|| {
+            self.client_msg_id.clear();
+            // Writing to a `String` cannot fail.
+            let _ = write!(self.client_msg_id, "{}", self.next_seq);
+            self.client_msg_id.as_str()
+        });
         self.client
             .send(&ClientMessage::Chat {
                 content: &self.content,
+                client_msg_id,
             })
             .await?;
         self.next_seq += 1;
