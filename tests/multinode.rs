@@ -319,6 +319,56 @@ async fn a_retry_never_duplicates(setup: &Setup) {
 }
 on_both_stores!(a_retry_never_duplicates);
 
+/// A `client_msg_id` is matched whole, whatever it holds (one that is a prefix of another, or
+/// that holds tabs, newlines and backslashes, as a store's own bookkeeping might), and each of
+/// the sender's last 100 is remembered.
+async fn retry_ids_are_matched_whole(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    // A hundred plain ids, then the awkward ones: the last 100 hold all of the awkward ones.
+    let mut ids: Vec<String> = (0..100).map(|n| format!("n-{n}")).collect();
+    ids.extend(
+        ["m\t1\nm", "m", "m-1", "m-10", "m\\", "\n1\t", "é🙂"]
+            .iter()
+            .map(|id| id.to_string()),
+    );
+    let mut sent = Vec::new();
+    for id in &ids {
+        host.send(json!({"type": "chat", "content": "x", "client_msg_id": id}))
+            .await;
+        let chat = host.expect("chat").await;
+        assert_eq!(chat["client_msg_id"].as_str(), Some(id.as_str()));
+        assert_eq!(guest.expect("chat").await, chat);
+        sent.push(chat);
+    }
+    let ids_sent: Vec<u64> = sent
+        .iter()
+        .map(|chat| chat["id"].as_u64().expect("id"))
+        .collect();
+    assert!(
+        ids_sent.windows(2).all(|w| w[1] == w[0] + 1),
+        "each a new message: {ids_sent:?}"
+    );
+    // The sender's connection drops, and it resumes (on another node) to try them again, as the
+    // web client does after a reconnect: each of the last 100 gets its own original back, and
+    // nothing new reaches the peer.
+    let token = host.session_token.clone();
+    drop(host);
+    guest.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&setup.url(1)).await;
+    let last_id = ids_sent.last().copied();
+    back.send(json!({"type": "resume", "session_token": token, "last_id": last_id}))
+        .await;
+    assert_eq!(back.expect("resumed").await["missed"], json!([]));
+    guest.expect("peer_reconnected").await;
+    for (id, original) in ids.iter().zip(&sent).skip(ids.len() - 100) {
+        back.send(json!({"type": "chat", "content": "x", "client_msg_id": id}))
+            .await;
+        assert_eq!(&back.expect("chat").await, original, "{id:?}");
+    }
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(retry_ids_are_matched_whole);
+
 /// The name rule and the cap: a joiner with the host's name is refused, and a third is refused.
 async fn names_and_the_cap(setup: &Setup) {
     let (_host, _guest, code) = setup.pair("ada", "bob").await;

@@ -4,7 +4,7 @@
 -- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
 -- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
 -- h held until (absent while its connection is up), f first id it may be given, r read up to,
--- k its recent client_msg_ids.
+-- k its recent client_msg_ids (see room_chat.lua), kn how many.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -67,16 +67,20 @@ local function check(room, tok, conn)
 end
 
 -- `check`, and `GONE` too if the seat is held: its connection was given up for dead (its node
--- was reaped), and speaks for the seat no more; it is to reconnect and resume.
-local function check_live(room, tok, conn)
-  local s = redis.call('HMGET', room, 'm1', 'm2', f(tok, 'c'), f(tok, 'h'))
+-- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the seat's
+-- fields named in `...`, read in the same call (false where absent).
+local function check_live(room, tok, conn, ...)
+  local wanted = {...}
+  local fields = {'m1', 'm2', f(tok, 'c'), f(tok, 'h')}
+  for _, x in ipairs(wanted) do fields[#fields + 1] = f(tok, x) end
+  local s = redis.call('HMGET', room, unpack(fields))
   if s[1] ~= tok and s[2] ~= tok then return 'GONE' end
   if s[3] ~= conn then return 'MOVED' end
   if s[4] then return 'GONE' end
-  return false
+  return false, unpack(s, 5, 4 + #wanted)
 end
 
-local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k'}
+local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k', 'kn'}
 
 -- Takes `tok` out of the room: the member who stays is told and becomes the host, or the room's
 -- keys go if nobody stays.

@@ -4,18 +4,20 @@
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
-local err = check_live(room, tok, ARGV[2])
+local err, recent, count = check_live(room, tok, ARGV[2], 'k', 'kn')
 if err then return {err} end
-local recent = {}
+-- The sender's recent client_msg_ids are one string of entries "\n<id>\t<message id>", the id
+-- with its backslashes, newlines and tabs escaped: a plain search for "\n<id>\t" can only
+-- match a whole entry. (Decoding and encoding them as JSON cost Redis more than the rest of
+-- the script.)
+local entry
 if cm ~= '' then
-  local seen = redis.call('HGET', room, f(tok, 'k'))
-  if seen then recent = cjson.decode(seen) end
-  for _, e in ipairs(recent) do
-    if e[1] == cm then
-      local last = tonumber(redis.call('HGET', room, 'last'))
-      local frame = entries(log, last, e[2], e[2])[1] or ''
-      return {'DUP', frame}
-    end
+  entry = '\n' .. (cm:gsub('[\\\n\t]', {['\\'] = '\\\\', ['\n'] = '\\n', ['\t'] = '\\t'})) .. '\t'
+  local at = recent and string.find(recent, entry, 1, true)
+  if at then
+    local original = tonumber(string.match(recent, '^%d+', at + #entry))
+    local last = tonumber(redis.call('HGET', room, 'last'))
+    return {'DUP', entries(log, last, original, original)[1] or ''}
   end
 end
 local id = redis.call('HINCRBY', room, 'last', 1)
@@ -32,10 +34,13 @@ while length > max_messages or bytes > max_bytes do
   redis.call('HSET', room, 'lost', id - length + 1)
   length = length - 1
 end
-if cm ~= '' then
-  table.insert(recent, {cm, id})
-  if #recent > 100 then table.remove(recent, 1) end
-  redis.call('HSET', room, f(tok, 'k'), cjson.encode(recent))
+if entry then
+  recent, count = (recent or '') .. entry .. id, (tonumber(count) or 0) + 1
+  if count > 100 then
+    local second = string.find(recent, '\n', 2, true)
+    recent, count = string.sub(recent, second), count - 1
+  end
+  redis.call('HSET', room, f(tok, 'k'), recent, f(tok, 'kn'), count)
 end
 redis.call('PUBLISH', ch, 'C' .. id .. '|' .. tok .. '|' .. frame)
 return {'OK', id}
