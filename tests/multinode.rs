@@ -640,21 +640,57 @@ async fn a_rolling_restart_loses_nothing() {
     host.expect_nothing_pending().await;
 }
 
+/// Two nodes on one Redis, one of them (`cut_off`) reaching it through a link the test can cut.
+struct CutOff {
+    _turn: MutexGuard<'static, ()>,
+    /// Running as long as the test holds it.
+    _redis: RedisServer,
+    link: RedisLink,
+    steady: Node,
+    cut_off: Node,
+}
+
+impl CutOff {
+    /// The two nodes, each started with `args`; `None` where `redis-server` is missing.
+    async fn start(test: &str, args: &[&str]) -> Option<Self> {
+        if !redis_available(test) {
+            return None;
+        }
+        let _turn = TURN.lock().await;
+        let redis = RedisServer::start().await;
+        let link = RedisLink::start(redis.addr()).await;
+        let steady = node(&[&["--redis", &redis.url()], args].concat()).await;
+        let cut_off = node(&[&["--redis", &link.url()], args].concat()).await;
+        Some(CutOff {
+            _turn,
+            _redis: redis,
+            link,
+            steady,
+            cut_off,
+        })
+    }
+}
+
 /// Redis out of reach of one node: the node keeps its connections, a request that needs Redis
 /// gets `UNAVAILABLE`, `/healthz` says 503; once Redis is back, every message accepted before
 /// and during the cut reaches both members, exactly once and in order (the node repairs what
 /// its pub/sub missed), and a retry with the same `client_msg_id` is not stored twice.
 #[tokio::test]
 async fn redis_out_of_reach_loses_nothing() {
-    let test = "redis_out_of_reach_loses_nothing";
-    if !redis_available(test) {
+    let Some(CutOff {
+        _turn,
+        _redis,
+        link,
+        steady,
+        cut_off,
+    }) = CutOff::start(
+        "redis_out_of_reach_loses_nothing",
+        &["--resume-grace", "30s"],
+    )
+    .await
+    else {
         return;
-    }
-    let _turn = TURN.lock().await;
-    let redis = RedisServer::start().await;
-    let link = RedisLink::start(redis.addr()).await;
-    let steady = node(&["--redis", &redis.url(), "--resume-grace", "30s"]).await;
-    let cut_off = node(&["--redis", &link.url(), "--resume-grace", "30s"]).await;
+    };
     let mut host = TestClient::connect(&steady.ws_url()).await;
     host.set_username("ada").await;
     let code = host.create_room().await;
@@ -733,15 +769,16 @@ async fn redis_out_of_reach_loses_nothing() {
 /// node repairs the room from its state once it hears Redis again.
 #[tokio::test]
 async fn a_lost_peer_joined_is_repaired() {
-    let test = "a_lost_peer_joined_is_repaired";
-    if !redis_available(test) {
+    let Some(CutOff {
+        _turn,
+        _redis,
+        link,
+        steady,
+        cut_off,
+    }) = CutOff::start("a_lost_peer_joined_is_repaired", &[]).await
+    else {
         return;
-    }
-    let _turn = TURN.lock().await;
-    let redis = RedisServer::start().await;
-    let link = RedisLink::start(redis.addr()).await;
-    let steady = node(&["--redis", &redis.url()]).await;
-    let cut_off = node(&["--redis", &link.url()]).await;
+    };
     let mut host = TestClient::connect(&cut_off.ws_url()).await;
     host.set_username("ada").await;
     let code = host.create_room().await;
@@ -762,15 +799,20 @@ async fn a_lost_peer_joined_is_repaired() {
 /// fenced, it closes its connections with 1012, so that they resume.
 #[tokio::test]
 async fn a_node_found_dead_closes_its_connections() {
-    let test = "a_node_found_dead_closes_its_connections";
-    if !redis_available(test) {
+    let Some(CutOff {
+        _turn,
+        _redis,
+        link,
+        steady,
+        cut_off,
+    }) = CutOff::start(
+        "a_node_found_dead_closes_its_connections",
+        &["--resume-grace", "60s"],
+    )
+    .await
+    else {
         return;
-    }
-    let _turn = TURN.lock().await;
-    let redis = RedisServer::start().await;
-    let link = RedisLink::start(redis.addr()).await;
-    let steady = node(&["--redis", &redis.url(), "--resume-grace", "60s"]).await;
-    let cut_off = node(&["--redis", &link.url(), "--resume-grace", "60s"]).await;
+    };
     let mut host = TestClient::connect(&steady.ws_url()).await;
     host.set_username("ada").await;
     let code = host.create_room().await;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Script, ScriptInvocation, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire;
@@ -159,6 +159,17 @@ impl Default for Scripts {
     }
 }
 
+/// A run of one of a room's scripts, given the room's three keys (its hash, its log, its
+/// channel) in the order every such script takes them.
+fn on_room(script: &Script, code: RoomCode) -> ScriptInvocation<'_> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(keys::room(code))
+        .key(keys::log(code))
+        .key(keys::channel(code));
+    invocation
+}
+
 /// Milliseconds, as the scripts take them.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -276,11 +287,7 @@ pub async fn run(
             }
         }
         Step::Join { code, member } => {
-            let value: Value = scripts
-                .room_join
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .key(keys::channel(code))
+            let value: Value = on_room(&scripts.room_join, code)
                 .arg(member.token.hex())
                 .arg(member.name.as_str())
                 .arg(member.conn.encode())
@@ -320,11 +327,7 @@ pub async fn run(
             tail,
             client_msg_id,
         } => {
-            let value: Value = scripts
-                .room_chat
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .key(keys::channel(code))
+            let value: Value = on_room(&scripts.room_chat, code)
                 .arg(token.hex())
                 .arg(conn.encode())
                 .arg(tail.0)
@@ -373,11 +376,7 @@ pub async fn run(
             }
         }
         Step::Leave { code, token, conn } => {
-            let value: Value = scripts
-                .room_leave
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .key(keys::channel(code))
+            let value: Value = on_room(&scripts.room_leave, code)
                 .arg(token.hex())
                 .arg(conn.encode())
                 .invoke_async(redis)
@@ -400,11 +399,7 @@ pub async fn run(
             // (this one may be restarting), and the session lives as long as the seat may.
             let mut session_ttl = Duration::ZERO;
             if let Some(code) = room {
-                let value: Value = scripts
-                    .room_drop
-                    .key(keys::room(code))
-                    .key(keys::log(code))
-                    .key(keys::channel(code))
+                let value: Value = on_room(&scripts.room_drop, code)
                     .arg(token.hex())
                     .arg(conn.encode())
                     .arg(millis(grace))
@@ -470,11 +465,7 @@ pub async fn run(
             conn,
             last_id,
         } => {
-            let value: Value = scripts
-                .room_resume
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .key(keys::channel(code))
+            let value: Value = on_room(&scripts.room_resume, code)
                 .arg(token.hex())
                 .arg(conn.encode())
                 .arg(conn.node.to_string())
@@ -664,11 +655,7 @@ pub async fn expire(
     token: &SessionToken,
     deadline: u64,
 ) -> RedisResult<()> {
-    let _: Value = scripts
-        .room_expire
-        .key(keys::room(code))
-        .key(keys::log(code))
-        .key(keys::channel(code))
+    let _: Value = on_room(&scripts.room_expire, code)
         .arg(token.hex())
         .arg(deadline)
         .invoke_async(redis)
