@@ -182,11 +182,53 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether the step only keeps the books (a connection gone, a grace period over): no client
-    /// waits for it, and a store that could not be reached must be asked again later. (A new
-    /// connection's `Open` is not retried: its session is made again by its first `Name`.)
+    /// Whether the step only keeps the books (a room member's connection gone, a grace period
+    /// over): no client waits for it, and a store that could not be reached must be asked again
+    /// later, or the room would wait for a member that is not coming back.
+    ///
+    /// Only steps about a room are: they number at most one or two per room member this node
+    /// had when the store went away (a member cannot enter a room without the store), so the
+    /// list kept for retrying stays bounded however many connections come and go meanwhile. A
+    /// connection that ends outside a room is not retried: its session's key runs out by itself
+    /// (`SESSION_TTL`). Nor is a new connection's `Open`: its session is made again by its
+    /// first `Name`.
     pub fn is_bookkeeping(&self) -> bool {
-        matches!(self, Step::Drop { .. } | Step::Expire { .. })
+        matches!(self, Step::Drop { room: Some(_), .. } | Step::Expire { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ClientId;
+
+    /// What is kept to be tried again is what a room needs, never what connections that come
+    /// and go while the store is away leave behind.
+    #[test]
+    fn only_a_room_s_bookkeeping_is_retried() {
+        let token = SessionToken::random();
+        let conn = Conn {
+            client: ClientId::new(),
+            node: NodeId::random(),
+        };
+        let code = RoomCode::random();
+        let drop = |room| Step::Drop {
+            room,
+            token,
+            conn,
+            grace: Duration::from_secs(30),
+        };
+        assert!(drop(Some(code)).is_bookkeeping());
+        assert!(
+            Step::Expire {
+                code,
+                token,
+                deadline: 1
+            }
+            .is_bookkeeping()
+        );
+        assert!(!drop(None).is_bookkeeping());
+        assert!(!Step::Open { token, conn }.is_bookkeeping());
     }
 }
 
