@@ -300,6 +300,67 @@ async fn resume_closes_the_old_connection(setup: &Setup) {
 }
 on_both_stores!(resume_closes_the_old_connection);
 
+/// A takeover while the peer talks: the member's new connection, on the node that already hears
+/// the room, gets every message after its `last_id` once and in order, between `missed` and the
+/// live ones, however the resume and the peer's messages interleave (three rounds).
+async fn a_resume_while_the_peer_talks_misses_nothing(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    let token = guest.session_token.clone();
+    let mut last_id = 0;
+    for round in 0..3 {
+        let flood = async {
+            let mut ids = Vec::new();
+            for n in 0..30 {
+                host.chat(&format!("round {round}, {n}")).await;
+                // Paced, so that the resume lands among the messages rather than after them.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // The host's echoes, around what it is told of the takeover.
+            while ids.len() < 30 {
+                let message = host.recv().await;
+                match message["type"].as_str() {
+                    Some("chat") => ids.push(message["id"].as_u64().expect("an id")),
+                    Some("peer_disconnected" | "peer_reconnected") => {}
+                    _ => panic!("the host is told {message}"),
+                }
+            }
+            ids
+        };
+        let takeover = async {
+            let mut back = TestClient::connect(&setup.url(1)).await;
+            back.send(json!({"type": "resume", "session_token": token, "last_id": last_id}))
+                .await;
+            let resumed = back.expect("resumed").await;
+            let missed: Vec<u64> = resumed["missed"]
+                .as_array()
+                .expect("missed")
+                .iter()
+                .map(|chat| chat["id"].as_u64().expect("an id"))
+                .collect();
+            (back, missed)
+        };
+        let (sent, (mut back, mut received)) = tokio::join!(flood, takeover);
+        let newest = *sent.last().expect("30 sent");
+        while received.last().copied().unwrap_or(last_id) < newest {
+            let message = back.recv().await;
+            if message["type"] == "chat" {
+                received.push(message["id"].as_u64().expect("an id"));
+            }
+        }
+        let expected: Vec<u64> = (last_id + 1..=newest).collect();
+        assert_eq!(
+            received, expected,
+            "round {round}: every message once, in order"
+        );
+        let close = guest.expect_close().await;
+        assert_eq!(close.map(|frame| u16::from(frame.code)), Some(4000));
+        back.expect_nothing_pending().await;
+        guest = back;
+        last_id = newest;
+    }
+}
+on_both_stores!(a_resume_while_the_peer_talks_misses_nothing);
+
 /// A retried message with the same `client_msg_id` is answered with the original, and stored
 /// once.
 async fn a_retry_never_duplicates(setup: &Setup) {
