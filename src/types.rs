@@ -46,21 +46,22 @@ impl fmt::Display for ClientId {
 ///
 /// 128 bits from the operating system's CSPRNG, written as 32 lowercase hex digits: URL-safe,
 /// and unguessable even by someone who has seen every other token. Kept as the number itself:
-/// `Copy`, no allocation, and a fast key.
+/// `Copy`, no allocation, and a fast key; as its 16 bytes rather than a `u128`, whose 16-byte
+/// alignment would pad every record that holds a token (a room's seats among them).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionToken(u128);
+pub struct SessionToken([u8; 16]);
 
 impl SessionToken {
     /// No session: stands for a member whose session is not known (a message recovered from a
     /// room's log). A random token is never it.
-    pub const NOBODY: SessionToken = SessionToken(0);
+    pub const NOBODY: SessionToken = SessionToken([0; 16]);
 
     /// A fresh random token.
     pub fn random() -> Self {
         loop {
             let bits: u128 = rand::rng().random();
             if bits != 0 {
-                return SessionToken(bits);
+                return SessionToken(bits.to_be_bytes());
             }
         }
     }
@@ -74,12 +75,17 @@ impl SessionToken {
             .then(|| u128::from_str_radix(text, 16).ok())
             .flatten()
             .filter(|&bits| bits != 0)
-            .map(SessionToken)
+            .map(|bits| SessionToken(bits.to_be_bytes()))
     }
 
     /// The token as text: the secret itself, for the client and the store, never for logs.
     pub fn hex(&self) -> String {
-        format!("{:032x}", self.0)
+        format!("{:032x}", self.bits())
+    }
+
+    /// The token as the number it is.
+    fn bits(&self) -> u128 {
+        u128::from_be_bytes(self.0)
     }
 }
 
@@ -92,7 +98,7 @@ impl fmt::Debug for SessionToken {
 
 impl Serialize for SessionToken {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:032x}", self.0))
+        serializer.collect_str(&format_args!("{:032x}", self.bits()))
     }
 }
 

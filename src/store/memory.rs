@@ -2,6 +2,7 @@
 //! the default. Its steps are plain functions of its maps, applied one at a time by the actor
 //! that owns it, which is what makes each of them atomic.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,7 +124,7 @@ impl MemoryStore {
                     .rooms
                     .get(&code)
                     .and_then(|room| room.seat_of(&token))
-                    .is_some_and(|seat| seat.held_until == Some(deadline));
+                    .is_some_and(|seat| seat.held_until.map(NonZeroU64::get) == Some(deadline));
                 if due {
                     self.remove_member(code, &token, LeaveReason::Disconnected, notices);
                     self.sessions.remove(&token);
@@ -322,7 +323,8 @@ impl MemoryStore {
         let Some(seat) = room.seat_of_mut(&token) else {
             return Outcome::Gone;
         };
-        seat.held_until = Some(deadline);
+        // Only a clock set to the first millisecond of 1970 with no grace could give zero.
+        seat.held_until = Some(NonZeroU64::new(deadline).unwrap_or(NonZeroU64::MIN));
         let name = seat.name.clone();
         let seq = room.next_event();
         notices.push(Notice::Room(
