@@ -98,7 +98,7 @@ pub struct Config {
     #[arg(long, env = "CHAT_USERNAME_TIMEOUT", value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     pub username_timeout: Duration,
 
-    /// An origin (scheme://host[:port]) whose web pages may open a WebSocket, besides the
+    /// An origin (`scheme://host[:port]`) whose web pages may open a WebSocket, besides the
     /// server's own; repeat it for several, or give * to allow any. Clients that send no Origin
     /// header (programs, not browsers) are always allowed; other origins get HTTP 403. In the
     /// environment, separate origins with commas.

@@ -27,7 +27,7 @@
 //! - [`tls`]: loading the certificate and key for `wss://` and `https://`.
 //! - [`types`]: identifiers and validated values (`ClientId`, `RoomCode`, `Username`,
 //!   `SessionToken`).
-//! - [`error`]: error codes sent to clients, and the server's own errors.
+//! - [`mod@error`]: error codes sent to clients, and the server's own errors.
 //! - [`config`]: the settings an operator can tune.
 //! - [`limits`]: rate limits, connection caps and the `Origin` check.
 //! - [`metrics`]: counters and gauges for `/metrics`.

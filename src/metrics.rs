@@ -1,6 +1,6 @@
 //! Counters and gauges for `GET /metrics`, in the Prometheus text format.
 //!
-//! Each server owns its own registry (a [`PrometheusRecorder`] that is *not* installed as the
+//! Each server owns its own registry (a [`PrometheusRecorder`](metrics_exporter_prometheus::PrometheusRecorder) that is *not* installed as the
 //! process-wide recorder), so several servers in one process, as in the tests, count separately.
 //! Every metric is registered once, up front; the hot path only bumps an atomic.
 

@@ -51,7 +51,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a socket on which we sent our close frame is read on (and what arrives discarded)
-/// before it is dropped, waiting for the client to close its side; see [`linger`].
+/// before it is dropped, waiting for the client to close its side; see `linger` in `close.rs`.
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// The most bytes read and discarded while lingering: a client still sending after this much

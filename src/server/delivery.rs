@@ -87,7 +87,7 @@ impl ChatServer {
                 return; // In its history or its `missed` already.
             }
             connection.seen_chat = *id;
-            // A message recovered after a gap (`remote.rs`) comes without its sender's
+            // A message recovered after a gap (`remote/heard.rs`) comes without its sender's
             // session: its sender is then known by name, which is unique in a room.
             let own = if *token == SessionToken::NOBODY {
                 chat_sender(frame).is_some_and(|from| connection.name.as_ref() == Some(&from))

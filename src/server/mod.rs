@@ -19,9 +19,10 @@
 //! - `delivery.rs`: what each member is told of the events of its room, queueing frames without
 //!   ever waiting, and dropping clients too slow to read them;
 //! - `timers.rs`: the typing, naming and grace timers, behind one type;
-//! - `remote.rs`: what changes when the store is Redis, shared with other nodes: steps in
-//!   flight while the actor carries on, requests that wait for their client's step, the rooms
-//!   this node hears over pub/sub, and their repair when events were lost;
+//! - `remote/`: what changes when the store is Redis, shared with other nodes: steps in
+//!   flight while the actor carries on, and requests that wait for their client's step
+//!   (`mod.rs`); the rooms this node hears over pub/sub, and their repair when events were lost
+//!   (`heard.rs`);
 //! - `inspect.rs` (tests only): a copy of the state, and the invariants that must hold.
 //!
 //! The state of record (rooms, seats, what was said, sessions that can be resumed) is the
@@ -281,7 +282,7 @@ impl ChatServer {
     }
 
     /// Handles commands and timers until every handle has been dropped (and, with `--redis`,
-    /// until the steps still in flight are done, or [`FINISH_STEPS`] has passed).
+    /// until the steps still in flight are done, or `FINISH_STEPS` has passed).
     pub async fn run(mut self) {
         // Commands are taken in batches: under load many are waiting at once, and one turn of
         // this loop (the `select!`, polling the timers, going to sleep and waking up) is then

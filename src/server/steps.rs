@@ -5,7 +5,7 @@
 //! Splitting each such request in two (what to ask, what to do with the answer) is what lets
 //! the same rules run on either store: the in-memory store answers at once, inside
 //! [`ChatServer::perform`], while a store on the network answers later, and the actor handles
-//! other connections meanwhile (`remote.rs`).
+//! other connections meanwhile (`remote/`).
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
 //! The state of record in this process's memory: the store of a server that runs alone, which is
 //! the default. Its steps are plain functions of its maps, applied one at a time by the actor
 //! that owns it, which is what makes each of them atomic.
+//!
+//! The file runs past 400 lines because it is every step of the store, one function each, in
+//! the order of `Step` (the same rules as the Lua scripts of `store/redis/`, side by side for a
+//! reader comparing them), and then its tests.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;

@@ -3,15 +3,15 @@
 //! Each step is a Lua script ([`scripts`]), atomic in Redis, so the rules hold whichever node
 //! asks: a code is issued once, a room seats two, ids increase. What happens in a room is
 //! published on its channel, and every node with members there hears it on its pub/sub
-//! connection ([`bus`]) and tells its own members, as the in-memory store's notices would.
+//! connection (`bus.rs`) and tells its own members, as the in-memory store's notices would.
 //!
 //! The actor never waits for Redis. It hands a step to [`RedisStore::submit`] and carries on;
 //! the step runs in a task of its own, and its outcome comes back to the actor as a
 //! [`RedisEvent::Done`]. Steps run in lanes: those of one room (or, outside rooms, of one
 //! session) run one after another, in the order they were submitted, while the steps of
-//! different rooms are in flight together, pipelined on one connection ([`link`]).
+//! different rooms are in flight together, pipelined on one connection (`link.rs`).
 //!
-//! Nodes watch over each other ([`node`]): a node that stops beating is reaped by the others.
+//! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others.
 
 mod bus;
 mod link;
