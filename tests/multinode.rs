@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
 use common::redis::{Node, RedisLink, RedisServer, Reply, nodes, redis_available};
-use common::{PATIENCE, TestClient, TestServer};
+use common::{PATIENCE, TestClient, TestServer, pair_at};
 
 /// The resume grace period the tests give: short, so that a test waits it out quickly.
 const GRACE: &str = "2s";
@@ -85,14 +85,7 @@ impl Setup {
 
     /// A room with its host on node 0 and its guest on node 1.
     async fn pair(&self, host: &str, guest: &str) -> (TestClient, TestClient, String) {
-        let mut host_client = self.named(0, host).await;
-        let code = host_client.create_room().await;
-        let mut guest_client = self.named(1, guest).await;
-        let joined = guest_client.join(&code).await;
-        assert_eq!(joined["peer"], host);
-        let announced = host_client.expect("peer_joined").await;
-        assert_eq!(announced["username"], guest);
-        (host_client, guest_client, code)
+        pair_at(&self.url(0), &self.url(1), host, guest).await
     }
 }
 
@@ -610,13 +603,8 @@ async fn a_killed_node_s_members_are_let_go() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, _guest, _code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigkill();
     let killed = Instant::now();
     assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
@@ -639,13 +627,8 @@ async fn a_killed_node_s_members_resume_elsewhere() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, _code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     guest.chat("sent before the crash").await;
     let last = guest.expect("chat").await["id"].as_u64().expect("id");
     host.expect("chat").await;
@@ -677,13 +660,8 @@ async fn a_rolling_restart_loses_nothing() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, _code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigterm();
     let (_, close) = guest.read_to_close().await;
     assert_eq!(u16::from(close.code), 1012, "{close:?}");
@@ -752,13 +730,8 @@ async fn redis_out_of_reach_loses_nothing() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&steady.ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&cut_off.ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, _code) =
+        pair_at(&steady.ws_url(), &cut_off.ws_url(), "ada", "bob").await;
     host.chat("before the cut").await;
     host.expect("chat").await;
     guest.expect("chat").await;
@@ -874,13 +847,8 @@ async fn a_node_found_dead_closes_its_connections() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&steady.ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&cut_off.ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, _code) =
+        pair_at(&steady.ws_url(), &cut_off.ws_url(), "ada", "bob").await;
     link.cut();
     assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
     link.restore();
@@ -901,13 +869,8 @@ async fn a_redis_restart_kills_no_node() {
     let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
         return;
     };
-    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, _code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     redis.command(&["SAVE"]).await;
     redis.stop();
     // Longer than the liveness bound: every beat in the saved data is stale by now.
@@ -957,13 +920,8 @@ async fn nothing_outlives_its_use() {
     else {
         return;
     };
-    let mut host = TestClient::connect(&nodes[0].ws_url()).await;
-    host.set_username("ada").await;
-    let code = host.create_room().await;
-    let mut guest = TestClient::connect(&nodes[1].ws_url()).await;
-    guest.set_username("bob").await;
-    guest.join(&code).await;
-    host.expect("peer_joined").await;
+    let (mut host, mut guest, code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     host.chat("a message").await;
     host.expect("chat").await;
     guest.expect("chat").await;

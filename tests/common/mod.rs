@@ -131,14 +131,7 @@ impl TestServer {
 
     /// Two named clients in one room: (host, guest, room code).
     pub async fn pair(&self, host: &str, guest: &str) -> (TestClient, TestClient, String) {
-        let mut host_client = self.named(host).await;
-        let code = host_client.create_room().await;
-        let mut guest_client = self.named(guest).await;
-        let joined = guest_client.join(&code).await;
-        assert_eq!(joined["peer"], host);
-        let announced = host_client.expect("peer_joined").await;
-        assert_eq!(announced["username"], guest);
-        (host_client, guest_client, code)
+        pair_at(&self.ws_url(), &self.ws_url(), host, guest).await
     }
 
     /// The `/metrics` exposition text.
@@ -493,6 +486,26 @@ impl ServerProcess {
         command.env("NO_COLOR", "1");
         command
     }
+}
+
+/// A room created by `host` at `host_url` and joined by `guest` at `guest_url` (the same
+/// server, or two nodes of one), each told of the other: (host, guest, room code).
+pub async fn pair_at(
+    host_url: &str,
+    guest_url: &str,
+    host: &str,
+    guest: &str,
+) -> (TestClient, TestClient, String) {
+    let mut host_client = TestClient::connect(host_url).await;
+    host_client.set_username(host).await;
+    let code = host_client.create_room().await;
+    let mut guest_client = TestClient::connect(guest_url).await;
+    guest_client.set_username(guest).await;
+    let joined = guest_client.join(&code).await;
+    assert_eq!(joined["peer"], host);
+    let announced = host_client.expect("peer_joined").await;
+    assert_eq!(announced["username"], guest);
+    (host_client, guest_client, code)
 }
 
 /// A TCP proxy in front of a server whose connections can be cut the way a dead network cuts
