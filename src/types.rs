@@ -83,6 +83,17 @@ impl SessionToken {
         format!("{:032x}", self.bits())
     }
 
+    /// [`SessionToken::hex`]'s digits, without allocating: what a store step writes.
+    pub fn hex_digits(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0; 32];
+        for (i, byte) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
+
     /// The token as the number it is.
     fn bits(&self) -> u128 {
         u128::from_be_bytes(self.0)
@@ -319,6 +330,11 @@ mod tests {
             "tokens stay out of debug output"
         );
         assert_eq!(SessionToken::parse(&a.hex()), Some(a), "a token reads back");
+        assert_eq!(
+            a.hex_digits(),
+            a.hex().as_bytes(),
+            "the store gets the same digits"
+        );
     }
 
     /// Only a token as the server writes it can name a session: anything else names none.

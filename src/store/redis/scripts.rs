@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, Script, ScriptInvocation, Value};
+use redis::{RedisResult, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire;
@@ -163,6 +163,16 @@ impl Default for Scripts {
     }
 }
 
+/// A session token is written to Redis as its hex digits, on every step of a member.
+impl ToRedisArgs for SessionToken {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        out.write_arg(&self.hex_digits());
+    }
+}
+
 /// A run of one of a room's scripts, given the room's three keys (its hash, its log, its
 /// channel) in the order every such script takes them.
 fn on_room(script: &Script, code: RoomCode) -> ScriptInvocation<'_> {
@@ -275,7 +285,7 @@ pub async fn run(
             let created: i64 = scripts
                 .room_create
                 .key(keys::room(code))
-                .arg(member.token.hex())
+                .arg(member.token)
                 .arg(member.name.as_str())
                 .arg(member.conn.encode())
                 .arg(member.conn.node.to_string())
@@ -292,7 +302,7 @@ pub async fn run(
         }
         Step::Join { code, member } => {
             let value: Value = on_room(&scripts.room_join, code)
-                .arg(member.token.hex())
+                .arg(member.token)
                 .arg(member.name.as_str())
                 .arg(member.conn.encode())
                 .arg(member.conn.node.to_string())
@@ -332,7 +342,7 @@ pub async fn run(
             client_msg_id,
         } => {
             let value: Value = on_room(&scripts.room_chat, code)
-                .arg(token.hex())
+                .arg(token)
                 .arg(conn.encode())
                 .arg(tail.0)
                 .arg(client_msg_id.as_deref().unwrap_or(""))
@@ -364,7 +374,7 @@ pub async fn run(
                 .room_read
                 .key(keys::room(code))
                 .key(keys::channel(code))
-                .arg(token.hex())
+                .arg(token)
                 .arg(conn.encode())
                 .arg(up_to)
                 .invoke_async(redis)
@@ -381,7 +391,7 @@ pub async fn run(
         }
         Step::Leave { code, token, conn } => {
             let value: Value = on_room(&scripts.room_leave, code)
-                .arg(token.hex())
+                .arg(token)
                 .arg(conn.encode())
                 .invoke_async(redis)
                 .await?;
@@ -404,7 +414,7 @@ pub async fn run(
             let mut session_ttl = Duration::ZERO;
             if let Some(code) = room {
                 let value: Value = on_room(&scripts.room_drop, code)
-                    .arg(token.hex())
+                    .arg(token)
                     .arg(conn.encode())
                     .arg(millis(grace))
                     .arg(millis(grace + GRACE_MARGIN))
@@ -470,7 +480,7 @@ pub async fn run(
             last_id,
         } => {
             let value: Value = on_room(&scripts.room_resume, code)
-                .arg(token.hex())
+                .arg(token)
                 .arg(conn.encode())
                 .arg(conn.node.to_string())
                 .arg(last_id)
@@ -660,7 +670,7 @@ pub async fn expire(
     deadline: u64,
 ) -> RedisResult<()> {
     let _: Value = on_room(&scripts.room_expire, code)
-        .arg(token.hex())
+        .arg(token)
         .arg(deadline)
         .invoke_async(redis)
         .await?;
