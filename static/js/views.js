@@ -13,6 +13,7 @@
 // shows as `<b>`. In an end-to-end encrypted room, a message this page cannot open is shown
 // as a sentence saying so, never as its ciphertext.
 
+import { showInviteLink } from './invite.js';
 import { MAX_MESSAGE_CHARS } from './protocol.js';
 
 /** Show the character counter once a message gets this long. */
@@ -238,6 +239,7 @@ export function showRoom(code, linkKey) {
   $('room-code').textContent = code;
   $('room-code-big').textContent = code;
   $('invite-link').value = inviteLink(code, linkKey);
+  showInviteLink($('invite-link').value); // Its QR code and Share button (invite.js).
   $('invite-e2e-note').hidden = !linkKey;
   $('lobby-note').textContent = '';
   clearError('create');
