@@ -312,6 +312,28 @@ fn the_connection_and_the_views_keep_to_their_parts() {
     }
 }
 
+/// The invite's QR code is drawn in the page, so that an encrypted room's key, which is in the
+/// link, never leaves it: neither the module that draws it nor the vendored encoder makes a
+/// request of any kind, and neither module of issue 20 reaches for the socket.
+#[test]
+fn the_invite_and_the_attention_modules_send_nothing() {
+    for (path, text) in module_files() {
+        let own = ["/js/invite.js", "/js/attention.js"].contains(&path.as_str());
+        if !own && !path.starts_with("/js/vendor/") {
+            continue;
+        }
+        for request in [
+            "WebSocket",
+            "fetch(",
+            "XMLHttpRequest",
+            "sendBeacon",
+            "new Image",
+        ] {
+            assert!(!text.contains(request), "{path} uses {request}");
+        }
+    }
+}
+
 /// An end-to-end encrypted room's key is kept for the tab only: the encryption module uses
 /// sessionStorage, never localStorage (which outlives the tab and is shared with every other
 /// tab of the site), and uses the browser's WebCrypto rather than a library.

@@ -1,5 +1,6 @@
 // The page: everything the person sees and touches, in the elements of index.html, all looked
-// up by id here and nowhere else.
+// up by id here and nowhere else, but for the few that attention.js (the bell) and invite.js
+// (the QR code, Share) keep to themselves.
 //
 // It shows the three views (choose a name, the lobby, the room), errors next to the control
 // they are about, the connection status and its banner, the room bar, the conversation
