@@ -89,17 +89,66 @@ const WEB_FILES: &[(&str, &str, &str)] = &[
         JAVASCRIPT,
         include_str!("../static/js/e2e.js"),
     ),
+    (
+        "/js/attention.js",
+        JAVASCRIPT,
+        include_str!("../static/js/attention.js"),
+    ),
+    (
+        "/js/invite.js",
+        JAVASCRIPT,
+        include_str!("../static/js/invite.js"),
+    ),
+    // Third-party code, vendored unchanged (static/js/vendor/README.md).
+    (
+        "/js/vendor/qrcode-generator.js",
+        JAVASCRIPT,
+        include_str!("../static/js/vendor/qrcode-generator.js"),
+    ),
+    // What makes the page installable as an app (its icons are in `WEB_IMAGES`).
+    (
+        "/manifest.webmanifest",
+        "application/manifest+json",
+        include_str!("../static/manifest.webmanifest"),
+    ),
+    // The tab's icon while messages wait unread in a background tab (attention.js).
+    (
+        "/favicon-unread.svg",
+        "image/svg+xml",
+        include_str!("../static/favicon-unread.svg"),
+    ),
     // Browsers ask for /favicon.ico when a page names no icon; ours names this one, and
     // both paths serve it, so that no browser shows a 404 for it.
     ("/favicon.svg", "image/svg+xml", FAVICON_SVG),
     ("/favicon.ico", "image/svg+xml", FAVICON_SVG),
 ];
 
+/// The web client's binary files, the app icons the manifest names, as `WEB_FILES` has its text
+/// ones. (`static/icons/*.svg` are their sources, not served.)
+const WEB_IMAGES: &[(&str, &str, &[u8])] = &[
+    (
+        "/icons/icon-192.png",
+        "image/png",
+        include_bytes!("../static/icons/icon-192.png"),
+    ),
+    (
+        "/icons/icon-512.png",
+        "image/png",
+        include_bytes!("../static/icons/icon-512.png"),
+    ),
+    (
+        "/icons/icon-maskable-512.png",
+        "image/png",
+        include_bytes!("../static/icons/icon-maskable-512.png"),
+    ),
+];
+
 /// What the page may load and connect to: its own script and stylesheet, and connections to its
-/// own origin (`'self'` covers `ws:`/`wss:` to the same host). Nothing inline and no `eval`, so
-/// even if some text ever slipped into the page as markup, the browser would not run it.
+/// own origin (`'self'` covers `ws:`/`wss:` to the same host), and its own web app manifest.
+/// Nothing inline and no `eval`, so even if some text ever slipped into the page as markup, the
+/// browser would not run it.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; manifest-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
 /// What every connection task needs, shared behind one `Arc`.
@@ -270,7 +319,10 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
         (&Method::GET | &Method::HEAD, _) => {
             match WEB_FILES.iter().find(|(file_path, ..)| *file_path == path) {
                 Some(&(_, content_type, body)) => web_file(content_type, body),
-                None => not_found(),
+                None => match WEB_IMAGES.iter().find(|(file_path, ..)| *file_path == path) {
+                    Some(&(_, content_type, body)) => web_file(content_type, body),
+                    None => not_found(),
+                },
             }
         }
         _ => not_found(),
@@ -422,7 +474,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// One file of the web client, with the headers that keep the page locked down.
-fn web_file(content_type: &'static str, body: &'static str) -> Response<Body> {
+fn web_file(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = respond(StatusCode::OK, content_type, body);
     let headers = response.headers_mut();
     headers.insert(

@@ -6,12 +6,11 @@
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages `chromium` and
 //! `chromium-driver`). Without them the test fails when the `CI` environment variable is set
-//! and otherwise prints that it skipped. `UPDATE_SCREENSHOT=1 cargo test --test browser` also
-//! writes `docs/screenshot.png`: the two pages side by side, mid-conversation.
+//! and otherwise prints that it skipped. (README's screenshot is made by
+//! `tests/browser_page.rs`.)
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use chat_server::Config;
@@ -124,7 +123,6 @@ async fn conversation(base: &str, alice: &Page, bob: &Page) {
     // Typing shows on the other page, and goes away when the input is cleared.
     bob.type_into_message("Let me check my calendar").await;
     alice.wait_for_typing_indicator("Bob is typing").await;
-    save_screenshot_if_asked(alice, bob).await;
     bob.type_into_message(&format!("{}a{}", Key::Control, Key::Null))
         .await;
     bob.type_into_message(&Key::Backspace.to_string()).await;
@@ -187,31 +185,4 @@ async fn conversation(base: &str, alice: &Page, bob: &Page) {
         alice.displayed("#invite").await,
         "the invite is offered again"
     );
-}
-
-/// With `UPDATE_SCREENSHOT` set, writes `docs/screenshot.png`: both pages side by side.
-/// Without it nothing is written, so a plain `cargo test` leaves the work tree clean.
-async fn save_screenshot_if_asked(left: &Page, right: &Page) {
-    if std::env::var_os("UPDATE_SCREENSHOT").is_none() {
-        return;
-    }
-    let shots = [left, right].map(|page| page.client.screenshot());
-    let [left, right] = futures_util::future::join_all(shots)
-        .await
-        .into_iter()
-        .map(|png| image::load_from_memory(&png.unwrap()).unwrap().to_rgba8())
-        .collect::<Vec<_>>()
-        .try_into()
-        .expect("two screenshots");
-    let margin = 24;
-    let width = margin * 3 + left.width() + right.width();
-    let height = margin * 2 + left.height().max(right.height());
-    let mut canvas = image::RgbaImage::from_pixel(width, height, image::Rgba([203, 209, 216, 255]));
-    image::imageops::overlay(&mut canvas, &left, margin.into(), margin.into());
-    let right_x = margin * 2 + left.width();
-    image::imageops::overlay(&mut canvas, &right, right_x.into(), margin.into());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    canvas.save(&path).unwrap();
-    eprintln!("wrote {}", path.display());
 }

@@ -21,8 +21,8 @@ use common::TestServer;
 
 /// The policy the page is served with: its own script, style and connections, nothing else.
 const EXPECTED_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
-    frame-ancestors 'none'";
+    connect-src 'self'; img-src 'self'; manifest-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const STYLE_CSS: &str = include_str!("../static/style.css");
@@ -33,22 +33,27 @@ const ENTRY_MODULE: &str = "/js/main.js";
 /// The type every module must be served with: a browser runs a module only if it is JavaScript.
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
-/// Every module of the script, read from `static/js/` now (so a new file is covered without
-/// being listed here): the path the page loads it from, and its contents.
+/// Every module of the script, read from `static/js/` and its subfolders (`vendor/`) now (so a
+/// new file is covered without being listed here): the path the page loads it from, and its
+/// contents.
 fn module_files() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static/js");
-    let mut modules: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "js"))
-        .map(|path| {
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            let text = std::fs::read_to_string(&path).unwrap();
-            (format!("/js/{name}"), text)
-        })
-        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("static/js");
+    let mut modules = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "js") {
+                let relative = path.strip_prefix(&root).unwrap().to_str().unwrap();
+                let text = std::fs::read_to_string(&path).unwrap();
+                modules.push((format!("/js/{relative}"), text));
+            }
+        }
+    }
     modules.sort();
-    assert!(!modules.is_empty(), "no modules in {}", dir.display());
+    assert!(!modules.is_empty(), "no modules in {}", root.display());
     modules
 }
 
@@ -307,6 +312,28 @@ fn the_connection_and_the_views_keep_to_their_parts() {
     }
 }
 
+/// The invite's QR code is drawn in the page, so that an encrypted room's key, which is in the
+/// link, never leaves it: neither the module that draws it nor the vendored encoder makes a
+/// request of any kind, and neither module of issue 20 reaches for the socket.
+#[test]
+fn the_invite_and_the_attention_modules_send_nothing() {
+    for (path, text) in module_files() {
+        let own = ["/js/invite.js", "/js/attention.js"].contains(&path.as_str());
+        if !own && !path.starts_with("/js/vendor/") {
+            continue;
+        }
+        for request in [
+            "WebSocket",
+            "fetch(",
+            "XMLHttpRequest",
+            "sendBeacon",
+            "new Image",
+        ] {
+            assert!(!text.contains(request), "{path} uses {request}");
+        }
+    }
+}
+
 /// An end-to-end encrypted room's key is kept for the tab only: the encryption module uses
 /// sessionStorage, never localStorage (which outlives the tab and is shared with every other
 /// tab of the site), and uses the browser's WebCrypto rather than a library.
@@ -344,4 +371,76 @@ async fn the_page_has_an_icon() {
         assert_eq!(header(&headers, CONTENT_TYPE), "image/svg+xml", "{path}");
         assert!(body.starts_with("<svg"), "{path}");
     }
+}
+
+/// The page links its web app manifest, which is served as `application/manifest+json` and is
+/// what makes the page installable: a name and short name, `display: standalone`, a start URL
+/// on this site, theme and background colours, and PNG icons at 192 and 512 px that are served
+/// as PNGs of exactly those sizes. The page also gives the browser its colour in both schemes.
+#[tokio::test]
+async fn the_manifest_makes_the_page_installable() {
+    assert!(INDEX_HTML.contains(r#"<link rel="manifest" href="/manifest.webmanifest">"#));
+    for scheme in ["light", "dark"] {
+        assert!(
+            INDEX_HTML.contains(&format!(r#"media="(prefers-color-scheme: {scheme})">"#)),
+            "a theme colour for the {scheme} scheme"
+        );
+    }
+    let server = TestServer::start().await;
+    let (status, headers, body) = get(&server, "/manifest.webmanifest").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, CONTENT_TYPE), "application/manifest+json");
+    assert_eq!(header(&headers, X_CONTENT_TYPE_OPTIONS), "nosniff");
+    let manifest: serde_json::Value = serde_json::from_str(&body).expect("the manifest is JSON");
+    assert_eq!(manifest["name"], "Chat");
+    assert_eq!(manifest["short_name"], "Chat");
+    assert_eq!(manifest["display"], "standalone");
+    assert_eq!(manifest["start_url"], "/");
+    for colour in ["theme_color", "background_color"] {
+        let value = manifest[colour].as_str().unwrap_or_default();
+        assert!(value.starts_with('#'), "{colour}: {value:?}");
+    }
+
+    let mut sizes = BTreeSet::new();
+    for icon in manifest["icons"].as_array().expect("icons") {
+        let src = icon["src"].as_str().expect("an icon's src");
+        let (width, height) = png_size(&server, src).await;
+        assert_eq!(icon["type"], "image/png", "{src}");
+        assert_eq!(icon["sizes"], format!("{width}x{height}"), "{src}");
+        if icon["purpose"] != "maskable" {
+            sizes.insert(width);
+        }
+    }
+    assert!(
+        sizes.contains(&192) && sizes.contains(&512),
+        "icons at 192 and 512 px: {sizes:?}"
+    );
+}
+
+/// The size of the PNG at `path`, which must be served as one.
+async fn png_size(server: &TestServer, path: &str) -> (u32, u32) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: Uri = format!("http://{}{path}", server.addr).parse().unwrap();
+    let response = client.get(uri).await.expect("the server answers");
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    assert_eq!(
+        header(response.headers(), CONTENT_TYPE),
+        "image/png",
+        "{path}"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let image = image::load_from_memory_with_format(&body, image::ImageFormat::Png)
+        .unwrap_or_else(|e| panic!("{path} is not a PNG: {e}"));
+    (image.width(), image.height())
+}
+
+/// The icon with the unread dot, which the page shows while messages wait unread in a
+/// background tab, is served like the page's own icon.
+#[tokio::test]
+async fn the_unread_icon_is_served() {
+    let server = TestServer::start().await;
+    let (status, headers, body) = get(&server, "/favicon-unread.svg").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, CONTENT_TYPE), "image/svg+xml");
+    assert!(body.starts_with("<svg"));
 }

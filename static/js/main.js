@@ -17,11 +17,17 @@
 //   sends on the socket;
 // - e2e.js: end-to-end encryption (WebCrypto): a room's key, sealing and opening envelopes,
 //   keeping the key for this tab; it touches neither the page nor the socket;
+// - attention.js: while the person looks elsewhere, the unread count in the tab's title and
+//   on its icon, and notifications (its own elements only; main.js tells it of the peer's
+//   messages);
+// - invite.js: the invite's QR code (drawn by vendor/qrcode-generator.js) and Share button,
+//   which views.js shows with the invite link;
 // - main.js, this file: what the page knows of the chat (`state`), the handlers that turn the
 //   server's messages into views and the person's actions into messages, and the startup.
 //   It is the only module that imports both the connection and the views; it reaches the
 //   page only through views.js, and the socket only through connection.js.
 
+import * as attention from './attention.js';
 import * as connection from './connection.js';
 import * as e2e from './e2e.js';
 import { ERROR_TEXT, MAX_MESSAGE_CHARS } from './protocol.js';
@@ -522,6 +528,11 @@ function addChat(message) {
   }
   if (state.encrypted || message.encrypted) addSealedChat(message, own);
   else views.addChat(message, own);
+  // While the person looks elsewhere: the unread count, and a notification (attention.js).
+  if (!own) {
+    const encrypted = state.encrypted || message.encrypted === true;
+    attention.peerMessage({ room: state.roomCode, from: message.from, text: message.content, encrypted });
+  }
 }
 
 /**
@@ -882,6 +893,7 @@ function init() {
   document.addEventListener('visibilitychange', scheduleRead);
   window.addEventListener('focus', scheduleRead);
 
+  attention.init();
   views.offerEncryption(e2e.available());
   const invite = inviteFromUrl();
   if (invite) {

@@ -1,5 +1,6 @@
 // The page: everything the person sees and touches, in the elements of index.html, all looked
-// up by id here and nowhere else.
+// up by id here and nowhere else, but for the few that attention.js (the bell) and invite.js
+// (the QR code, Share) keep to themselves.
 //
 // It shows the three views (choose a name, the lobby, the room), errors next to the control
 // they are about, the connection status and its banner, the room bar, the conversation
@@ -13,6 +14,7 @@
 // shows as `<b>`. In an end-to-end encrypted room, a message this page cannot open is shown
 // as a sentence saying so, never as its ciphertext.
 
+import { showInviteLink } from './invite.js';
 import { MAX_MESSAGE_CHARS } from './protocol.js';
 
 /** Show the character counter once a message gets this long. */
@@ -238,6 +240,7 @@ export function showRoom(code, linkKey) {
   $('room-code').textContent = code;
   $('room-code-big').textContent = code;
   $('invite-link').value = inviteLink(code, linkKey);
+  showInviteLink($('invite-link').value); // Its QR code and Share button (invite.js).
   $('invite-e2e-note').hidden = !linkKey;
   $('lobby-note').textContent = '';
   clearError('create');

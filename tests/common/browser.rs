@@ -17,7 +17,7 @@ use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -377,6 +377,86 @@ impl ChromeDriver {
         };
         serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
             .is_ok_and(|status| status["value"]["ready"] == true)
+    }
+}
+
+impl ChromeDriver {
+    /// Sends the Chrome DevTools Protocol command `method` with `params` to `page`'s browser,
+    /// through chromedriver's `goog/cdp/execute` endpoint, and returns its result: for what
+    /// WebDriver has no command for (emulated media, installability, scripts that run before
+    /// the page's own).
+    pub async fn cdp(
+        &self,
+        page: &Page,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        let session = page
+            .client
+            .session_id()
+            .await
+            .unwrap()
+            .expect("an open WebDriver session");
+        let uri: hyper::Uri = format!("{}/session/{session}/goog/cdp/execute", self.url())
+            .parse()
+            .expect("a valid URL");
+        let body = json!({ "cmd": method, "params": params }).to_string();
+        let request = hyper::Request::post(uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let response = client.request(request).await.expect("chromedriver answers");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let reply: serde_json::Value =
+            serde_json::from_slice(&body).expect("chromedriver answers with JSON");
+        assert!(status.is_success(), "{method}: {reply}");
+        reply["value"].clone()
+    }
+}
+
+/// Another tab, opened in front of a page, so that the page is hidden and unfocused as when
+/// its person switched tabs: WebDriver stays on the page, which scripts can still read.
+pub struct OtherTab {
+    target_id: serde_json::Value,
+}
+
+impl ChromeDriver {
+    /// Opens another tab in front of `page` (see [`OtherTab`]).
+    pub async fn look_away(&self, page: &Page) -> OtherTab {
+        let created = self
+            .cdp(page, "Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        OtherTab {
+            target_id: created["targetId"].clone(),
+        }
+    }
+
+    /// Closes `tab`, so that the page behind it is shown and focused again.
+    pub async fn look_back(&self, page: &Page, tab: OtherTab) {
+        let params = json!({ "targetId": tab.target_id });
+        self.cdp(page, "Target.closeTarget", params).await;
+    }
+
+    /// Shows `page` in the light or dark colour scheme (`prefers-color-scheme`).
+    pub async fn emulate_color_scheme(&self, page: &Page, scheme: &str) {
+        let features = json!([{ "name": "prefers-color-scheme", "value": scheme }]);
+        self.cdp(
+            page,
+            "Emulation.setEmulatedMedia",
+            json!({ "features": features }),
+        )
+        .await;
+    }
+
+    /// Runs `script` in every document `page` loads from now on, before the page's own scripts:
+    /// to stand in for a browser API the test records.
+    pub async fn before_page_scripts(&self, page: &Page, script: &str) {
+        let params = json!({ "source": script });
+        self.cdp(page, "Page.addScriptToEvaluateOnNewDocument", params)
+            .await;
     }
 }
 
