@@ -158,6 +158,15 @@ export function failureIn(code) {
   return kept('failed', code);
 }
 
+/**
+ * Forgets the other person's hello and the session with it in room `code`: they left, and
+ * whoever comes next is another run, with a handshake of its own.
+ */
+export function forgetPeer(code) {
+  drop('hello', code);
+  drop('ready', code);
+}
+
 /** Keeps that this run sent its hello in room `code`. */
 export function markHelloSent(code) {
   keep('hello-sent', code, '1');

@@ -500,9 +500,17 @@ async function onRoomJoined(message) {
  * page stays where it is, and nothing it would send could be at risk.
  */
 function unrequested() {
+  const asked = state.request;
   if (state.roomCode !== null && state.encrypted) failRoom(state.roomCode, 'server');
-  else if (state.roomCode === null && state.request && state.request.encrypted) {
-    failRoom(state.request.code, 'server');
+  else if (state.roomCode === null && asked && asked.encrypted && asked.code) {
+    failRoom(asked.code, 'server');
+  } else if (state.roomCode === null && asked && asked.encrypted) {
+    // We asked to create an encrypted room, and got something else: there is no room to stay
+    // in, so the lobby says it, and the person starts again from there.
+    state.request = null;
+    state.pendingKey = null;
+    setE2e('failed');
+    views.showLobbyNote(views.FAILED_TEXT.broken);
   }
 }
 
@@ -535,6 +543,7 @@ function onPeerLeft(message) {
   // The next person is another run: our messages go under the room key until their hello.
   state.sessionReady = false;
   state.peerRun = null;
+  if (state.roomCode) e2e.forgetPeer(state.roomCode);
   views.showSafetyNumber(null);
   updateRoomBar();
   const how = message.reason === 'disconnected' ? 'lost their connection' : 'left the room';
@@ -884,20 +893,25 @@ async function restoreHandshake(code) {
   state.ephemeral = e2e.ephemeralFor(code).catch(() => null);
   const hello = e2e.peerHelloFor(code);
   if (!hello) return;
-  const session = await startSession(hello.run, hello.publicRaw);
+  const session = await startSession(hello.run, hello.publicRaw, true);
   if (session && e2e.readyWith(code) === e2e.toHex(hello.run)) state.sessionReady = true;
 }
 
-/** Computes the session with the peer's run `peerRun` and key; null if the key is no key. */
-async function startSession(peerRun, publicRaw) {
+/**
+ * Computes the session with the peer's run `peerRun` and key; null if the key is no key. With
+ * `current`, it is the session with the person here now: its safety number is shown.
+ */
+async function startSession(peerRun, publicRaw, current) {
   const mine = await state.ephemeral;
   if (!mine) return null;
   try {
     const session = await e2e.session(state.roomCode, state.run, mine, peerRun, publicRaw);
     const hex = e2e.toHex(peerRun);
     state.sessions.set(hex, session);
-    state.peerRun = hex;
-    views.showSafetyNumber(session.safetyNumber);
+    if (current) {
+      state.peerRun = hex;
+      views.showSafetyNumber(session.safetyNumber);
+    }
     return session;
   } catch {
     return null;
@@ -918,11 +932,14 @@ function queueHello() {
  */
 async function onHello(run, body) {
   const hello = e2e.readHello(body);
-  const session = hello ? await startSession(run, hello.publicRaw) : null;
+  const session = hello ? await startSession(run, hello.publicRaw, state.peer !== null) : null;
   if (!session) {
     failRoom(state.roomCode, 'server');
     return;
   }
+  // Nobody here (a replay of what someone who left said): the session opens their messages,
+  // but ours will be for whoever comes next.
+  if (state.peer === null) return;
   const code = state.roomCode;
   const hex = e2e.toHex(run);
   e2e.rememberPeerHello(code, run, hello.publicRaw);

@@ -49,7 +49,7 @@ const SEALED_TEXT = {
  * `failRoom`): a link that does not open the room, or a server that broke the rules. Never
  * anything a message said.
  */
-const FAILED_TEXT = {
+export const FAILED_TEXT = {
   'wrong-link':
     'This link does not open this room: it was probably cut short or changed on its way to ' +
     'you. Nothing of the conversation was shown or sent. Leave, and ask for the whole invite ' +
