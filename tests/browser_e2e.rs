@@ -177,6 +177,36 @@ async fn invite_link_scenario(
         "Bob's room bar shows the lock",
     )
     .await;
+    // The lock is drawn (an emoji would be an empty box without an emoji font), and the
+    // composer keeps what is typed from spell-check services and autofill.
+    assert!(
+        bob.client
+            .find(fantoccini::Locator::Css("#room-lock svg"))
+            .await
+            .is_ok(),
+        "the lock is an inline SVG"
+    );
+    let composer = bob.find("#message-input").await;
+    assert_eq!(
+        composer.attr("spellcheck").await.unwrap().as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        composer.attr("autocomplete").await.unwrap().as_deref(),
+        Some("off")
+    );
+    for page in [alice, bob] {
+        let state = page
+            .client
+            .execute("return document.documentElement.dataset.e2e;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            state, "verified",
+            "{}: the key check confirmed the key",
+            page.name
+        );
+    }
     assert_eq!(
         bob.value("#invite-link").await,
         invite,

@@ -227,6 +227,59 @@ async fn a_cut_short_link_is_told_at_join_with_the_creator_offline() {
     .await;
 }
 
+/// A room whose `room_joined` comes without its key check (an older server, or one that keeps it
+/// back) is `verifying` on the joiner's page, not `verified`: the lock shows, and the page can
+/// write. The first envelope from the other person that opens confirms the key: `verified`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_check_the_page_is_verifying_until_a_message_opens() {
+    if !browser_available("without_a_key_check_the_page_is_verifying_until_a_message_opens") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::start().await;
+    let relay = HostileRelay::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+    let alice = Page::open(&driver, "Alice", LAPTOP).await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    closing_pages_after(&[&alice, &bob], async {
+        alice.goto(&relay.url()).await;
+        alice.choose_name().await;
+        alice.create_encrypted_room().await;
+        alice.wait_for_e2e("verified").await;
+        let invite = alice.value("#invite-link").await;
+        // Alice's hello would confirm the key as soon as Bob is in: held back, to look.
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let holding = held.clone();
+        relay.to_page(move |person, mut frame| {
+            if person == "Bob" && frame["type"] == "room_joined" {
+                frame
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("key_check");
+            }
+            if person == "Bob" && frame["type"] == "chat" && frame["from"] == "Alice" {
+                holding.lock().unwrap().push(frame);
+                return vec![];
+            }
+            vec![frame]
+        });
+        bob.goto(&invite).await;
+        bob.choose_name_only().await;
+        bob.wait_for_e2e("verifying").await;
+        bob.wait_for_text("#room-lock", "end-to-end encrypted", "the lock shows")
+            .await;
+        // Alice is idle: nothing comes between the hook going and the held frames.
+        relay.to_page(|_, frame| vec![frame]);
+        for frame in held.lock().unwrap().drain(..) {
+            relay.inject("Bob", frame);
+        }
+        alice.send_message("This confirms the key").await;
+        bob.wait_for_message("Alice", "This confirms the key").await;
+        bob.wait_for_e2e("verified").await;
+    })
+    .await;
+}
+
 /// The server repeats every message of Alice's to Bob (each copy under a chat id of its own,
 /// so only the envelope's sequence number can tell): Bob's page shows each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,6 +555,35 @@ async fn the_test_vectors_hold_for_the_page_the_document_and_the_tests() {
         )
         .expect("it opens");
         assert_eq!((opened.seq, opened.text()), (SEQ, Some(TEXT)));
+
+        // Padding: 57 bytes of text fill the first block of 64 (with the 7-byte header); 58
+        // take a second. Envelopes are 37 + 64·k bytes, in base64url with `v2.`.
+        let script = "const [key, done] = arguments;
+            import('/js/e2e.js').then(async (e2e) => done(await Promise.all(
+                [0, 57, 58, 121, 122].map((n) => e2e.sealTextForVector(
+                    key, 'K7M2QX', 'Ada', '0123456789abcdef', 1, '000102030405060708090a0b',
+                    'a'.repeat(n))))));";
+        let sealed = page
+            .client
+            .execute_async(script, vec![json!(LINK_KEY)])
+            .await
+            .unwrap();
+        let lengths: Vec<usize> = serde_json::from_value::<Vec<String>>(sealed)
+            .unwrap()
+            .iter()
+            .map(String::len)
+            .collect();
+        let of_blocks = |k: usize| 3 + ((37 + 64 * k) * 4).div_ceil(3);
+        assert_eq!(
+            lengths,
+            [
+                of_blocks(1),
+                of_blocks(1),
+                of_blocks(2),
+                of_blocks(2),
+                of_blocks(3)
+            ]
+        );
     })
     .await;
     assert!(
