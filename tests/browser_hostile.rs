@@ -134,6 +134,57 @@ async fn an_unrequested_room_left_then_room_joined_fails_closed() {
     .await;
 }
 
+/// Bob reloads his tab in an encrypted room, and the server's `resumed` says the room is plain:
+/// his page, which holds the room's key, does not believe it. It goes to `failed` and sends
+/// nothing of what he types; a second reload keeps it failed, whatever the server says then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_without_the_flag_fails_closed_and_stays_failed() {
+    if !browser_available("a_resume_without_the_flag_fails_closed_and_stays_failed") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::start().await;
+    let relay = HostileRelay::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+    let alice = Page::open(&driver, "Alice", LAPTOP).await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    closing_pages_after(&[&alice, &bob], async {
+        encrypted_pair(&relay, &alice, &bob).await;
+        relay.to_page(|person, mut frame| {
+            if person == "Bob" && frame["type"] == "resumed" {
+                let fields = frame.as_object_mut().expect("an object");
+                fields.remove("encrypted");
+                fields.remove("key_check");
+            }
+            vec![frame]
+        });
+        let before = relay.sent_by("Bob").len();
+        bob.client.refresh().await.unwrap();
+        bob.wait_for_e2e("failed").await;
+        bob.wait_for_text("#e2e-failed", BROKEN, "Bob is told")
+            .await;
+
+        relay.to_page(|_, frame| vec![frame]);
+        bob.client.refresh().await.unwrap();
+        bob.wait_for_text("#e2e-failed", BROKEN, "still failed after a reload")
+            .await;
+        assert_eq!(bob.e2e().await, "failed");
+        let typed = "Bob after the resume";
+        bob.submit_anyway(typed).await;
+        bob.leave_failed_room(&relay).await;
+        relay.assert_never_sent(typed);
+        // Each reload's `resume` is the page's own, and the `leave_room` at the end.
+        let after: Vec<Value> = relay.sent_by("Bob").split_off(before);
+        for frame in &after {
+            assert!(
+                matches!(frame["type"].as_str(), Some("resume" | "leave_room")),
+                "Bob's failed page sent {frame}"
+            );
+        }
+    })
+    .await;
+}
+
 /// Bob opens an invite link, and the server answers his `join_room` with a `room_joined` that
 /// names another room: his page does not take it (it never says he joined with the code alone,
 /// which would be untrue), goes to `failed`, and sends nothing of what he types.

@@ -494,7 +494,7 @@ export function toHex(bytes) {
 }
 
 /** The bytes of a hex string, or null. */
-function fromHex(text) {
+export function fromHex(text) {
   if (typeof text !== 'string' || !/^(?:[0-9a-f]{2})*$/.test(text)) return null;
   return Uint8Array.from(text.match(/../g) || [], (pair) => parseInt(pair, 16));
 }

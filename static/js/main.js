@@ -922,7 +922,8 @@ async function startSession(peerRun, publicRaw, current) {
 function queueHello() {
   if (!state.roomKey || state.peer === null || state.e2e === 'failed') return;
   if (e2e.helloSent(state.roomCode)) return;
-  return sendHello(null);
+  // It names the other person's run if their hello came first (from the history, say).
+  return sendHello(state.peerRun ? e2e.fromHex(state.peerRun) : null);
 }
 
 /**
