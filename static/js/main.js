@@ -9,14 +9,21 @@
 // a drop, or refused for now (UNAVAILABLE), is sent again under the same id, which the
 // server never stores twice: every message is sent exactly once and shown once (issue 12).
 //
+// In an end-to-end encrypted room (issue 17) the page does not trust the server: it takes a
+// room reply only as the answer to its own request, checks the room's key check as it enters,
+// applies the sequence rules to what it opens, and, when the server breaks a rule, fails
+// closed (`failRoom`): it sends nothing more in that room. `<html data-e2e>` says where it
+// stands. docs/security.md explains why; docs/protocol.md gives the rules.
+//
 // The client is plain ES modules, with no build step:
 // - protocol.js: the protocol's limits, close codes and error texts;
 // - connection.js: the WebSocket and the session (resume, reconnecting, the replay); it
 //   never touches the page;
 // - views.js: the page (views, conversation, room bar, errors, typing, "Seen"); it never
 //   sends on the socket;
-// - e2e.js: end-to-end encryption (WebCrypto): a room's key, sealing and opening envelopes,
-//   keeping the key for this tab; it touches neither the page nor the socket;
+// - e2e.js: end-to-end encryption (WebCrypto): a room's keys and key check, sealing and
+//   opening envelopes, the handshake, and what the tab keeps for a room; it touches neither
+//   the page nor the socket;
 // - main.js, this file: what the page knows of the chat (`state`), the handlers that turn the
 //   server's messages into views and the person's actions into messages, and the startup.
 //   It is the only module that imports both the connection and the views; it reaches the
