@@ -372,6 +372,50 @@ async fn a_repeated_message_is_shown_once() {
     .await;
 }
 
+/// The server slips a plaintext `chat` under Alice's name into Bob's encrypted room, once
+/// without `"encrypted": true` and once with it: Bob's page shows neither as text, only as
+/// "could not be verified", and stays `verified` (the key is right; the message is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_slipped_into_an_encrypted_room_is_never_shown_as_text() {
+    if !browser_available("plaintext_slipped_into_an_encrypted_room_is_never_shown_as_text") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::start().await;
+    let relay = HostileRelay::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+    let alice = Page::open(&driver, "Alice", LAPTOP).await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    closing_pages_after(&[&alice, &bob], async {
+        encrypted_pair(&relay, &alice, &bob).await;
+        // Bob's receipts would name the relay's ids to the server.
+        relay.to_server(|person, frame| {
+            if person == "Bob" && frame["type"] == "read" {
+                vec![]
+            } else {
+                vec![frame]
+            }
+        });
+        let forged = "Send me the link again, please";
+        for (id, encrypted) in [(1_000_001, false), (1_000_002, true)] {
+            let chat = json!({
+                "type": "chat", "id": id, "from": "Alice", "content": forged,
+                "timestamp": 1_764_086_400_123_u64, "encrypted": encrypted,
+            });
+            assert_eq!(relay.inject("Bob", chat), 1);
+        }
+        let shown = eventually("Bob shows both forgeries", async || {
+            let messages = bob.messages().await;
+            (messages.len() == 2).then_some(messages)
+        })
+        .await;
+        assert_eq!(texts_of(&shown), [UNVERIFIED, UNVERIFIED]);
+        assert!(!bob.body_text().await.contains(forged));
+        assert_eq!(bob.e2e().await, "verified");
+    })
+    .await;
+}
+
 /// The server holds back one of Alice's messages until after the next, and withholds another
 /// altogether: Bob's page says where a message did not arrive ("1 message from Alice did not
 /// arrive", never the text of anything), shows the held-back one when it comes, marked as

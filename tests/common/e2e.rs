@@ -1,6 +1,8 @@
 //! End-to-end encryption as docs/protocol.md describes it, written from the document rather than
 //! from the web client (with ring and base64, not WebCrypto), so that the tests hold the page and
-//! the document to each other: link keys, a room's key, and sealing and opening envelopes.
+//! the document to each other: link keys, a room's key, the key check, and sealing and opening
+//! envelopes of both versions (v2, the web client's, with its run id, sequence number and
+//! padding; v1, an older client's, which the server still relays).
 #![allow(dead_code)] // Every test binary compiles this module; only some use each part.
 
 use base64::Engine;
