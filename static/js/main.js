@@ -464,7 +464,9 @@ async function onRoomCreated(message) {
       return;
     }
   }
-  await enterRoom(code, null, message);
+  // Our own key cannot be the wrong one: a check that differs from the one we sent is the
+  // server's doing.
+  await enterRoom(code, null, message, 'server');
 }
 
 /**
@@ -638,9 +640,9 @@ function canonical(code) {
  * Switches to the room view for `code` as the server's `reply` (`room_created`, `room_joined`
  * or `resumed`) describes it; `peer` is null while we wait alone. For an encrypted room, checks
  * what the reply says against the key this tab holds: returns false, with the page in the
- * failed state, if they disagree.
+ * failed state, if they disagree (`mismatch` says why a key check that differs fails it).
  */
-async function enterRoom(code, peer, reply) {
+async function enterRoom(code, peer, reply, mismatch = 'link') {
   const sameRoom = views.roomShown() === code;
   // Keep the conversation on screen when we come back to the same room after a reconnect.
   if (!sameRoom) clearConversation();
@@ -675,7 +677,7 @@ async function enterRoom(code, peer, reply) {
     // changed link finds out here, before a single message is shown.
     const ours = await e2e.keyCheck(state.linkKey).catch(() => null);
     if (ours !== reply.key_check) {
-      failRoom(code, 'link');
+      failRoom(code, mismatch);
       return false;
     }
     setE2e('verified');
