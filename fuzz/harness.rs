@@ -100,18 +100,25 @@ pub fn drive_actor(data: &[u8]) {
                 let username = names[usize::from(arg) % names.len()].to_string();
                 Some(ClientMessage::SetUsername { username })
             }
-            3 => Some(ClientMessage::CreateRoom {
-                encrypted: arg & 1 == 1,
-            }),
+            3 => {
+                // Sometimes with a key check, well-formed or not, whatever the room is.
+                let checks = [None, Some("AbCdEfGhIjKlMnOpQr-_09"), Some("short")];
+                Some(ClientMessage::CreateRoom {
+                    encrypted: arg & 1 == 1,
+                    key_check: checks[usize::from(arg >> 1) % checks.len()].map(Box::from),
+                })
+            }
             4 => Some(ClientMessage::JoinRoom {
                 room_code: pick(&codes, "abc23o"),
             }),
             5 => {
-                // The last is the smallest well-formed envelope of an encrypted room.
+                // The last two are the smallest well-formed envelopes of an encrypted room, v2's
+                // and v1's.
                 let envelope = format!("v1.{}", "A".repeat(38));
-                let contents = ["hi", "", " \n", "ü", &envelope];
-                let content = match arg % 6 {
-                    5 => "x".repeat(4097),
+                let envelope_v2 = format!("v2.{}", "A".repeat(135));
+                let contents = ["hi", "", " \n", "ü", &envelope, &envelope_v2];
+                let content = match arg % 7 {
+                    6 => "x".repeat(4097),
                     n => contents[usize::from(n)].to_string(),
                 };
                 // Sometimes marked as encrypted, whatever it is and whatever the room is.

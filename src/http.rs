@@ -233,7 +233,20 @@ where
         let app = Arc::clone(&app);
         service_fn(move |request| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(route(request, peer, &app)) }
+            async move {
+                let mut response = route(request, peer, &app);
+                if app.config.tls.is_some() {
+                    // Served over TLS: tell browsers to come back only over TLS, so that nobody
+                    // on the network can later serve them a page of their own over plain HTTP
+                    // (which could read an encrypted room's key). Two years, as browsers' HSTS
+                    // preload lists ask; subdomains are the operator's to decide, so not named.
+                    response.headers_mut().insert(
+                        header::STRICT_TRANSPORT_SECURITY,
+                        HeaderValue::from_static("max-age=63072000"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let handshake_timeout = app.config.handshake_timeout;
@@ -494,6 +507,13 @@ fn web_file(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    // A page this one opens (a link in a message) gets no handle on it (`window.opener`), and
+    // a page that opens this one cannot reach into it: a window of another origin shares
+    // nothing with the one that holds an encrypted room's key.
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }

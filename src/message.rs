@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::envelope::KeyCheck;
 use crate::error::{ErrorCode, Refusal};
 use crate::store::ChatTail;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
@@ -24,10 +25,13 @@ pub enum ClientMessage {
     SetUsername { username: String },
     /// `{"type":"create_room"}`: open a new room; the sender becomes its host. With
     /// `"encrypted": true` (absent means false) the room is end-to-end encrypted: its chats carry
-    /// envelopes only ([`crate::envelope`]).
+    /// envelopes only ([`crate::envelope`]), and `"key_check"` (optional) is the check value of
+    /// its key ([`crate::envelope::KeyCheck`]), given back to whoever joins or resumes.
     CreateRoom {
         #[serde(default)]
         encrypted: bool,
+        #[serde(default)]
+        key_check: Option<Box<str>>,
     },
     /// `{"type":"join_room","room_code":"ABC234"}`: join a room as its second member.
     JoinRoom { room_code: String },
@@ -155,7 +159,7 @@ pub enum ServerMessage<'a> {
     /// the room's messages after the `last_id` the client gave, oldest first, as many as fit in
     /// the frame; `more` counts the `chat` frames that follow at once with the rest; `lost`
     /// counts those the server no longer had. `"encrypted":true` when the room is end-to-end
-    /// encrypted (absent otherwise).
+    /// encrypted (absent otherwise), with its `"key_check"` if its creator gave one.
     Resumed {
         client_id: ClientId,
         username: Option<&'a Username>,
@@ -167,26 +171,34 @@ pub enum ServerMessage<'a> {
         lost: u64,
         #[serde(skip_serializing_if = "is_false")]
         encrypted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_check: Option<KeyCheck>,
     },
     /// `{"type":"username_set","username":"ada"}`: the name as stored (trimmed).
     UsernameSet { username: &'a Username },
     /// `{"type":"room_created","room_code":"ABC234"}`: the sender is the host of a new room;
-    /// with `"encrypted":true` when it asked for an end-to-end encrypted one.
+    /// with `"encrypted":true` when it asked for an end-to-end encrypted one, and its
+    /// `"key_check"` back as it sent it.
     RoomCreated {
         room_code: RoomCode,
         #[serde(skip_serializing_if = "is_false")]
         encrypted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_check: Option<KeyCheck>,
     },
     /// `{"type":"room_joined","room_code":"ABC234","peer":"ada","history":[{"type":"chat",…}]}`:
     /// the sender joined; `history` is what was said since the room last lost a member, as
     /// much as fits in the frame (the rest follows as `chat` frames). `"encrypted":true` when
-    /// the room is end-to-end encrypted (absent otherwise).
+    /// the room is end-to-end encrypted (absent otherwise), with its `"key_check"` if its
+    /// creator gave one: a page whose key does not match knows at once that its link is wrong.
     RoomJoined {
         room_code: RoomCode,
         peer: &'a Username,
         history: ChatHistory<'a>,
         #[serde(skip_serializing_if = "is_false")]
         encrypted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_check: Option<KeyCheck>,
     },
     /// `{"type":"peer_joined","username":"grace"}`: to the member already in the room.
     PeerJoined { username: &'a Username },
@@ -324,11 +336,24 @@ mod tests {
             ),
             (
                 r#"{"type":"create_room"}"#,
-                ClientMessage::CreateRoom { encrypted: false },
+                ClientMessage::CreateRoom {
+                    encrypted: false,
+                    key_check: None,
+                },
             ),
             (
                 r#"{"type":"create_room","encrypted":true}"#,
-                ClientMessage::CreateRoom { encrypted: true },
+                ClientMessage::CreateRoom {
+                    encrypted: true,
+                    key_check: None,
+                },
+            ),
+            (
+                r#"{"type":"create_room","encrypted":true,"key_check":"AbCdEfGhIjKlMnOpQr-_09"}"#,
+                ClientMessage::CreateRoom {
+                    encrypted: true,
+                    key_check: Some("AbCdEfGhIjKlMnOpQr-_09".into()),
+                },
             ),
             (
                 r#"{"type":"join_room","room_code":"abc234"}"#,
@@ -426,6 +451,7 @@ mod tests {
             peer: &ada,
             history,
             encrypted: false,
+            key_check: None,
         };
         let short = with_history(&frames[..2], joined);
         assert_eq!(short.len(), 1);
@@ -486,6 +512,7 @@ mod tests {
                 peer: &ada,
                 history: ChatHistory(&history),
                 encrypted: false,
+                key_check: None,
             }),
             json!({"type":"room_joined","room_code":"ABC234","peer":"ada","history":[
                 {"type":"chat","id":1,"from":"ada","content":"hi","timestamp":5}
@@ -508,7 +535,8 @@ mod tests {
         assert_eq!(
             encode(&ServerMessage::RoomCreated {
                 room_code: code,
-                encrypted: false
+                encrypted: false,
+                key_check: None,
             }),
             json!({"type":"room_created","room_code":"ABC234"})
         );
@@ -538,9 +566,20 @@ mod tests {
         assert_eq!(
             encode(&ServerMessage::RoomCreated {
                 room_code: code,
-                encrypted: true
+                encrypted: true,
+                key_check: None,
             }),
             json!({"type":"room_created","room_code":"ABC234","encrypted":true})
+        );
+        let check = KeyCheck::parse("AbCdEfGhIjKlMnOpQr-_09").expect("a key check");
+        assert_eq!(
+            encode(&ServerMessage::RoomCreated {
+                room_code: code,
+                encrypted: true,
+                key_check: Some(check),
+            }),
+            json!({"type":"room_created","room_code":"ABC234","encrypted":true,
+                "key_check":"AbCdEfGhIjKlMnOpQr-_09"})
         );
         assert_eq!(
             encode(&ServerMessage::RoomJoined {
@@ -548,9 +587,10 @@ mod tests {
                 peer: &ada,
                 history: ChatHistory(&history),
                 encrypted: true,
+                key_check: Some(check),
             }),
             json!({"type":"room_joined","room_code":"ABC234","peer":"ada",
-                "history":[sealed_json],"encrypted":true})
+                "history":[sealed_json],"encrypted":true,"key_check":"AbCdEfGhIjKlMnOpQr-_09"})
         );
         let resumed = |encrypted| ServerMessage::Resumed {
             client_id: ClientId::new(),
@@ -562,8 +602,11 @@ mod tests {
             more: 0,
             lost: 0,
             encrypted,
+            key_check: encrypted.then_some(check),
         };
         assert_eq!(encode(&resumed(true))["encrypted"], true);
+        assert_eq!(encode(&resumed(true))["key_check"], check.as_str());
+        assert!(encode(&resumed(false)).get("key_check").is_none());
         assert!(encode(&resumed(false)).get("encrypted").is_none());
     }
 
@@ -679,11 +722,24 @@ mod tests {
                 )),
                 Just((
                     json!({"type": "create_room"}),
-                    ClientMessage::CreateRoom { encrypted: false }
+                    ClientMessage::CreateRoom {
+                        encrypted: false,
+                        key_check: None,
+                    }
                 )),
                 any::<bool>().prop_map(|encrypted| (
                     json!({"type": "create_room", "encrypted": encrypted}),
-                    ClientMessage::CreateRoom { encrypted }
+                    ClientMessage::CreateRoom {
+                        encrypted,
+                        key_check: None,
+                    }
+                )),
+                (any::<bool>(), any::<String>()).prop_map(|(encrypted, check)| (
+                    json!({"type": "create_room", "encrypted": encrypted, "key_check": check}),
+                    ClientMessage::CreateRoom {
+                        encrypted,
+                        key_check: Some(check.into()),
+                    }
                 )),
                 any::<String>().prop_map(|room_code| (
                     json!({"type": "join_room", "room_code": room_code}),

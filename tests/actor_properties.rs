@@ -68,15 +68,20 @@ const NAMES: &[&str] = &[
 ];
 /// Chat contents: ordinary, empty, blank, around the 4096-character limit; and for a chat
 /// marked `encrypted`, envelopes as docs/protocol.md describes them: the smallest and the
-/// largest, one over the limit, and ones that are not envelopes at all.
+/// largest of each version, one over each limit, a v2 one not padded to a whole block, and
+/// ones that are not envelopes at all.
 fn content(choice: usize, encrypted: bool) -> String {
     if encrypted {
-        return match choice % 6 {
+        return match choice % 10 {
             0 => format!("v1.{}", "A".repeat(38)),
             1 => format!("v1.{}", "-_".repeat(10_941) + "A"),
             2 => format!("v1.{}", "A".repeat(21_884)),
             3 => "hi".into(),
             4 => format!("v1.{}=", "A".repeat(38)),
+            5 => format!("v2.{}", "A".repeat(135)),
+            6 => format!("v2.{}", "-_".repeat(10_990)),
+            7 => format!("v2.{}", "A".repeat(21_984)),
+            8 => format!("v2.{}", "A".repeat(136)),
             _ => format!("v1.{}", "A".repeat(37)),
         };
     }
@@ -89,20 +94,32 @@ fn content(choice: usize, encrypted: bool) -> String {
     }
 }
 
-/// The longest envelope docs/protocol.md allows, in characters.
-const MAX_ENVELOPE_CHARS: usize = 21_886;
+/// The longest envelope docs/protocol.md allows, in characters (v2's; v1's is 21,886).
+const MAX_ENVELOPE_CHARS: usize = 21_983;
 
 /// The refusal docs/protocol.md prescribes for `content` as an envelope, if any.
 fn envelope_refusal(content: &str) -> Option<ErrorCode> {
     if content.len() > MAX_ENVELOPE_CHARS {
         return Some(ErrorCode::MessageTooLong);
     }
-    let Some(encoded) = content.strip_prefix("v1.") else {
-        return Some(ErrorCode::InvalidMessage);
+    let (encoded, v2) = match (content.strip_prefix("v2."), content.strip_prefix("v1.")) {
+        (Some(encoded), _) => (encoded, true),
+        (None, Some(encoded)) => (encoded, false),
+        (None, None) => return Some(ErrorCode::InvalidMessage),
     };
     let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if !encoded.chars().all(base64url) || encoded.len() % 4 == 1 {
+        return Some(ErrorCode::InvalidMessage);
+    }
     let bytes = encoded.len() * 3 / 4;
-    if !encoded.chars().all(base64url) || encoded.len() % 4 == 1 || bytes < 12 + 16 {
+    if v2 {
+        // 37 bytes and a plaintext padded to whole blocks of 64 bytes.
+        if bytes < 37 + 64 || (bytes - 37) % 64 != 0 {
+            return Some(ErrorCode::InvalidMessage);
+        }
+    } else if content.len() > 21_886 {
+        return Some(ErrorCode::MessageTooLong);
+    } else if bytes < 12 + 16 {
         return Some(ErrorCode::InvalidMessage);
     }
     None
@@ -826,6 +843,7 @@ async fn run(ops: &[Op], limited: bool) -> Result<(), TestCaseError> {
             }),
             Op::CreateRoom { encrypted, .. } => Some(ClientMessage::CreateRoom {
                 encrypted: *encrypted,
+                key_check: None,
             }),
             Op::Join { target, .. } => {
                 let code = model.join_input(target);

@@ -395,3 +395,84 @@ async fn the_debug_log_shows_no_envelope_and_no_plaintext() {
         assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
     }
 }
+
+/// A `key_check` is kept with the room exactly as its creator sent it, and given back to the
+/// creator, to whoever joins, and to a resume; a room created without one (an older client)
+/// has none, and a plain room never has one.
+#[tokio::test]
+async fn the_key_check_comes_back_on_create_join_and_resume() {
+    const CHECK: &str = "AbCdEfGhIjKlMnOpQr-_09";
+    let server = TestServer::start().await;
+    let mut host = server.named("ada").await;
+    host.send(json!({"type": "create_room", "encrypted": true, "key_check": CHECK}))
+        .await;
+    let created = host.expect("room_created").await;
+    assert_eq!(created["key_check"], CHECK, "{created}");
+    let code = created["room_code"].as_str().expect("a code").to_owned();
+    let mut guest = server.named("grace").await;
+    let joined = guest.join(&code).await;
+    assert_eq!(joined["key_check"], CHECK, "{joined}");
+    let mut back = server.client().await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+        .await;
+    let resumed = back.expect("resumed").await;
+    assert_eq!(resumed["key_check"], CHECK, "{resumed}");
+
+    let mut old = server.named("old").await;
+    let code = create_encrypted_room(&mut old).await;
+    let mut joiner = server.named("joiner").await;
+    let joined = joiner.join(&code).await;
+    assert_eq!(joined["encrypted"], true, "{joined}");
+    assert!(joined.get("key_check").is_none(), "{joined}");
+}
+
+/// A `key_check` that is not 22 characters of base64url, or one on a room that is not
+/// encrypted, is `INVALID_MESSAGE` to its sender, and no room is opened.
+#[tokio::test]
+async fn a_malformed_or_misplaced_key_check_is_refused() {
+    let server = TestServer::start().await;
+    let mut host = server.named("ada").await;
+    for request in [
+        json!({"type": "create_room", "encrypted": true, "key_check": "too-short"}),
+        json!({"type": "create_room", "encrypted": true, "key_check": "AbCdEfGhIjKlMnOpQr+/09"}),
+        json!({"type": "create_room", "key_check": "AbCdEfGhIjKlMnOpQr-_09"}),
+    ] {
+        host.send(request.clone()).await;
+        let refusal = host.expect_error("INVALID_MESSAGE").await;
+        assert!(
+            refusal["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("key_check")),
+            "the refusal says what is wrong: {request} -> {refusal}"
+        );
+    }
+    host.send(json!({"type": "create_room", "encrypted": true, "key_check": 42}))
+        .await;
+    host.expect_error("INVALID_MESSAGE").await;
+    // Still in no room: it can create one now.
+    host.send(json!({"type": "create_room"})).await;
+    host.expect("room_created").await;
+}
+
+/// v2 envelopes (the web client's) are relayed exactly as sent, from the smallest (one block
+/// of padded plaintext) to the largest; one whose plaintext is not padded to whole blocks of
+/// 64 bytes is `INVALID_MESSAGE`, and one over the limit `MESSAGE_TOO_LONG`.
+#[tokio::test]
+async fn v2_envelopes_are_relayed_and_checked() {
+    let server = TestServer::start().await;
+    let (mut host, mut guest, _code) = encrypted_pair(&server).await;
+    // 37 + 64·k bytes in base64url: k = 1 is 101 bytes (135 characters), k = 257 is 16,485
+    // bytes (21,980 characters).
+    let smallest = format!("v2.{}", "A".repeat(135));
+    let largest = format!("v2.{}", "-_".repeat(10_990));
+    for envelope in [&smallest, &largest] {
+        say_sealed(&mut host, envelope).await;
+        assert_eq!(host.expect("chat").await["content"], envelope.as_str());
+        assert_eq!(guest.expect("chat").await["content"], envelope.as_str());
+    }
+    say_sealed(&mut host, &format!("v2.{}", "A".repeat(136))).await;
+    host.expect_error("INVALID_MESSAGE").await;
+    say_sealed(&mut host, &format!("{largest}AAAA")).await;
+    host.expect_error("MESSAGE_TOO_LONG").await;
+    guest.expect_nothing_pending().await;
+}

@@ -472,6 +472,32 @@ async fn the_encrypted_flag_travels_with_the_room(setup: &Setup) {
 }
 on_both_stores!(the_encrypted_flag_travels_with_the_room);
 
+/// An encrypted room's `key_check` travels with the room, exactly as its creator sent it: back
+/// in `room_created`, to a joiner on another node in `room_joined`, and in `resumed` on a third
+/// node, so a page with a wrong link finds out at once wherever it lands.
+async fn the_key_check_travels_with_the_room(setup: &Setup) {
+    const CHECK: &str = "Zk9-_x3Q0aBcDeFgHiJkLm";
+    let mut host = setup.named(0, "ada").await;
+    host.send(json!({"type": "create_room", "encrypted": true, "key_check": CHECK}))
+        .await;
+    let created = host.expect("room_created").await;
+    assert_eq!(created["key_check"], CHECK, "{created}");
+    let code = created["room_code"].as_str().expect("a code").to_string();
+    let mut guest = setup.named(1, "bob").await;
+    let joined = guest.join(&code).await;
+    assert_eq!(
+        (&joined["encrypted"], &joined["key_check"]),
+        (&json!(true), &json!(CHECK)),
+        "{joined}"
+    );
+    let mut back = TestClient::connect(&setup.url(2)).await;
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+        .await;
+    let resumed = back.expect("resumed").await;
+    assert_eq!(resumed["key_check"], CHECK, "{resumed}");
+}
+on_both_stores!(the_key_check_travels_with_the_room);
+
 // Only with several nodes.
 
 /// Three nodes on one Redis, or `None` (skipped).

@@ -152,7 +152,9 @@ async fn two_clients_chat_over_wss() {
     assert_eq!(ada.expect("peer_disconnected").await["username"], "grace");
 }
 
-/// The same port answers `https://` requests, and refuses plain-text clients.
+/// The same port answers `https://` requests, and refuses plain-text clients. Every answer over
+/// TLS tells the browser to come back only over TLS (`Strict-Transport-Security`), so that
+/// nobody on the network can later serve it a page of their own over plain HTTP.
 #[tokio::test]
 async fn https_is_served_and_plain_text_is_not() {
     let certificate = SelfSigned::new("https");
@@ -177,6 +179,12 @@ async fn https_is_served_and_plain_text_is_not() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok\n"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nstrict-transport-security: max-age=63072000\r\n"),
+        "{response}"
+    );
 
     let plain = tokio_tungstenite::connect_async(server.ws_url()).await;
     assert!(plain.is_err(), "a plain ws:// handshake must fail");

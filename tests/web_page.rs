@@ -10,8 +10,8 @@ use std::path::Path;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, REFERRER_POLICY,
-    X_CONTENT_TYPE_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, HeaderName, REFERRER_POLICY,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -122,8 +122,15 @@ fn header(headers: &HeaderMap, name: hyper::header::HeaderName) -> &str {
         .unwrap()
 }
 
-/// `GET /` is the chat page, as HTML, under the strict Content-Security-Policy, and with no
-/// `Referer` ever sent from it (`Referrer-Policy: no-referrer`).
+/// The header that keeps the page in a browsing context of its own.
+const CROSS_ORIGIN_OPENER_POLICY: HeaderName =
+    HeaderName::from_static("cross-origin-opener-policy");
+
+/// `GET /` is the chat page, as HTML, under the strict Content-Security-Policy, with no
+/// `Referer` ever sent from it (`Referrer-Policy: no-referrer`), in a browsing context of its
+/// own (`Cross-Origin-Opener-Policy: same-origin`: no window of another site gets a handle on
+/// the one that holds an encrypted room's key). Served over plain HTTP, it asks nothing about
+/// TLS: `Strict-Transport-Security` means something only over TLS (tests/tls.rs).
 #[tokio::test]
 async fn the_root_serves_the_page_with_its_security_policy() {
     let server = TestServer::start().await;
@@ -133,6 +140,8 @@ async fn the_root_serves_the_page_with_its_security_policy() {
     assert_eq!(header(&headers, CONTENT_SECURITY_POLICY), EXPECTED_CSP);
     assert_eq!(header(&headers, X_CONTENT_TYPE_OPTIONS), "nosniff");
     assert_eq!(header(&headers, REFERRER_POLICY), "no-referrer");
+    assert_eq!(header(&headers, CROSS_ORIGIN_OPENER_POLICY), "same-origin");
+    assert!(headers.get(STRICT_TRANSPORT_SECURITY).is_none());
     assert_eq!(body, INDEX_HTML);
 }
 
@@ -179,6 +188,11 @@ async fn the_modules_and_stylesheet_are_served_with_their_types_and_headers() {
         );
         assert_eq!(header(&headers, CACHE_CONTROL), "no-cache", "{path}");
         assert_eq!(header(&headers, REFERRER_POLICY), "no-referrer", "{path}");
+        assert_eq!(
+            header(&headers, CROSS_ORIGIN_OPENER_POLICY),
+            "same-origin",
+            "{path}"
+        );
         assert_eq!(body, expected, "{path}");
     }
     assert!(

@@ -412,7 +412,10 @@ impl ChatServer {
     ) -> Result<(), Refusal> {
         match request {
             ClientMessage::SetUsername { username } => self.set_username(id, &username),
-            ClientMessage::CreateRoom { encrypted } => self.create_room(id, encrypted),
+            ClientMessage::CreateRoom {
+                encrypted,
+                key_check,
+            } => self.create_room(id, encrypted, key_check.as_deref()),
             ClientMessage::JoinRoom { room_code } => self.join_room(id, &room_code),
             ClientMessage::Chat {
                 content,

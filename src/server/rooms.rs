@@ -6,26 +6,53 @@ use tracing::debug;
 
 use super::steps::Then;
 use super::{ChatServer, MAX_CHAT_CHARS};
-use crate::envelope;
+use crate::envelope::{self, KeyCheck};
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ChatDraft;
 use crate::store::memory::unix_millis;
 use crate::store::{Member, RoomEvent, Step};
 use crate::types::{ClientId, RoomCode};
 
+/// What a room is created as: end-to-end encrypted or plain, and the check value of its key
+/// if its creator gave one (only an encrypted room has a key). Kept with the request until the
+/// store answers, for the reply (and for another try under a new code).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Encryption {
+    pub encrypted: bool,
+    pub key_check: Option<KeyCheck>,
+}
+
 /// The longest `client_msg_id`, in characters.
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
 
 impl ChatServer {
-    /// Opens a room with `id` as its host: end-to-end encrypted if it asked for `encrypted`.
-    pub(super) fn create_room(&mut self, id: ClientId, encrypted: bool) -> Result<(), Refusal> {
+    /// Opens a room with `id` as its host: end-to-end encrypted if it asked for `encrypted`,
+    /// keeping the `key_check` of its key if it gave one (only an encrypted room has a key).
+    pub(super) fn create_room(
+        &mut self,
+        id: ClientId,
+        encrypted: bool,
+        key_check: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let key_check = key_check.map(KeyCheck::parse).transpose()?;
+        if key_check.is_some() && !encrypted {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "Invalid message: only an end-to-end encrypted room (\"encrypted\": true) has a \
+                 key_check.",
+            ));
+        }
         self.check_can_enter_room(id)?;
-        self.try_create_room(id, encrypted, 1);
+        let encryption = Encryption {
+            encrypted,
+            key_check,
+        };
+        self.try_create_room(id, encryption, 1);
         Ok(())
     }
 
     /// Asks the store for a room under a fresh random code; `attempts` counts the codes drawn.
-    pub(super) fn try_create_room(&mut self, id: ClientId, encrypted: bool, attempts: u32) {
+    pub(super) fn try_create_room(&mut self, id: ClientId, encryption: Encryption, attempts: u32) {
         let Ok(member) = self.member(id) else {
             return;
         };
@@ -35,13 +62,14 @@ impl ChatServer {
             client: id,
             token: member.token,
             code,
-            encrypted,
+            encryption,
             attempts,
         };
         let step = Step::Create {
             code,
             member,
-            encrypted,
+            encrypted: encryption.encrypted,
+            key_check: encryption.key_check,
         };
         self.perform(step, then);
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing::debug;
 
 use super::remote::Baseline;
+use super::rooms::Encryption;
 use super::{ChatServer, Store};
 use crate::error::{ErrorCode, Refusal};
 use crate::message::{self, ServerMessage};
@@ -35,7 +36,7 @@ pub(super) enum Then {
         client: ClientId,
         token: SessionToken,
         code: RoomCode,
-        encrypted: bool,
+        encryption: Encryption,
         attempts: u32,
     },
     /// Welcome `client` into room `code`, or tell it why not.
@@ -109,11 +110,11 @@ impl ChatServer {
                     client,
                     token,
                     code,
-                    encrypted,
+                    encryption,
                     attempts,
                 },
                 outcome,
-            ) => self.created(client, token, code, encrypted, attempts, outcome),
+            ) => self.created(client, token, code, encryption, attempts, outcome),
             (
                 Then::Joined {
                     client,
@@ -227,7 +228,7 @@ impl ChatServer {
         client: ClientId,
         token: SessionToken,
         code: RoomCode,
-        encrypted: bool,
+        encryption: Encryption,
         attempts: u32,
         outcome: Outcome,
     ) {
@@ -239,22 +240,23 @@ impl ChatServer {
                     return;
                 };
                 connection.room = Some(code);
-                connection.room_encrypted = encrypted;
+                connection.room_encrypted = encryption.encrypted;
                 connection.seen_chat = 0;
                 connection.seen_event = 0;
                 connection.peer_typing = false;
-                debug!(%client, room = %code, encrypted, "room created");
+                debug!(%client, room = %code, encryption.encrypted, "room created");
                 let name = connection.name.clone();
                 self.entered(client, code, Baseline::created(name));
                 let reply = ServerMessage::RoomCreated {
                     room_code: code,
-                    encrypted,
+                    encrypted: encryption.encrypted,
+                    key_check: encryption.key_check,
                 };
                 self.send(client, reply.encode());
             }
             // A live room has that code: draw another.
             Outcome::CodeTaken if attempts < CREATE_ATTEMPTS => {
-                self.try_create_room(client, encrypted, attempts + 1);
+                self.try_create_room(client, encryption, attempts + 1);
             }
             _ => self.refuse(client, &ErrorCode::InternalError.into()),
         }
@@ -281,6 +283,7 @@ impl ChatServer {
                 peer: &joined.host,
                 history,
                 encrypted: joined.encrypted,
+                key_check: joined.key_check,
             });
         self.send_all(client, welcome);
         if !joined.host_connected {
@@ -382,6 +385,7 @@ impl ChatServer {
             more,
             lost,
             encrypted: room.as_ref().is_some_and(|room| room.encrypted),
+            key_check: room.as_ref().and_then(|room| room.key_check),
         });
         self.send_all(client, reply);
         if let Some(peer) = peer.filter(|peer| peer.read_up_to > 0) {

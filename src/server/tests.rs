@@ -112,7 +112,10 @@ fn pair(server: &mut ChatServer) -> (Peer, Peer, String) {
     request(
         server,
         &host,
-        ClientMessage::CreateRoom { encrypted: false },
+        ClientMessage::CreateRoom {
+            encrypted: false,
+            key_check: None,
+        },
     );
     let code = host.next()["room_code"].as_str().expect("code").to_string();
     let mut guest = connect(server, "grace");

@@ -19,6 +19,7 @@ use super::{
     ChatTail, Conn, Joined, Member, Notice, Outcome, Peer, ResumedRoom, RoomEvent, RoomState,
     SeatState, Step, Taken,
 };
+use crate::envelope::KeyCheck;
 use crate::error::ErrorCode;
 use crate::message::LeaveReason;
 use crate::metrics::Metrics;
@@ -42,6 +43,10 @@ pub struct MemoryStore {
     /// Boxed, like the session records: a hash map keeps up to twice as many slots as entries,
     /// so a slot should be a pointer rather than the whole record.
     rooms: FastMap<RoomCode, Box<Room>>,
+    /// The check value of each encrypted room's key, for the rooms whose creators gave one
+    /// (`key_check`). Kept beside the rooms rather than in them: most rooms have none, and 16
+    /// more bytes would push every room out of its 256-byte allocation.
+    key_checks: FastMap<RoomCode, KeyCheck>,
     /// Every session that can still be resumed, by its token.
     sessions: FastMap<SessionToken, Box<SessionRecord>>,
     /// What all rooms' logs cost together ([`Room::stored_bytes`]).
@@ -58,6 +63,7 @@ impl MemoryStore {
     pub fn new(max_stored_bytes: usize, metrics: Arc<Metrics>) -> Self {
         MemoryStore {
             rooms: FastMap::default(),
+            key_checks: FastMap::default(),
             sessions: FastMap::default(),
             stored_bytes: 0,
             max_stored_bytes: (max_stored_bytes > 0).then_some(max_stored_bytes),
@@ -88,7 +94,8 @@ impl MemoryStore {
                 code,
                 member,
                 encrypted,
-            } => self.create(code, member, encrypted),
+                key_check,
+            } => self.create(code, member, encrypted, key_check),
             Step::Join { code, member } => self.join(code, member, notices),
             Step::Chat {
                 code,
@@ -175,7 +182,13 @@ impl MemoryStore {
         }
     }
 
-    fn create(&mut self, code: RoomCode, member: Member, encrypted: bool) -> Outcome {
+    fn create(
+        &mut self,
+        code: RoomCode,
+        member: Member,
+        encrypted: bool,
+        key_check: Option<KeyCheck>,
+    ) -> Outcome {
         if self.rooms.contains_key(&code) {
             return Outcome::CodeTaken;
         }
@@ -184,6 +197,9 @@ impl MemoryStore {
         }
         self.rooms
             .insert(code, Box::new(Room::new(code, member, encrypted)));
+        if let Some(key_check) = key_check {
+            self.key_checks.insert(code, key_check);
+        }
         self.metrics.rooms.increment(1.0);
         debug!(room = %code, "room created");
         Outcome::Created
@@ -216,6 +232,7 @@ impl MemoryStore {
             last_id: room.last_id(),
             event_seq: seq,
             encrypted: room.is_encrypted(),
+            key_check: self.key_checks.get(&code).copied(),
         }))
     }
 
@@ -411,6 +428,7 @@ impl MemoryStore {
             last_id: room.last_id(),
             event_seq: seq,
             encrypted: room.is_encrypted(),
+            key_check: self.key_checks.get(&code).copied(),
         }))
     }
 
@@ -441,6 +459,7 @@ impl MemoryStore {
                 && let Some(room) = self.rooms.remove(&code)
             {
                 self.stored_bytes -= room.stored_bytes();
+                self.key_checks.remove(&code);
                 self.metrics.rooms.decrement(1.0);
                 self.metrics.stored_bytes.set(self.stored_bytes as f64);
                 debug!(room = %code, "room deleted");

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::envelope::KeyCheck;
 use crate::error::ErrorCode;
 use crate::message::LeaveReason;
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
@@ -104,12 +105,13 @@ pub enum Step {
         name: Username,
     },
     /// Open a room under `code` with `member` as its host, end-to-end encrypted if
-    /// `encrypted`. → `Created`, or `CodeTaken` if a room has that code already (the actor
-    /// draws another).
+    /// `encrypted`, keeping `key_check` for those who join or resume. → `Created`, or
+    /// `CodeTaken` if a room has that code already (the actor draws another).
     Create {
         code: RoomCode,
         member: Member,
         encrypted: bool,
+        key_check: Option<KeyCheck>,
     },
     /// Seat `member` as the guest of room `code`, under the two-member cap and the name rule.
     /// → `Joined`, or `Refused` with `ROOM_NOT_FOUND`, `ROOM_FULL` or `USERNAME_TAKEN`.
@@ -323,6 +325,8 @@ pub struct Joined {
     pub event_seq: u64,
     /// Whether the room is end-to-end encrypted.
     pub encrypted: bool,
+    /// The check value of the room's key, if its creator gave one.
+    pub key_check: Option<KeyCheck>,
 }
 
 /// A resuming session's room.
@@ -341,6 +345,8 @@ pub struct ResumedRoom {
     pub event_seq: u64,
     /// Whether the room is end-to-end encrypted.
     pub encrypted: bool,
+    /// The check value of the room's key, if its creator gave one.
+    pub key_check: Option<KeyCheck>,
 }
 
 /// The other member of a room, as a resuming member sees it.

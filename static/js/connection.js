@@ -34,7 +34,7 @@ const RECONNECT_JITTER = 0.5;
  *   new client (already `ready`);
  * - `resumed(message)`: our session is back (`ready` came just before); the message's `missed`
  *   is the wiring's to hand to `receiveChat`;
- * - `chat(message)`: a chat message, live or replayed;
+ * - `chat(message, replay)`: a chat message, live or (`replay`) replayed;
  * - `replayDone()`: every message missed while away is in;
  * - `message(message)`: any other message from the server;
  * - `closed(close)`: the socket closed. `close.why` is `'elsewhere'` (another connection
@@ -121,12 +121,13 @@ export function send(message) {
 }
 
 /**
- * Hands one `chat` message to the wiring, then counts it off the replay still to come, if
- * any. Every `chat` frame comes through here, and so do the chats the wiring handles like
+ * Hands one `chat` message to the wiring, with whether it is part of a replay (`replay`: the
+ * rest of a resume's `missed`, or what the wiring says), then counts it off the replay still
+ * to come, if any. Every `chat` frame comes through here, and so do the chats the wiring handles like
  * live ones (a resume's `missed`, a rejoin's history).
  */
-export function receiveChat(message) {
-  handlers.chat(message);
+export function receiveChat(message, replay = conn.replayPending > 0) {
+  handlers.chat(message, replay);
   if (conn.replayPending > 0) {
     conn.replayPending -= 1;
     if (conn.replayPending === 0) handlers.replayDone();

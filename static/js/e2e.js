@@ -4,22 +4,38 @@
 // fragment (`/?room=CODE#key=…`), which browsers never send to a server, and in this tab's
 // sessionStorage, so that a reload or a reconnect keeps it. Each message is sealed into an
 // envelope the server relays and stores without being able to read it. docs/protocol.md gives
-// the exact scheme (which other clients are held to), docs/security.md the reasoning:
+// the exact scheme (which other clients are held to), docs/security.md the reasoning. In short
+// (scheme v2):
 //
-// - the link key (at least 128 random bits; this page makes 256) goes through HKDF-SHA-256,
-//   with the room code as salt and the fixed label "chat-server e2e v1" as info, to an
-//   AES-GCM key of 256 bits: each room has its own key even if two links shared theirs;
-// - a message is its UTF-8 sealed with AES-256-GCM under a fresh random 96-bit IV, with the
-//   additional authenticated data "v1" NUL room code NUL sender's name (UTF-8), so an
-//   envelope moved to another room or shown as another sender's fails to open;
-// - the envelope is "v1." followed by base64url without padding of IV ‖ ciphertext ‖ tag.
+// - the link key (at least 128 random bits; this page makes 256) gives, through HKDF-SHA-256,
+//   a *key check* (label "chat-server e2e v2 key check", no salt: 16 bytes the server keeps
+//   with the room, so that a page with a wrong link finds out at join) and the *room key*
+//   (salt the room code, label "chat-server e2e v2": AES-256-GCM);
+// - each tab has a *run*: 8 random bytes it makes once per room, and a sequence number that
+//   grows by one with each envelope it seals; both are under the authentication, so a server
+//   cannot repeat, reorder or withhold a message unnoticed;
+// - the plaintext is padded with zeros to a multiple of 64 bytes, so an envelope tells the
+//   length of a message only to 64 bytes;
+// - once both people are present, each page sends a *hello* (an ephemeral ECDH P-256 public
+//   key, sealed under the room key, so the server can neither forge nor swap one), and later
+//   messages are sealed under *session keys* derived from the key agreement: a link that
+//   leaks later does not open them (forward secrecy). Both pages show a *safety number*
+//   derived from the handshake.
 //
 // No page, no socket: the wiring (main.js) decides what to seal and open, and what to show.
 
 /** What every envelope starts with: the version of the scheme. */
-const PREFIX = 'v1.';
-/** The HKDF info: names what the key is for, so it can never be mistaken for another use. */
-const LABEL = 'chat-server e2e v1';
+const PREFIX = 'v2.';
+/** The HKDF info of the room key: names what the key is for. */
+const ROOM_LABEL = 'chat-server e2e v2';
+/** The HKDF info of the key check: its own label, so it is independent of every other key. */
+const CHECK_LABEL = 'chat-server e2e v2 key check';
+/** What the handshake's transcript starts with. */
+const HANDSHAKE_LABEL = 'chat-server e2e v2 handshake';
+/** The HKDF info of a session's message key, before the sender's run id. */
+const MESSAGE_KEY_LABEL = 'chat-server e2e v2 message key';
+/** What the safety number's hash starts with. */
+const SAFETY_LABEL = 'chat-server e2e v2 safety number';
 /** Bytes of random key this page puts in a link: 256 bits, the AES key's own size. */
 const KEY_BYTES = 32;
 /** The fewest bytes a link key may have: 128 bits, as the protocol requires. */
@@ -28,11 +44,27 @@ const MIN_KEY_BYTES = 16;
 const IV_BYTES = 12;
 /** Bytes of AES-GCM's authentication tag, at the end of the ciphertext. */
 const TAG_BYTES = 16;
-/** Where a room's link key is kept in sessionStorage: this prefix and the room code. */
-const STORAGE_PREFIX = 'chat.key.';
+/** Bytes of a run id. */
+const RUN_BYTES = 8;
+/** Bytes of an envelope's clear header: the key kind and the run id. */
+const HEADER_BYTES = 1 + RUN_BYTES;
+/** The padded plaintext is a whole number of these blocks: the length shows only to 64 bytes. */
+const PAD_BYTES = 64;
+/** Bytes of the padded plaintext's own header: sequence (4), type (1), body length (2). */
+const BODY_OFFSET = 7;
+/** The key kinds of an envelope's first byte. */
+export const KIND = { room: 0x00, session: 0x01 };
+/** The types of a plaintext: a message's text, or a hello of the handshake. */
+export const TYPE = { text: 0x01, hello: 0x02 };
+/** The curve byte of a hello: P-256, the only one this page speaks. */
+const CURVE_P256 = 0x01;
+/** Bytes of an uncompressed P-256 point (0x04 ‖ X ‖ Y). */
+const P256_POINT_BYTES = 65;
+/** Where this tab keeps what it holds for a room: this prefix, what it is, and the room code. */
+const STORAGE_PREFIX = 'chat.';
 
-/** Link keys by room code, for when sessionStorage is blocked (a reload then loses them). */
-const keys = new Map();
+/** What this tab keeps by storage name, for when sessionStorage is blocked (a reload loses it). */
+const memory = new Map();
 
 /**
  * Whether this page can encrypt at all: browsers offer WebCrypto's `subtle` only to secure
@@ -53,103 +85,418 @@ export function isKey(text) {
   return bytes !== null && bytes.length >= MIN_KEY_BYTES;
 }
 
-/**
- * Keeps `key` as the link key of room `code` for this tab: in memory, and in sessionStorage,
- * which is the tab's own and goes with it (not the storage every tab of the site shares and
- * keeps). Returns whether storage took it, that is whether a reload will still have it.
- */
-export function rememberKey(code, key) {
-  keys.set(code, key);
+// ---------------------------------------------------------------------------------------
+// What this tab keeps for a room (sessionStorage: the tab's own, gone when it closes)
+// ---------------------------------------------------------------------------------------
+
+function keep(what, code, value) {
+  const name = `${STORAGE_PREFIX}${what}.${code}`;
+  memory.set(name, value);
   try {
-    sessionStorage.setItem(STORAGE_PREFIX + code, key);
+    sessionStorage.setItem(name, value);
     return true;
   } catch {
     return false;
   }
 }
 
-/** The link key this tab holds for room `code`, or null. */
-export function keyFor(code) {
-  if (keys.has(code)) return keys.get(code);
+function kept(what, code) {
+  const name = `${STORAGE_PREFIX}${what}.${code}`;
+  if (memory.has(name)) return memory.get(name);
   try {
-    const stored = sessionStorage.getItem(STORAGE_PREFIX + code);
-    return isKey(stored) ? stored : null;
+    return sessionStorage.getItem(name);
   } catch {
     return null;
   }
 }
 
-/** Forgets the link key of room `code`. */
-export function forgetKey(code) {
-  keys.delete(code);
+function drop(what, code) {
+  const name = `${STORAGE_PREFIX}${what}.${code}`;
+  memory.delete(name);
   try {
-    sessionStorage.removeItem(STORAGE_PREFIX + code);
+    sessionStorage.removeItem(name);
   } catch {
     // Storage blocked: nothing was kept there.
   }
 }
 
 /**
- * The AES-GCM key of room `code` from its link key: HKDF-SHA-256 with the room code as salt
- * and the fixed label as info. Not extractable: the page's own script cannot read it back.
+ * Keeps `key` as the link key of room `code` for this tab. Returns whether storage took it,
+ * that is whether a reload will still have it.
  */
-export async function roomKey(linkKey, code) {
+export function rememberKey(code, key) {
+  return keep('key', code, key);
+}
+
+/** The link key this tab holds for room `code`, or null. */
+export function keyFor(code) {
+  const key = kept('key', code);
+  return isKey(key) ? key : null;
+}
+
+/**
+ * Forgets everything this tab holds for room `code`: the link key, the run and its sequence
+ * number, the handshake. Only ever on the person's own word (leaving), never on the server's.
+ */
+export function forgetRoom(code) {
+  for (const what of STORED) drop(what, code);
+}
+
+/** Everything `forgetRoom` forgets. */
+const STORED = ['key', 'run', 'seq', 'eph', 'hello', 'hello-sent', 'ready', 'failed'];
+
+/**
+ * Keeps that room `code` failed (`why`: `'link'` or `'server'`), so that a reload of the tab
+ * does not take the server's word for it again.
+ */
+export function markFailed(code, why) {
+  keep('failed', code, why);
+}
+
+/** Why room `code` failed in this tab, or null. */
+export function failureIn(code) {
+  return kept('failed', code);
+}
+
+/**
+ * Forgets the other person's hello and the session with it in room `code`: they left, and
+ * whoever comes next is another run, with a handshake of its own.
+ */
+export function forgetPeer(code) {
+  drop('hello', code);
+  drop('ready', code);
+}
+
+/** Keeps that this run sent its hello in room `code`. */
+export function markHelloSent(code) {
+  keep('hello-sent', code, '1');
+}
+
+/** Whether this run sent its hello in room `code`. */
+export function helloSent(code) {
+  return kept('hello-sent', code) === '1';
+}
+
+/**
+ * Keeps that our messages in room `code` go under the session with the peer's run `peerRun`
+ * (hex): their hello named ours, or ours went out after theirs.
+ */
+export function markReady(code, peerRun) {
+  keep('ready', code, peerRun);
+}
+
+/** The peer run (hex) our messages in room `code` go under the session of, or null. */
+export function readyWith(code) {
+  return kept('ready', code);
+}
+
+/**
+ * This tab's run id in room `code` (8 random bytes, made once and kept for the tab's life,
+ * so that a reload carries on the same run and a new tab starts a new one).
+ */
+export function runFor(code) {
+  let run = fromHex(kept('run', code));
+  if (run === null || run.length !== RUN_BYTES) {
+    run = crypto.getRandomValues(new Uint8Array(RUN_BYTES));
+    keep('run', code, toHex(run));
+  }
+  return run;
+}
+
+/**
+ * The next sequence number of this tab's run in room `code`: 1 first, then one more for each
+ * envelope sealed, whatever its kind or type. Kept before it is used, so a reload never seals
+ * two envelopes under one number.
+ */
+export function nextSequence(code) {
+  const next = (Number(kept('seq', code)) || 0) + 1;
+  keep('seq', code, String(next));
+  return next;
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys from the link key
+// ---------------------------------------------------------------------------------------
+
+/** HKDF-SHA-256 of the link key into `bits` bits, with `salt` and `info`. */
+async function linkKeyBits(linkKey, salt, info, bits) {
   const secret = fromBase64url(linkKey);
   if (secret === null || secret.length < MIN_KEY_BYTES) throw new Error('not a link key');
-  const material = await crypto.subtle.importKey('raw', secret, 'HKDF', false, ['deriveKey']);
-  return crypto.subtle.deriveKey(
-    { name: 'HKDF', hash: 'SHA-256', salt: utf8(code), info: utf8(LABEL) },
+  const material = await crypto.subtle.importKey('raw', secret, 'HKDF', false, ['deriveBits']);
+  const derived = await crypto.subtle.deriveBits(
+    { name: 'HKDF', hash: 'SHA-256', salt, info: utf8(info) },
+    material,
+    bits,
+  );
+  return new Uint8Array(derived);
+}
+
+/**
+ * The key check of a link key: 16 bytes of HKDF-SHA-256 (no salt, its own label) in base64url,
+ * 22 characters. The server keeps it with the room and gives it back to whoever joins, so a
+ * page with a wrong link finds out before it shows anything. It reveals nothing of the key.
+ */
+export async function keyCheck(linkKey) {
+  return toBase64url(await linkKeyBits(linkKey, new Uint8Array(0), CHECK_LABEL, 128));
+}
+
+/**
+ * The room key of room `code`: HKDF-SHA-256 of the link key with the room code as salt, as an
+ * AES-GCM key. Not extractable: the page's own script cannot read it back.
+ */
+export async function roomKey(linkKey, code) {
+  const bits = await linkKeyBits(linkKey, utf8(code), ROOM_LABEL, 256);
+  return crypto.subtle.importKey('raw', bits, 'AES-GCM', false, ['encrypt', 'decrypt']);
+}
+
+// ---------------------------------------------------------------------------------------
+// Envelopes
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Seals one plaintext into an envelope. `m` says what: `code` and `from` (the room and the
+ * sender's name, as the server writes them), `kind` (KIND.room or KIND.session, the kind of
+ * `key`), `run` (the run id), `seq`, `type` (TYPE.text or TYPE.hello) and `body` (bytes).
+ * `iv` is for the test vectors only: otherwise it is fresh and random, as it must be.
+ */
+export async function sealEnvelope(key, m, iv = crypto.getRandomValues(new Uint8Array(IV_BYTES))) {
+  const header = new Uint8Array(HEADER_BYTES);
+  header[0] = m.kind;
+  header.set(m.run, 1);
+  const sealed = await crypto.subtle.encrypt(
+    { name: 'AES-GCM', iv, additionalData: additionalData(m.code, m.from, header) },
+    key,
+    pad(m.seq, m.type, m.body),
+  );
+  return PREFIX + toBase64url(concat(header, iv, new Uint8Array(sealed)));
+}
+
+/**
+ * Seals `text` with everything given: what the test vectors of docs/protocol.md are checked
+ * against (a page never chooses its IV). `linkKey` and `run` in base64url and hex.
+ */
+export async function sealTextForVector(linkKey, code, from, runHex, seq, ivHex, text) {
+  const key = await roomKey(linkKey, code);
+  const m = { code, from, kind: KIND.room, run: fromHex(runHex), seq, type: TYPE.text, body: utf8(text) };
+  return sealEnvelope(key, m, fromHex(ivHex));
+}
+
+/**
+ * The clear header of an envelope: `{ kind, run }`, with the bytes to open it, or null if it
+ * is not a v2 envelope. (A v1 envelope is never taken as genuine by this page.)
+ */
+export function readHeader(envelope) {
+  if (typeof envelope !== 'string' || !envelope.startsWith(PREFIX)) return null;
+  const bytes = fromBase64url(envelope.slice(PREFIX.length));
+  if (bytes === null || bytes.length < HEADER_BYTES + IV_BYTES + PAD_BYTES + TAG_BYTES) return null;
+  if (bytes[0] !== KIND.room && bytes[0] !== KIND.session) return null;
+  return { kind: bytes[0], run: bytes.slice(1, HEADER_BYTES), bytes };
+}
+
+/**
+ * Opens an envelope whose header is `header` (see `readHeader`), said by `from` in room `code`:
+ * `{ seq, type, body }`, or null if it was changed, sealed with another key, or for another
+ * room or sender, or is not well padded.
+ */
+export async function openEnvelope(key, code, from, header) {
+  const { bytes } = header;
+  try {
+    const plain = new Uint8Array(await crypto.subtle.decrypt(
+      {
+        name: 'AES-GCM',
+        iv: bytes.subarray(HEADER_BYTES, HEADER_BYTES + IV_BYTES),
+        additionalData: additionalData(code, from, bytes.subarray(0, HEADER_BYTES)),
+      },
+      key,
+      bytes.subarray(HEADER_BYTES + IV_BYTES),
+    ));
+    return unpad(plain);
+  } catch {
+    return null; // The tag did not verify: never show it.
+  }
+}
+
+/** The text of a type-1 body, or null if it is not UTF-8. */
+export function textOf(body) {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(body);
+  } catch {
+    return null;
+  }
+}
+
+export function utf8(text) {
+  return new TextEncoder().encode(text);
+}
+
+/**
+ * What each envelope is bound to: "v2", the room, the sender (joined by NUL, which neither a
+ * room code nor a username can contain), and its clear header (the key kind and the run id).
+ */
+function additionalData(code, from, header) {
+  return concat(utf8(`v2\u0000${code}\u0000${from}\u0000`), header);
+}
+
+/** The padded plaintext: sequence, type, body length, body, zeros to a multiple of 64 bytes. */
+function pad(seq, type, body) {
+  const length = Math.ceil((BODY_OFFSET + body.length) / PAD_BYTES) * PAD_BYTES;
+  const plain = new Uint8Array(length);
+  const view = new DataView(plain.buffer);
+  view.setUint32(0, seq);
+  plain[4] = type;
+  view.setUint16(5, body.length);
+  plain.set(body, BODY_OFFSET);
+  return plain;
+}
+
+/** The fields of a padded plaintext, or null if it is not one (the padding must be zeros). */
+function unpad(plain) {
+  if (plain.length < PAD_BYTES || plain.length % PAD_BYTES !== 0) return null;
+  const view = new DataView(plain.buffer, plain.byteOffset, plain.byteLength);
+  const length = view.getUint16(5);
+  if (BODY_OFFSET + length > plain.length) return null;
+  if (plain.subarray(BODY_OFFSET + length).some((byte) => byte !== 0)) return null;
+  return {
+    seq: view.getUint32(0),
+    type: plain[4],
+    body: plain.slice(BODY_OFFSET, BODY_OFFSET + length),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// The handshake: forward secrecy, and the safety number
+// ---------------------------------------------------------------------------------------
+
+/**
+ * This run's ephemeral ECDH P-256 key pair in room `code`: made once, kept in sessionStorage
+ * (as JWK) so a reload keeps it, dropped with the room. Returns `{ privateKey, publicRaw }`.
+ * (Extractable only so that the tab can keep it across a reload; it never leaves the tab.)
+ */
+export async function ephemeralFor(code) {
+  const stored = kept('eph', code);
+  if (stored) {
+    try {
+      const jwk = JSON.parse(stored);
+      const privateKey = await crypto.subtle.importKey(
+        'jwk', jwk, { name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
+      const publicKey = await crypto.subtle.importKey(
+        'jwk', { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, ext: true },
+        { name: 'ECDH', namedCurve: 'P-256' }, true, []);
+      const publicRaw = new Uint8Array(await crypto.subtle.exportKey('raw', publicKey));
+      return { privateKey, publicRaw };
+    } catch {
+      // Unreadable: make a new one below (the peer will get a new hello).
+    }
+  }
+  const pair = await crypto.subtle.generateKey(
+    { name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
+  keep('eph', code, JSON.stringify(await crypto.subtle.exportKey('jwk', pair.privateKey)));
+  const publicRaw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
+  return { privateKey: pair.privateKey, publicRaw };
+}
+
+/** A hello's body: the peer run last seen (or zeros), the curve, this run's public key. */
+export function helloBody(peerRun, publicRaw) {
+  return concat(peerRun || new Uint8Array(RUN_BYTES), Uint8Array.of(CURVE_P256), publicRaw);
+}
+
+/** The fields of a hello's body, `{ seenRun, publicRaw }`, or null if it is not one we know. */
+export function readHello(body) {
+  if (body.length < RUN_BYTES + 1 + P256_POINT_BYTES || body[RUN_BYTES] !== CURVE_P256) return null;
+  return {
+    seenRun: body.slice(0, RUN_BYTES),
+    publicRaw: body.slice(RUN_BYTES + 1, RUN_BYTES + 1 + P256_POINT_BYTES),
+  };
+}
+
+/** Keeps the hello last opened from the peer in room `code` (run and public key), for a reload. */
+export function rememberPeerHello(code, peerRun, publicRaw) {
+  keep('hello', code, `${toHex(peerRun)}.${toHex(publicRaw)}`);
+}
+
+/** The peer's hello this tab kept for room `code`: `{ run, publicRaw }`, or null. */
+export function peerHelloFor(code) {
+  const [run, key] = (kept('hello', code) || '').split('.');
+  const runBytes = fromHex(run);
+  const publicRaw = fromHex(key);
+  return runBytes && publicRaw ? { run: runBytes, publicRaw } : null;
+}
+
+/**
+ * The session between this run (`myRun`, its ephemeral `mine`) and the peer's run `peerRun`
+ * with public key `peerPublicRaw`, in room `code`: `{ sendKey, receiveKey, safetyNumber }`.
+ * Throws if the peer's key does not import (not a point of the curve).
+ */
+export async function session(code, myRun, mine, peerRun, peerPublicRaw) {
+  const peerPublic = await crypto.subtle.importKey(
+    'raw', peerPublicRaw, { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+  const shared = await crypto.subtle.deriveBits(
+    { name: 'ECDH', public: peerPublic }, mine.privateKey, 256);
+  const records = [
+    concat(myRun, Uint8Array.of(CURVE_P256), mine.publicRaw),
+    concat(peerRun, Uint8Array.of(CURVE_P256), peerPublicRaw),
+  ];
+  if (compareBytes(myRun, peerRun) > 0) records.reverse();
+  const transcript = concat(utf8(`${HANDSHAKE_LABEL}\u0000${code}\u0000`), ...records);
+  const salt = new Uint8Array(await crypto.subtle.digest('SHA-256', transcript));
+  const material = await crypto.subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
+  const keyOf = (run) => crypto.subtle.deriveKey(
+    { name: 'HKDF', hash: 'SHA-256', salt, info: concat(utf8(MESSAGE_KEY_LABEL), run) },
     material,
     { name: 'AES-GCM', length: 256 },
     false,
     ['encrypt', 'decrypt'],
   );
+  const safety = new Uint8Array(await crypto.subtle.digest(
+    'SHA-256', concat(utf8(`${SAFETY_LABEL}\u0000`), transcript)));
+  return {
+    sendKey: await keyOf(myRun),
+    receiveKey: await keyOf(peerRun),
+    safetyNumber: safetyNumber(safety),
+  };
 }
 
-/** Seals `text`, said by `from` in room `code`, into an envelope. */
-export async function seal(key, code, from, text) {
-  const iv = crypto.getRandomValues(new Uint8Array(IV_BYTES));
-  const sealed = await crypto.subtle.encrypt(
-    { name: 'AES-GCM', iv, additionalData: additionalData(code, from) },
-    key,
-    utf8(text),
-  );
-  const envelope = new Uint8Array(IV_BYTES + sealed.byteLength);
-  envelope.set(iv);
-  envelope.set(new Uint8Array(sealed), IV_BYTES);
-  return PREFIX + toBase64url(envelope);
+/** The first 5 bytes of `hash` as a number mod 10^12, in three groups of four digits. */
+function safetyNumber(hash) {
+  let value = 0n;
+  for (const byte of hash.subarray(0, 5)) value = value * 256n + BigInt(byte);
+  const digits = (value % 10n ** 12n).toString().padStart(12, '0');
+  return `${digits.slice(0, 4)} ${digits.slice(4, 8)} ${digits.slice(8)}`;
 }
 
-/**
- * Opens an envelope said by `from` in room `code`: its text, or null if it is not an envelope,
- * was changed, was sealed with another key, or for another room or sender.
- */
-export async function open(key, code, from, envelope) {
-  if (typeof envelope !== 'string' || !envelope.startsWith(PREFIX)) return null;
-  const bytes = fromBase64url(envelope.slice(PREFIX.length));
-  if (bytes === null || bytes.length < IV_BYTES + TAG_BYTES) return null;
-  try {
-    const plain = await crypto.subtle.decrypt(
-      { name: 'AES-GCM', iv: bytes.subarray(0, IV_BYTES), additionalData: additionalData(code, from) },
-      key,
-      bytes.subarray(IV_BYTES),
-    );
-    return new TextDecoder('utf-8', { fatal: true }).decode(plain);
-  } catch {
-    return null; // The tag did not verify (or the text is not UTF-8): never show it.
+// ---------------------------------------------------------------------------------------
+// Bytes
+// ---------------------------------------------------------------------------------------
+
+export function sameBytes(a, b) {
+  return a !== null && b !== null && a.length === b.length && compareBytes(a, b) === 0;
+}
+
+function compareBytes(a, b) {
+  for (let i = 0; i < Math.min(a.length, b.length); i += 1) {
+    if (a[i] !== b[i]) return a[i] - b[i];
   }
+  return a.length - b.length;
 }
 
-/**
- * What each envelope is bound to: the scheme's version, the room and the sender, joined by
- * NUL, which neither a room code nor a username can contain, so no two pairs encode alike.
- */
-function additionalData(code, from) {
-  return utf8(`v1\u0000${code}\u0000${from}`);
+function concat(...parts) {
+  const all = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    all.set(part, at);
+    at += part.length;
+  }
+  return all;
 }
 
-function utf8(text) {
-  return new TextEncoder().encode(text);
+export function toHex(bytes) {
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+}
+
+/** The bytes of a hex string, or null. */
+export function fromHex(text) {
+  if (typeof text !== 'string' || !/^(?:[0-9a-f]{2})*$/.test(text)) return null;
+  return Uint8Array.from(text.match(/../g) || [], (pair) => parseInt(pair, 16));
 }
 
 /** Bytes as base64url without padding (RFC 4648, section 5). */

@@ -9,14 +9,21 @@
 // a drop, or refused for now (UNAVAILABLE), is sent again under the same id, which the
 // server never stores twice: every message is sent exactly once and shown once (issue 12).
 //
+// In an end-to-end encrypted room (issue 17) the page does not trust the server: it takes a
+// room reply only as the answer to its own request, checks the room's key check as it enters,
+// applies the sequence rules to what it opens, and, when the server breaks a rule, fails
+// closed (`failRoom`): it sends nothing more in that room. `<html data-e2e>` says where it
+// stands. docs/security.md explains why; docs/protocol.md gives the rules.
+//
 // The client is plain ES modules, with no build step:
 // - protocol.js: the protocol's limits, close codes and error texts;
 // - connection.js: the WebSocket and the session (resume, reconnecting, the replay); it
 //   never touches the page;
 // - views.js: the page (views, conversation, room bar, errors, typing, "Seen"); it never
 //   sends on the socket;
-// - e2e.js: end-to-end encryption (WebCrypto): a room's key, sealing and opening envelopes,
-//   keeping the key for this tab; it touches neither the page nor the socket;
+// - e2e.js: end-to-end encryption (WebCrypto): a room's keys and key check, sealing and
+//   opening envelopes, the handshake, and what the tab keeps for a room; it touches neither
+//   the page nor the socket;
 // - attention.js: while the person looks elsewhere, the unread count in the tab's title and
 //   on its icon, and notifications (its own elements only; main.js tells it of the peer's
 //   messages);
@@ -127,6 +134,40 @@ const state = {
    * cleared (the person left meanwhile) is not shown in the next one, whose ids start over.
    */
   conversation: 0,
+  /**
+   * The room request we sent and await the answer to, or null: `{ type, code, encrypted }`
+   * (`type` is `create_room`, `join_room` or `leave_room`; `code` the room's code in canonical
+   * form, null for a create; `encrypted` whether we asked for, or hold a key for, an encrypted
+   * room). `room_created`, `room_joined` and `room_left` are acted on only as its answer: the
+   * server cannot move the page into a room it did not ask for, or out of one.
+   */
+  request: null,
+  /**
+   * Where the page stands on end-to-end encryption, also on `<html data-e2e>`: `none` (no room,
+   * or a plain room), `verifying` (an encrypted room whose key is not confirmed yet),
+   * `verified` (confirmed: by the key check at join, or by an envelope from the other person
+   * that opened), `failed` (a wrong link, or a server that broke the rules: nothing more is
+   * sent in this room).
+   */
+  e2e: 'none',
+  /** This tab's run id in the current encrypted room (8 bytes), or null. */
+  run: null,
+  /**
+   * What the page has seen of each run in this room, by run id in hex: `{ highest, missing }`,
+   * the highest sequence number taken and the numbers counted missing (see `track`).
+   */
+  runs: new Map(),
+  /** Whether the other person arrived while we were in the room (their first live envelope
+   * then says how many of theirs we missed). */
+  peerArrivedLive: false,
+  /** This run's ephemeral key pair (a promise of `{ privateKey, publicRaw }`), or null. */
+  ephemeral: null,
+  /** The sessions of the handshake by the peer's run id in hex (see e2e.session). */
+  sessions: new Map(),
+  /** The peer's run whose hello we opened last (hex), or null. */
+  peerRun: null,
+  /** Whether our messages go under the session with `peerRun` (see `sealKeyFor`). */
+  sessionReady: false,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -209,12 +250,59 @@ function startAfresh() {
 
 /** Sends one message; `slot` names the control whose errors the reply may carry. */
 function send(message, slot) {
+  if (!mayGoOut(message)) return false;
   if (!connection.send(message)) {
     if (slot) showError(slot, 'Not connected right now. Reconnecting… then try again.');
     return false;
   }
   if (slot) state.lastSlot = slot;
   return true;
+}
+
+/**
+ * The last gate before the socket, which every message of the page passes (see also
+ * `resendUnconfirmed`): in a failed room only `leave_room` goes out, and in an encrypted room
+ * (one the server says is, or one we hold a key for) no chat goes out that is not an envelope.
+ */
+function mayGoOut(message) {
+  if (state.e2e === 'failed' && state.roomCode !== null) return message.type === 'leave_room';
+  if (message.type === 'chat' && state.encrypted && message.encrypted !== true) return false;
+  return true;
+}
+
+/**
+ * Sends a room request (`create_room`, `join_room` or `leave_room`) and remembers it as the
+ * one outstanding: only its answer may move the page into or out of a room.
+ */
+function sendRequest(message, slot, expected) {
+  if (!send(message, slot)) return false;
+  state.request = expected;
+  return true;
+}
+
+/** Asks to join room `code` (from an invite, the join form, or after a session was lost). */
+function requestJoin(code) {
+  const canon = canonical(code);
+  const expected = { type: 'join_room', code: canon, encrypted: e2e.keyFor(canon) !== null };
+  return sendRequest({ type: 'join_room', room_code: code }, 'join', expected);
+}
+
+/** The room this tab is in, kept across a reload: the only room a `resumed` may put it in. */
+function storeRoom(code) {
+  try {
+    if (code) sessionStorage.setItem('chat.room', code);
+    else sessionStorage.removeItem('chat.room');
+  } catch {
+    // Storage blocked: a reload starts afresh anyway (no session either).
+  }
+}
+
+function storedRoom() {
+  try {
+    return sessionStorage.getItem('chat.room');
+  } catch {
+    return null;
+  }
 }
 
 /** Shows `text` under the control of `slot` (see views.showError). */
@@ -248,18 +336,43 @@ const HANDLERS = {
 
 function onMessage(message) {
   const handler = HANDLERS[message.type];
-  if (handler) handler(message);
+  if (handler) return handler(message);
+  return undefined;
 }
 
-/** Our session is back: the same name, room and seat, plus what was said meanwhile. */
-function onResumed(message) {
+/**
+ * Our session is back: the same name, room and seat, plus what was said meanwhile. Only for
+ * the room we were in (kept in sessionStorage across a reload): a server that resumes us into
+ * another room, or out of an encrypted one we hold the key of, broke the rules.
+ */
+async function onResumed(message) {
   state.name = message.username;
   if (message.username) views.showName(message.username);
 
-  if (message.room_code) {
-    const sameRoom = views.roomShown() === message.room_code;
+  const code = message.room_code ? canonical(message.room_code) : null;
+  const expected = state.roomCode || storedRoom();
+  const asked = state.request;
+  state.request = null; // A request lost with the connection is answered by this, or never.
+  if (code !== expected && !(asked && answers(asked, code))) {
+    if (expected && e2e.keyFor(expected)) {
+      failRoom(expected, 'server');
+      return;
+    }
+    if (code && e2e.keyFor(code) && message.encrypted !== true) {
+      failRoom(code, 'server');
+      return;
+    }
+  }
+
+  if (code && asked && asked.type === 'create_room' && asked.encrypted && state.pendingKey) {
+    // Our `create_room` went through, and its answer was lost with the connection.
+    e2e.rememberKey(code, state.pendingKey);
+  }
+  state.pendingKey = null;
+  if (code) {
+    const sameRoom = views.roomShown() === code;
     const peerBefore = state.peer;
-    enterRoom(message.room_code, message.peer, message.encrypted === true);
+    if (!(await enterRoom(code, message.peer, message))) return;
     if (sameRoom) {
       views.addEvent('Reconnected.');
       // The room may have changed while we were away: say so before what was said.
@@ -278,25 +391,29 @@ function onResumed(message) {
       const what = message.lost === 1 ? '1 earlier message' : `${message.lost} earlier messages`;
       views.addEvent(`${what} could not be recovered.`);
     }
-    // Handled like live messages (our own confirm what we sent); `addChat` skips what is
-    // already on screen, so nothing shows twice. The rest, if any, follows as `chat` frames;
-    // the connection calls `replayDone` once they are in.
-    message.missed.forEach(connection.receiveChat);
+    // Handled like live messages (our own confirm what we sent), but as a replay (see
+    // `track`); `addChat` skips what is already on screen, so nothing shows twice. The rest,
+    // if any, follows as `chat` frames; the connection calls `replayDone` once they are in.
+    message.missed.forEach((chat) => connection.receiveChat(chat, true));
     state.peerAway = message.peer !== null && !message.peer_connected;
     updateRoomBar();
     if (state.peerAway) views.addEvent(peerAwayText(message.peer));
+    if (message.peer !== null) queueHello();
     return;
   }
   if (views.roomShown()) {
     views.showLobbyNote(`You are no longer in room ${views.roomShown()}.`);
   }
-  state.roomCode = null;
-  state.peer = null;
-  useRoomKey(null, false);
-  clearConversation();
-  views.showTitle(null);
+  leaveRoomLocally();
   if (!message.username) views.showView('name');
   else if (views.currentView() !== 'name') views.showView('lobby');
+}
+
+/** Whether `code` (canonical, or null) is what request `asked` may be answered with. */
+function answers(asked, code) {
+  if (asked.type === 'leave_room') return code === null;
+  if (asked.type === 'create_room') return code !== null;
+  return code === asked.code;
 }
 
 /**
@@ -323,26 +440,56 @@ function onUsernameSet(message) {
       views.showLobbyNote(`${NOT_RESUMED} You were in room ${code}.`);
     }
     views.setJoinCode(code);
-    send({ type: 'join_room', room_code: code }, 'join');
+    requestJoin(code);
   } else {
     views.showView('lobby');
   }
 }
 
-function onRoomCreated(message) {
+/**
+ * Our room was created. Only as the answer to our own `create_room`; and if we asked for an
+ * encrypted room, only with `"encrypted": true`: a server that answers without it (to make
+ * the page throw the key away and write in plaintext) puts the page in the failed state.
+ */
+async function onRoomCreated(message) {
+  const asked = state.request;
+  if (!asked || asked.type !== 'create_room') {
+    unrequested();
+    return;
+  }
+  state.request = null;
+  const code = canonical(message.room_code);
   const key = state.pendingKey;
   state.pendingKey = null;
-  if (key && message.encrypted === true) e2e.rememberKey(message.room_code, key);
-  enterRoom(message.room_code, null, message.encrypted === true);
-  if (key && message.encrypted !== true) {
-    views.addEvent('This server does not offer end-to-end encryption: this room is not encrypted.');
+  if (asked.encrypted) {
+    // Kept before anything else: from now on this page holds a key for this room, and never
+    // writes there in plaintext, whatever the server says next.
+    e2e.rememberKey(code, key);
+    if (message.encrypted !== true) {
+      failRoom(code, 'server');
+      return;
+    }
   }
+  // Our own key cannot be the wrong one: a check that differs from the one we sent is the
+  // server's doing.
+  await enterRoom(code, null, message, 'server');
 }
 
-function onRoomJoined(message) {
-  const rejoined = state.rejoining && views.roomShown() === message.room_code;
+/**
+ * We joined a room. Only as the answer to our own `join_room`, for the code we asked for; a
+ * room we hold a key for must say it is encrypted, and its key check must match our key's.
+ */
+async function onRoomJoined(message) {
+  const asked = state.request;
+  const code = canonical(message.room_code);
+  if (!asked || asked.type !== 'join_room' || asked.code !== code) {
+    unrequested();
+    return;
+  }
+  state.request = null;
+  const rejoined = state.rejoining && views.roomShown() === code;
   state.rejoining = false;
-  enterRoom(message.room_code, message.peer, message.encrypted === true);
+  if (!(await enterRoom(code, message.peer, message))) return;
   if (rejoined) {
     // The server emptied the room's history when our seat went, so what it sends now was all
     // said after that; what was said before it is gone.
@@ -350,26 +497,50 @@ function onRoomJoined(message) {
       `${NOT_RESUMED} You are back with ${message.peer}; ` +
         'messages sent while you were away may be missing.',
     );
-    message.history.forEach(connection.receiveChat); // Handled like live messages.
-    return;
+    message.history.forEach((chat) => connection.receiveChat(chat, true));
+  } else {
+    if (message.history.length > 0) {
+      views.addEvent('Earlier in this room');
+      for (const chat of message.history) await addChat(chat, true);
+    }
+    views.addEvent(`You joined ${message.peer} in room ${code}.`);
   }
-  if (message.history.length > 0) {
-    views.addEvent('Earlier in this room');
-    message.history.forEach(addChat);
+  queueHello();
+}
+
+/**
+ * A room message nobody asked for (a `room_created`, `room_joined` or `room_left` that answers
+ * no request of ours, or names another room). In an encrypted room, or while we wait for one,
+ * that is a server breaking the rules: the page fails closed. Elsewhere it is ignored: the
+ * page stays where it is, and nothing it would send could be at risk.
+ */
+function unrequested() {
+  const asked = state.request;
+  if (state.roomCode !== null && state.encrypted) failRoom(state.roomCode, 'server');
+  else if (state.roomCode === null && asked && asked.encrypted && asked.code) {
+    failRoom(asked.code, 'server');
+  } else if (state.roomCode === null && asked && asked.encrypted) {
+    // We asked to create an encrypted room, and got something else: there is no room to stay
+    // in, so the lobby says it, and the person starts again from there.
+    state.request = null;
+    state.pendingKey = null;
+    setE2e('failed');
+    views.showLobbyNote(views.FAILED_TEXT.broken);
   }
-  views.addEvent(`You joined ${message.peer} in room ${message.room_code}.`);
 }
 
 function onPeerJoined(message) {
   state.peer = message.username;
   state.peerAway = false;
+  state.peerArrivedLive = true;
   // A new person has read nothing yet; "Seen" moves on with their first receipt.
   state.peerReadUpTo = 0;
   updateRoomBar();
   views.addEvent(`${message.username} joined.`);
+  queueHello();
 }
 
-function onChat(message) {
+function onChat(message, replay) {
   if (message.from === state.name) {
     confirmSent(message);
   } else {
@@ -377,13 +548,18 @@ function onChat(message) {
     // case the order ever changes, a typing indicator above the message it became is odd.
     views.hidePeerTyping();
   }
-  addChat(message);
+  return addChat(message, replay);
 }
 
 function onPeerLeft(message) {
   views.hidePeerTyping();
   state.peer = null;
   state.peerAway = false;
+  // The next person is another run: our messages go under the room key until their hello.
+  state.sessionReady = false;
+  state.peerRun = null;
+  if (state.roomCode) e2e.forgetPeer(state.roomCode);
+  views.showSafetyNumber(null);
   updateRoomBar();
   const how = message.reason === 'disconnected' ? 'lost their connection' : 'left the room';
   views.addEvent(`${message.username} ${how}. The room stays open under the same code.`);
@@ -413,15 +589,18 @@ function onRead(message) {
   views.showSeen(state.peerReadUpTo);
 }
 
+/** We left the room: only as the answer to our own `leave_room`, for the room we left. */
 function onRoomLeft(message) {
-  state.roomCode = null;
-  state.peer = null;
-  // The key is needed no more: it does not outlive our time in the room.
-  e2e.forgetKey(message.room_code);
-  useRoomKey(null, false);
-  clearConversation();
-  views.showTitle(null);
-  views.showLobbyNote(`You left room ${message.room_code}.`);
+  const asked = state.request;
+  const code = canonical(message.room_code);
+  if (!asked || asked.type !== 'leave_room' || asked.code !== code) {
+    unrequested();
+    return;
+  }
+  state.request = null;
+  if (state.roomCode !== code) return; // Already left on our side (a failed room).
+  leaveRoomLocally();
+  views.showLobbyNote(`You left room ${code}.`);
   views.showView('lobby');
   views.focusCreateRoom();
 }
@@ -429,6 +608,8 @@ function onRoomLeft(message) {
 function onError(message) {
   state.rejoining = false; // Whatever failed, a later join is the user's own again.
   state.pendingKey = null; // A refused `create_room` made no room to keep a key for.
+  // The server answers requests in order: a room request refused is a request answered.
+  if (state.request && state.lastSlot !== 'composer') state.request = null;
   if (message.code === 'UNAVAILABLE' && onUnavailable()) return;
   const text = ERROR_TEXT[message.code] || message.message || 'Something went wrong.';
   // Without a name the lobby makes no sense: send the user back to the name form.
@@ -453,23 +634,64 @@ function onUnavailable() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The room and its conversation
+// The room, its encryption, and its conversation
 // ---------------------------------------------------------------------------------------
 
+/** A room code in canonical form: trimmed, upper case (as the server compares them). */
+function canonical(code) {
+  return String(code ?? '').trim().toUpperCase();
+}
+
 /**
- * Switches to the room view for `code`; `peer` is null while we wait alone; `encrypted` if the
- * server says the room is end-to-end encrypted.
+ * Switches to the room view for `code` as the server's `reply` (`room_created`, `room_joined`
+ * or `resumed`) describes it; `peer` is null while we wait alone. For an encrypted room, checks
+ * what the reply says against the key this tab holds: returns false, with the page in the
+ * failed state, if they disagree (`mismatch` says why a key check that differs fails it).
  */
-function enterRoom(code, peer, encrypted) {
+async function enterRoom(code, peer, reply, mismatch = 'link') {
+  const sameRoom = views.roomShown() === code;
   // Keep the conversation on screen when we come back to the same room after a reconnect.
-  if (views.roomShown() !== code) clearConversation();
+  if (!sameRoom) clearConversation();
   state.roomCode = code;
   state.peer = peer;
-  useRoomKey(code, encrypted);
+  storeRoom(code);
+  useRoomKey(code, reply.encrypted === true);
   views.showRoom(code, state.linkKey);
-  views.showEncryption(encryptionShown());
   updateRoomBar();
   views.showView('room');
+  const failure = e2e.failureIn(code);
+  if (failure) {
+    failRoom(code, failure); // Failed before (and reloaded since): it stays failed.
+    return false;
+  }
+  // A page that holds this room's key never takes the server's word that it is plain.
+  if (state.linkKey && reply.encrypted !== true) {
+    failRoom(code, 'server');
+    return false;
+  }
+  views.showEncryption(encryptionShown());
+  if (!state.encrypted) {
+    setE2e('none');
+    return true;
+  }
+  if (!state.roomKey) {
+    setE2e('verifying'); // No key here: nothing to confirm, and nothing is sent.
+    return true;
+  }
+  if (typeof reply.key_check === 'string') {
+    // The check of the key the room was created with against our link's: a cut-short or
+    // changed link finds out here, before a single message is shown.
+    const ours = await e2e.keyCheck(state.linkKey).catch(() => null);
+    if (ours !== reply.key_check) {
+      failRoom(code, mismatch);
+      return false;
+    }
+    setE2e('verified');
+  } else if (!(sameRoom && state.e2e === 'verified')) {
+    setE2e('verifying'); // Until an envelope from the other person opens.
+  }
+  await restoreHandshake(code);
+  return true;
 }
 
 /**
@@ -485,6 +707,7 @@ function useRoomKey(code, encrypted) {
     state.linkKey && e2e.available()
       ? e2e.roomKey(state.linkKey, code).catch(() => null)
       : null;
+  state.run = state.roomKey ? e2e.runFor(code) : null;
 }
 
 /** What the room bar and the composer show of the encryption (see views.showEncryption). */
@@ -494,13 +717,59 @@ function encryptionShown() {
   return state.linkKey ? 'unsupported' : 'no-key';
 }
 
+/** Sets where the page stands (see `state.e2e`), on the page too. */
+function setE2e(value) {
+  state.e2e = value;
+  views.showE2eState(value);
+}
+
+/**
+ * The page stops trusting the server in room `code`: a wrong link (`why` is `'link'`) or a
+ * server that broke the rules (`'server'`). From now on nothing more is sent in this room (no
+ * message, no typing, no receipt, see `send`), the page says plainly why, and the person can
+ * only leave and start again. It stays so across a reload of the tab.
+ */
+function failRoom(code, why) {
+  e2e.markFailed(code, why);
+  if (views.roomShown() !== code) {
+    clearConversation();
+    views.showRoom(code, null);
+  }
+  state.roomCode = code;
+  state.encrypted = true; // Whatever the server said: never plaintext here.
+  state.request = null;
+  storeRoom(code);
+  forgetTyping();
+  clearTimeout(state.readTimer);
+  state.readTimer = null;
+  forgetUnconfirmed();
+  setE2e('failed');
+  views.showEncryption(why === 'link' ? 'wrong-link' : 'broken');
+  views.showSafetyNumber(null);
+  updateRoomBar();
+  views.showView('room');
+}
+
+/** Leaves the room on our side: the conversation, the key and all that belonged to it go. */
+function leaveRoomLocally() {
+  if (state.roomCode) e2e.forgetRoom(state.roomCode);
+  state.roomCode = null;
+  state.peer = null;
+  storeRoom(null);
+  useRoomKey(null, false);
+  clearConversation();
+  setE2e('none');
+  views.showEncryption('plain');
+  views.showTitle(null);
+}
+
 function updateRoomBar() {
   views.updateRoomBar(state.peer, state.peerAway);
 }
 
 /**
- * Empties the conversation, and forgets the ids, receipts and messages on their way that
- * belonged to it.
+ * Empties the conversation, and forgets the ids, receipts, messages on their way, runs and
+ * sessions that belonged to it.
  */
 function clearConversation() {
   views.clearConversation();
@@ -512,53 +781,244 @@ function clearConversation() {
   state.peerReadUpTo = 0;
   clearTimeout(state.readTimer);
   state.readTimer = null;
+  state.runs = new Map();
+  state.peerArrivedLive = false;
+  state.ephemeral = null;
+  state.sessions = new Map();
+  state.peerRun = null;
+  state.sessionReady = false;
+  views.showSafetyNumber(null);
 }
 
 /**
- * Shows one `chat` message. A message already on screen (ids only grow within a room) is
- * skipped, so a replay never shows one twice.
+ * Shows one `chat` message; `replay` if it comes in a join's history or a resume's replay
+ * rather than live. A message already on screen (ids only grow within a room) is skipped, so
+ * a replay never shows one twice. A failed room shows nothing more.
  */
-function addChat(message) {
+async function addChat(message, replay) {
   if (message.id <= state.lastId) return;
   state.lastId = message.id;
+  if (state.e2e === 'failed') return;
   const own = message.from === state.name;
   if (!own) {
     state.lastPeerId = message.id;
     scheduleRead();
   }
-  if (state.encrypted || message.encrypted) addSealedChat(message, own);
-  else views.addChat(message, own);
-  // While the person looks elsewhere: the unread count, and a notification (attention.js).
-  if (!own) {
-    const encrypted = state.encrypted || message.encrypted === true;
-    attention.peerMessage({ room: state.roomCode, from: message.from, text: message.content, encrypted });
+  if (state.encrypted || message.encrypted) {
+    await addSealedChat(message, own, replay);
+    return;
   }
+  views.addChat(message, own);
+  if (!own) peerMessageShown(message.from, message.content, false);
 }
 
 /**
- * Shows a message of an encrypted room: in its place at once, and its text once it is
- * opened. Without the key it says so; one that does not open (changed, moved from another
- * room or sender, or sent as plaintext where only envelopes belong) is never shown as text.
+ * A message from the peer is on the page now: while the person looks elsewhere, the unread
+ * count and a notification (attention.js). Only for what is shown as a message: never for a
+ * hello, a repeat, or what could not be opened; an encrypted room's text stays on the page.
  */
-function addSealedChat(message, own) {
+function peerMessageShown(from, text, encrypted) {
+  attention.peerMessage({ room: state.roomCode, from, text: encrypted ? null : text, encrypted });
+}
+
+/**
+ * Shows a message of an encrypted room, once opened, and applies the sequence rules of
+ * docs/protocol.md: a repeat is not shown again, a gap is said, a late message is marked.
+ * Without the key it says so; one that does not open (changed, moved from another room or
+ * sender, a v1 envelope, or plaintext where only envelopes belong) is never shown as text.
+ */
+async function addSealedChat(message, own, replay) {
   if (!state.roomKey) {
     views.addChat(message, own, 'locked');
     return;
   }
-  views.addChat(message, own, 'opening');
   const { conversation, roomCode } = state;
-  openChat(state.roomKey, roomCode, message).then((text) => {
-    if (conversation !== state.conversation) return; // Cleared meanwhile.
-    if (text === null) views.sealChat(message.id, 'unverified');
-    else views.revealChat(message.id, text);
-  });
+  const header = message.encrypted === true ? e2e.readHeader(message.content) : null;
+  // Our own run under the other person's name is a message of ours moved: never theirs.
+  if (header === null || (!own && e2e.sameBytes(header.run, state.run))) {
+    views.addChat(message, own, 'unverified');
+    return;
+  }
+  const keys = await keysToOpen(header, own);
+  if (keys.length === 0) {
+    views.addChat(message, own, 'earlier-session');
+    return;
+  }
+  let opened = null;
+  for (const key of keys) {
+    opened = key ? await e2e.openEnvelope(key, roomCode, message.from, header) : null;
+    if (opened) break;
+  }
+  if (conversation !== state.conversation || state.e2e === 'failed') return; // Left meanwhile.
+  if (opened === null) {
+    views.addChat(message, own, 'unverified');
+    return;
+  }
+  if (!own && state.e2e === 'verifying') setE2e('verified'); // It opened: the key is right.
+  const seen = track(e2e.toHex(header.run), opened.seq, replay || own);
+  if (seen.repeat) return; // Shown already, or replayed from before what we saw.
+  if (seen.missing > 0 && !own) {
+    const what = seen.missing === 1 ? '1 message' : `${seen.missing} messages`;
+    views.addEvent(`${what} from ${message.from} did not arrive.`);
+  }
+  if (opened.type === e2e.TYPE.hello) {
+    if (!own) await onHello(header.run, opened.body);
+    return;
+  }
+  const text = opened.type === e2e.TYPE.text ? e2e.textOf(opened.body) : null;
+  if (text === null) {
+    views.addChat(message, own, 'unverified');
+    return;
+  }
+  views.addChat({ ...message, content: text }, own);
+  if (seen.late) views.markLate(message.id);
+  if (!own) peerMessageShown(message.from, text, true);
 }
 
-/** The text of an encrypted room's `chat`, or null if it does not open. */
-async function openChat(roomKey, code, message) {
-  const key = await roomKey;
-  if (!key || message.encrypted !== true) return null;
-  return e2e.open(key, code, message.from, message.content);
+/** The keys an envelope with `header` may open with: the room key, or a session's. */
+async function keysToOpen(header, own) {
+  if (header.kind === e2e.KIND.room) return [await state.roomKey];
+  const sessions = await Promise.all(state.sessions.values());
+  if (own) return sessions.filter(Boolean).map((s) => s.sendKey);
+  const session = await state.sessions.get(e2e.toHex(header.run));
+  return session ? [session.receiveKey] : [];
+}
+
+/**
+ * The sequence rules for sequence number `seq` of run `run` (hex): returns `{ repeat }` for a
+ * number already taken (or below what we saw, never counted missing), `{ late }` for one
+ * counted missing that arrives now, else `{ missing }`, how many numbers it skipped. The
+ * first envelope of a run is taken whatever its number when it comes in a history or replay
+ * (a newcomer sees only the last messages) or is our own; live from a person who arrived
+ * while we were here, the numbers before it count as missing.
+ */
+function track(run, seq, anyFirst) {
+  let seen = state.runs.get(run);
+  if (!seen) {
+    seen = { highest: anyFirst || !state.peerArrivedLive ? seq - 1 : 0, missing: new Set() };
+    state.runs.set(run, seen);
+  }
+  if (seq > seen.highest) {
+    const missing = seq - seen.highest - 1;
+    // Remember the missing numbers (the last thousand at most), to mark them if they come.
+    for (let n = Math.max(seen.highest + 1, seq - 1000); n < seq; n += 1) seen.missing.add(n);
+    seen.highest = seq;
+    return { missing };
+  }
+  if (seen.missing.delete(seq)) return { late: true };
+  return { repeat: true };
+}
+
+// ---------------------------------------------------------------------------------------
+// The handshake: session keys after both are present, and the safety number
+// ---------------------------------------------------------------------------------------
+
+/**
+ * After entering an encrypted room (or a reload): this run's ephemeral key, and the session
+ * with the peer's last hello this tab kept, so a reload goes on where it was.
+ */
+async function restoreHandshake(code) {
+  if (!state.roomKey || state.ephemeral) return;
+  state.ephemeral = e2e.ephemeralFor(code).catch(() => null);
+  const hello = e2e.peerHelloFor(code);
+  if (!hello) return;
+  const session = await startSession(hello.run, hello.publicRaw, true);
+  if (session && e2e.readyWith(code) === e2e.toHex(hello.run)) state.sessionReady = true;
+}
+
+/**
+ * Computes the session with the peer's run `peerRun` and key; null if the key is no key. With
+ * `current`, it is the session with the person here now: its safety number is shown.
+ */
+async function startSession(peerRun, publicRaw, current) {
+  const mine = await state.ephemeral;
+  if (!mine) return null;
+  try {
+    const session = await e2e.session(state.roomCode, state.run, mine, peerRun, publicRaw);
+    const hex = e2e.toHex(peerRun);
+    state.sessions.set(hex, session);
+    if (current) {
+      state.peerRun = hex;
+      views.showSafetyNumber(session.safetyNumber);
+    }
+    return session;
+  } catch {
+    return null;
+  }
+}
+
+/** Sends our hello once the other person is present, if we have not sent one in this room. */
+function queueHello() {
+  if (!state.roomKey || state.peer === null || state.e2e === 'failed') return;
+  if (e2e.helloSent(state.roomCode)) return;
+  // It names the other person's run if their hello came first (from the history, say).
+  return sendHello(state.peerRun ? e2e.fromHex(state.peerRun) : null);
+}
+
+/**
+ * A hello from the peer's run `run` opened: a session with it. If it does not name our run,
+ * the other page has not seen our hello (a newcomer, or a new tab): we send one naming theirs,
+ * which then precedes our session-sealed messages. A hello that is no hello fails the room.
+ */
+async function onHello(run, body) {
+  const hello = e2e.readHello(body);
+  const session = hello ? await startSession(run, hello.publicRaw, state.peer !== null) : null;
+  if (!session) {
+    failRoom(state.roomCode, 'server');
+    return;
+  }
+  // Nobody here (a replay of what someone who left said): the session opens their messages,
+  // but ours will be for whoever comes next.
+  if (state.peer === null) return;
+  const code = state.roomCode;
+  const hex = e2e.toHex(run);
+  e2e.rememberPeerHello(code, run, hello.publicRaw);
+  if (e2e.sameBytes(hello.seenRun, state.run)) {
+    e2e.markReady(code, hex);
+    state.sessionReady = true;
+  } else if (e2e.readyWith(code) !== hex) {
+    state.sessionReady = false;
+    if (await sendHello(run)) {
+      e2e.markReady(code, hex);
+      state.sessionReady = true;
+    }
+  } else {
+    state.sessionReady = true;
+  }
+}
+
+/** Seals and sends our hello, naming `peerRun` (or nobody); returns whether it went out. */
+async function sendHello(peerRun) {
+  const code = state.roomCode;
+  const mine = await state.ephemeral;
+  const key = await state.roomKey;
+  if (!mine || !key || state.roomCode !== code) return false;
+  e2e.markHelloSent(code);
+  const envelope = await e2e.sealEnvelope(key, {
+    code,
+    from: state.name,
+    kind: e2e.KIND.room,
+    run: state.run,
+    seq: e2e.nextSequence(code),
+    type: e2e.TYPE.hello,
+    body: e2e.helloBody(peerRun, mine.publicRaw),
+  });
+  const request = { type: 'chat', content: envelope, encrypted: true, client_msg_id: newClientMsgId() };
+  if (!send(request)) return false;
+  state.lastSlot = 'composer';
+  state.unconfirmed.set(request.client_msg_id, { request, text: null });
+  return true;
+}
+
+/**
+ * The key our next message is sealed under: the session's with the current peer run once it
+ * is ready (their hello opened, and ours precedes our session-sealed messages), else the room
+ * key. `{ kind, key }`.
+ */
+async function sealKeyFor() {
+  const session = state.sessionReady && state.peerRun ? await state.sessions.get(state.peerRun) : null;
+  if (session) return { kind: e2e.KIND.session, key: session.sendKey };
+  return { kind: e2e.KIND.room, key: await state.roomKey };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -587,6 +1047,7 @@ function sendRead() {
 function sendChat() {
   const content = views.messageText();
   views.clearError('composer');
+  if (state.e2e === 'failed') return; // Nothing more goes out in this room (see failRoom).
   const refusal = refusalOf(content);
   if (refusal) {
     showError('composer', refusal);
@@ -615,8 +1076,9 @@ function refusalOf(content) {
 }
 
 /**
- * Sends a message in an encrypted room, sealed. Without the key nothing is sent (the composer
- * is disabled then anyway).
+ * Sends a message in an encrypted room, sealed: under the session key once the handshake is
+ * done, else the room key, with this run's next sequence number. Without the key nothing is
+ * sent (the composer is disabled then anyway).
  */
 async function sendSealedChat(content) {
   if (!state.roomKey) {
@@ -624,11 +1086,21 @@ async function sendSealedChat(content) {
     return;
   }
   // Cleared before sealing, which takes a moment, so that a second Enter sends nothing twice.
-  const { roomCode, roomKey, name } = state;
+  const { roomCode, name, run } = state;
   views.setMessageText('');
   forgetTyping();
-  const key = await roomKey;
-  const envelope = key ? await e2e.seal(key, roomCode, name, content) : null;
+  const { kind, key } = await sealKeyFor();
+  const envelope = key
+    ? await e2e.sealEnvelope(key, {
+        code: roomCode,
+        from: name,
+        kind,
+        run,
+        seq: e2e.nextSequence(roomCode),
+        type: e2e.TYPE.text,
+        body: e2e.utf8(content),
+      })
+    : null;
   if (state.roomCode !== roomCode) return; // We left the room meanwhile.
   const sent = envelope !== null && sendOwnChat({ content: envelope, encrypted: true }, content);
   if (!sent) {
@@ -720,6 +1192,7 @@ function resendUnconfirmed() {
   clearTimeout(state.resendTimer);
   state.resendTimer = null;
   for (const { request } of state.unconfirmed.values()) {
+    if (!mayGoOut(request)) return;
     // Not connected: they go out again once the session is resumed (see `replayDone`).
     if (!connection.send(request)) return;
     state.lastSlot = 'composer'; // An error in reply is about a chat message.
@@ -747,6 +1220,7 @@ function takeOldestUnconfirmed() {
   if (oldest === undefined) return null;
   const { text } = state.unconfirmed.get(oldest);
   state.unconfirmed.delete(oldest);
+  if (text === null) return null; // A hello of ours: nothing the person wrote.
   views.removePendingChat(oldest);
   return text;
 }
@@ -768,7 +1242,7 @@ function forgetUnconfirmed() {
   clearTimeout(state.resendTimer);
   state.resendTimer = null;
   state.resendDelay = RESEND_FIRST_MS;
-  const texts = [...state.unconfirmed.values()].map((sent) => sent.text);
+  const texts = [...state.unconfirmed.values()].map((sent) => sent.text).filter((t) => t !== null);
   for (const clientMsgId of state.unconfirmed.keys()) views.removePendingChat(clientMsgId);
   state.unconfirmed.clear();
   return texts;
@@ -796,7 +1270,7 @@ function inviteFromUrl() {
   const code = new URLSearchParams(location.search).get('room');
   if (!code) return null;
   const key = new URLSearchParams(location.hash.slice(1)).get('key');
-  return { code: code.trim().toUpperCase(), key: e2e.isKey(key) ? key : null };
+  return { code: canonical(code), key: e2e.isKey(key) ? key : null };
 }
 
 /**
@@ -839,26 +1313,64 @@ function onNameSubmit(name) {
 function onJoinSubmit(text) {
   views.clearError('join');
   const invite = inviteFromInput(text);
-  if (e2e.isKey(invite.key)) e2e.rememberKey(invite.code.toUpperCase(), invite.key);
+  if (e2e.isKey(invite.key)) e2e.rememberKey(canonical(invite.code), invite.key);
   views.setJoinCode(invite.code);
-  send({ type: 'join_room', room_code: invite.code }, 'join');
+  setE2e('none'); // A new start: whatever failed before is behind us.
+  requestJoin(invite.code);
 }
 
-/** "Create a room", end-to-end encrypted if the box is ticked: the key is made here. */
-function onCreateClick(encrypted) {
+/**
+ * "Create a room", end-to-end encrypted if the box is ticked: the key is made here, and its
+ * key check goes with the request, for the server to keep with the room.
+ */
+async function onCreateClick(encrypted) {
   views.clearError('create');
+  setE2e('none');
   const sealed = encrypted && e2e.available();
-  const request = sealed ? { type: 'create_room', encrypted: true } : { type: 'create_room' };
-  if (send(request, 'create')) state.pendingKey = sealed ? e2e.newKey() : null;
+  const key = sealed ? e2e.newKey() : null;
+  const request = sealed
+    ? { type: 'create_room', encrypted: true, key_check: await e2e.keyCheck(key) }
+    : { type: 'create_room' };
+  if (sendRequest(request, 'create', { type: 'create_room', code: null, encrypted: sealed })) {
+    state.pendingKey = key;
+  }
 }
 
+/**
+ * "Leave". In a failed room the page does not wait for the server, which broke the rules
+ * already: it asks to leave and goes back to the lobby at once.
+ */
 function onLeaveClick() {
   views.clearError('room');
   stopTyping();
   // A receipt sent after `leave_room` would only earn a NOT_IN_ROOM error.
   clearTimeout(state.readTimer);
   state.readTimer = null;
-  send({ type: 'leave_room' }, 'room');
+  const code = state.roomCode;
+  const failed = state.e2e === 'failed';
+  sendRequest({ type: 'leave_room' }, 'room', { type: 'leave_room', code, encrypted: false });
+  if (failed) {
+    leaveRoomLocally();
+    views.showLobbyNote(`You left room ${code}. Start again with a new room and a new link.`);
+    views.showView('lobby');
+    views.focusCreateRoom();
+  }
+}
+
+/**
+ * The server's messages are handled one at a time, in the order they came, each to its end:
+ * opening an envelope or checking a key is asynchronous (WebCrypto), and a message must not
+ * overtake the one before it while that one is being opened. A chain of promises does it.
+ */
+let handled = Promise.resolve();
+
+/** `handler`, run after everything handed over before it is done. */
+function inTurn(handler) {
+  return (...args) => {
+    handled = handled
+      .then(() => handler(...args))
+      .catch((error) => console.error('handling a message from the server failed', error));
+  };
 }
 
 function init() {
@@ -866,11 +1378,11 @@ function init() {
     connecting: (hasSession) => views.setConnectionStatus(hasSession ? 'reconnecting' : 'connecting'),
     ready: onReady,
     noSession: onNoSession,
-    sessionExpired: startAfresh,
-    resumed: onResumed,
-    chat: onChat,
-    replayDone,
-    message: onMessage,
+    sessionExpired: inTurn(startAfresh),
+    resumed: inTurn(onResumed),
+    chat: inTurn(onChat),
+    replayDone: inTurn(replayDone),
+    message: inTurn(onMessage),
     closed: onClosed,
     lastId: () => state.lastId,
   });

@@ -42,6 +42,23 @@ const SEALED_TEXT = {
   opening: 'Decrypting…',
   locked: 'Encrypted message — open the invite link to read it.',
   unverified: 'This message could not be verified, so it is not shown.',
+  'earlier-session':
+    'This message was sealed for an earlier session of this tab, so it cannot be opened.',
+};
+
+/**
+ * What the page says when it stopped trusting the server in this room (see main.js,
+ * `failRoom`): a link that does not open the room, or a server that broke the rules. Never
+ * anything a message said.
+ */
+export const FAILED_TEXT = {
+  'wrong-link':
+    'This link does not open this room: it was probably cut short or changed on its way to ' +
+    'you. Nothing of the conversation was shown or sent. Leave, and ask for the whole invite ' +
+    'link again.',
+  broken:
+    'The server did not behave as it must, so this conversation is not safe. Nothing more is ' +
+    'sent in this room. Leave, and start again with a new room and a new link.',
 };
 
 /** What the notice above the conversation says when this page cannot read the room. */
@@ -293,10 +310,39 @@ export function showEncryption(mode) {
   const missing = MISSING_KEY_TEXT[mode];
   $('e2e-missing').textContent = missing || '';
   $('e2e-missing').hidden = !missing;
+  const failed = FAILED_TEXT[mode];
+  $('e2e-failed').textContent = failed || '';
+  $('e2e-failed').hidden = !failed;
   const input = $('message-input');
-  input.disabled = Boolean(missing);
-  $('send').disabled = Boolean(missing);
-  input.placeholder = missing ? 'You need the invite link to write here' : 'Write a message…';
+  input.disabled = Boolean(missing || failed);
+  $('send').disabled = Boolean(missing || failed);
+  input.placeholder = missing
+    ? 'You need the invite link to write here'
+    : failed
+      ? 'Nothing more can be sent in this room'
+      : 'Write a message…';
+  // A browser's spell-checker may send what is typed to a service to check it: not in a room
+  // whose point is that nobody else reads it. Nor should the browser keep it for autofill.
+  const plain = mode === 'plain';
+  input.spellcheck = plain;
+  input.setAttribute('autocomplete', plain ? 'on' : 'off');
+}
+
+/**
+ * Where the page stands on end-to-end encryption, for tests and style sheets alike:
+ * `<html data-e2e>` is `none`, `verifying`, `verified` or `failed` (see main.js, `state.e2e`).
+ */
+export function showE2eState(value) {
+  document.documentElement.dataset.e2e = value;
+}
+
+/**
+ * Shows the safety number of the handshake (three groups of four digits, the same on both
+ * pages; for two people to compare by voice), or hides it (null).
+ */
+export function showSafetyNumber(number) {
+  $('safety').hidden = number === null;
+  $('safety-number').textContent = number || '';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -398,6 +444,17 @@ export function revealChat(id, content) {
   text.classList.remove('msg__text--sealed');
   delete text.dataset.sealed;
   if (atBottom) scrollToEnd();
+}
+
+/**
+ * Marks the message `id` as arrived out of order: the server held it back, and it came after
+ * messages its sender wrote later.
+ */
+export function markLate(id) {
+  const text = chatText(id);
+  if (!text) return;
+  text.parentElement.classList.add('msg--late');
+  text.after(element('p', 'msg__late', 'Arrived late, out of order'));
 }
 
 /** Says why the encrypted message `id` is not shown (see `addChat`). */

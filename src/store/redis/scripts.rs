@@ -18,6 +18,7 @@ use redis::{RedisResult, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Valu
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire;
+use crate::envelope::KeyCheck;
 use crate::error::ErrorCode;
 use crate::room::Room;
 use crate::store::{
@@ -238,6 +239,16 @@ impl Reply {
         Username::parse(&self.text()?).map_err(|_| unexpected("a stored name that is not valid"))
     }
 
+    /// A room's key check, written as `''` when it has none.
+    fn key_check(&mut self) -> RedisResult<Option<KeyCheck>> {
+        match self.text()?.as_str() {
+            "" => Ok(None),
+            text => KeyCheck::parse(text)
+                .map(Some)
+                .map_err(|_| unexpected("a stored key check that is not valid")),
+        }
+    }
+
     /// The rest of the reply, as frames.
     fn frames(self) -> RedisResult<Vec<Utf8Bytes>> {
         self.0
@@ -281,6 +292,7 @@ pub async fn run(
             code,
             member,
             encrypted,
+            key_check,
         } => {
             let created: i64 = scripts
                 .room_create
@@ -291,6 +303,7 @@ pub async fn run(
                 .arg(member.conn.node.to_string())
                 .arg(u8::from(encrypted))
                 .arg(millis(ROOM_TTL))
+                .arg(key_check.as_ref().map_or("", KeyCheck::as_str))
                 .invoke_async(redis)
                 .await?;
             if created == 0 {
@@ -318,6 +331,7 @@ pub async fn run(
                     let last_id = reply.number()?;
                     let event_seq = reply.number()?;
                     let encrypted = reply.flag()?;
+                    let key_check = reply.key_check()?;
                     let history = reply.frames()?;
                     entered(scripts, redis, code, &member.token, member.conn).await?;
                     Outcome::Joined(Box::new(Joined {
@@ -327,6 +341,7 @@ pub async fn run(
                         last_id,
                         event_seq,
                         encrypted,
+                        key_check,
                     }))
                 }
                 "ROOM_FULL" => Outcome::Refused(ErrorCode::RoomFull),
@@ -498,6 +513,7 @@ pub async fn run(
             let last = reply.number()?;
             let event_seq = reply.number()?;
             let encrypted = reply.flag()?;
+            let key_check = reply.key_check()?;
             let previous = reply.text()?;
             let _previous_node = reply.text()?;
             let lost = reply.number()?;
@@ -520,6 +536,7 @@ pub async fn run(
                 last_id: last,
                 event_seq,
                 encrypted,
+                key_check,
             }))
         }
         Step::Range { code, after, upto } => {

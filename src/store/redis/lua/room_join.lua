@@ -1,6 +1,7 @@
 -- Seats a guest under the two-member cap and the name rule, and gives it the history a joiner
 -- sees. KEYS room log ch; ARGV tok name conn node ttl history_len
---   -> {'OK', host name, host connected (0|1), last, ev, encrypted, history frames...}
+--   -> {'OK', host name, host connected (0|1), last, ev, encrypted, key_check or '',
+--       history frames...}
 --    | {'ROOM_NOT_FOUND'} | {'ROOM_FULL'} | {'USERNAME_TAKEN'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, name = ARGV[1], ARGV[2]
@@ -19,5 +20,6 @@ local ev = event(room, ch, 'joined', tok, name)
 local from = math.max(vis, last - tonumber(ARGV[6]) + 1)
 local connected = 1
 if host[2] then connected = 0 end
-return append({'OK', host[1], connected, last, ev, redis.call('HGET', room, 'enc')},
+local enc = redis.call('HMGET', room, 'enc', 'kc')
+return append({'OK', host[1], connected, last, ev, enc[1], enc[2] or ''},
   entries(log, last, from, last))

@@ -1,6 +1,6 @@
 -- Moves a seat onto a new connection and replays what it missed.
 -- KEYS room log ch; ARGV tok conn node last_id ttl
---   -> {'OK', name, peer name or '', peer connected, peer read, last, ev, encrypted,
+--   -> {'OK', name, peer name or '', peer connected, peer read, last, ev, encrypted, key_check or '',
 --       previous conn or '', previous node or '', lost, missed frames...} | {'EXPIRED'}
 local room, log, ch, tok = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 if not is_member(room, tok) then return {'EXPIRED'} end
@@ -23,5 +23,6 @@ end
 local last = tonumber(redis.call('HGET', room, 'last'))
 local wanted = math.max(tonumber(ARGV[4]) + 1, tonumber(s[5]))
 local lost = math.max(0, tonumber(redis.call('HGET', room, 'lost')) + 1 - wanted)
-return append({'OK', s[4], peer, peer_connected, peer_read, last, ev,
-  redis.call('HGET', room, 'enc'), prev_conn, prev_node, lost}, entries(log, last, wanted, last))
+local enc = redis.call('HMGET', room, 'enc', 'kc')
+return append({'OK', s[4], peer, peer_connected, peer_read, last, ev, enc[1], enc[2] or '',
+  prev_conn, prev_node, lost}, entries(log, last, wanted, last))
