@@ -202,6 +202,7 @@ async fn a_reply_naming_another_room_fails_closed() {
     closing_pages_after(&[&alice, &bob], async {
         alice.goto(&relay.url()).await;
         alice.choose_name().await;
+        assert_eq!(alice.e2e().await, "none", "in the lobby, in no room");
         let code = alice.create_encrypted_room().await;
         let invite = alice.value("#invite-link").await;
         let other = if code == "ABCDEF" { "GHJKMN" } else { "ABCDEF" };
@@ -224,6 +225,7 @@ async fn a_reply_naming_another_room_fails_closed() {
         let typed = "Bob in the swapped room";
         bob.submit_anyway(typed).await;
         bob.leave_failed_room(&relay).await;
+        bob.wait_for_e2e("none").await;
         relay.assert_never_sent(typed);
         assert_nothing_said(&relay, "Bob", before);
     })
