@@ -11,12 +11,15 @@
 //! session) run one after another, in the order they were submitted, while the steps of
 //! different rooms are in flight together, pipelined on one connection (`link.rs`).
 //!
-//! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others.
+//! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others
+//! (`reap.rs`), and every node sweeps the grace periods that have ended (`sweep.rs`).
 
 mod bus;
 mod link;
 mod node;
+mod reap;
 pub mod scripts;
+mod sweep;
 mod wire;
 
 use std::collections::VecDeque;
@@ -142,7 +145,7 @@ impl RedisStore {
             events: events.clone(),
             metrics: Arc::clone(&metrics),
         };
-        tokio::spawn(watch.run());
+        watch.start();
         let shared = Arc::new(Shared {
             link,
             scripts,

@@ -14,7 +14,10 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value};
+use redis::{
+    Cmd, ErrorKind, RedisResult, RedisWrite, Script, ScriptInvocation, ServerErrorKind,
+    ToRedisArgs, Value,
+};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire;
@@ -120,6 +123,7 @@ pub struct Scripts {
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
     pub(super) node_forget: Script,
+    pub(super) node_lease: Script,
     node_room: Script,
     grace_add: Script,
     pub(super) grace_claim: Script,
@@ -150,6 +154,7 @@ impl Scripts {
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
             node_forget: Script::new(include_str!("lua/node_forget.lua")),
+            node_lease: Script::new(include_str!("lua/node_lease.lua")),
             node_room: Script::new(include_str!("lua/node_room.lua")),
             grace_add: Script::new(include_str!("lua/grace_add.lua")),
             grace_claim: Script::new(include_str!("lua/grace_claim.lua")),
@@ -645,15 +650,64 @@ pub async fn file_grace(
     deadline: u64,
     grace: Duration,
 ) -> RedisResult<()> {
-    let _: i64 = scripts
-        .grace_add
-        .key(keys::GRACE)
-        .arg(deadline)
-        .arg(grace_entry(code, token, deadline))
-        .arg(millis(grace + GRACE_MARGIN))
-        .invoke_async(redis)
-        .await?;
+    file_graces(scripts, redis, &[(code, *token, deadline)], grace).await
+}
+
+/// Files many held seats' deadlines (`room, token, deadline`) in one call, as a reap holds
+/// them.
+pub async fn file_graces(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    held: &[(RoomCode, SessionToken, u64)],
+    grace: Duration,
+) -> RedisResult<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = scripts.grace_add.key(keys::GRACE);
+    invocation.arg(millis(grace + GRACE_MARGIN));
+    for (code, token, deadline) in held {
+        invocation
+            .arg(deadline)
+            .arg(grace_entry(*code, token, *deadline));
+    }
+    let _: i64 = invocation.invoke_async(redis).await?;
     Ok(())
+}
+
+/// One run of `script` with `keys`, as a command to send among others in one round trip
+/// ([`run_batch`]); its arguments are added to it. (The `redis` crate's `ScriptInvocation`
+/// runs one script per round trip.)
+pub fn batched(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// Sends `calls` of `script` (made by [`batched`]) in one pipeline, and returns their replies
+/// in order. Each call is atomic by itself, in its own room; only the round trip is shared,
+/// so a batch of rooms costs Redis what the rooms cost one by one, and the caller one await.
+/// A Redis that does not know the script (it restarted) is given it, and the batch sent again:
+/// the batched steps may run twice, so they must be idempotent.
+pub async fn run_batch(
+    script: &Script,
+    redis: &mut MultiplexedConnection,
+    calls: Vec<Cmd>,
+) -> RedisResult<Vec<Value>> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for call in calls {
+        pipe.add_command(call);
+    }
+    match pipe.query_async(redis).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(redis).await?;
+            pipe.query_async(redis).await
+        }
+        replies => replies,
+    }
 }
 
 /// A grace list entry: `CODE|TOKEN|DEADLINE`.
