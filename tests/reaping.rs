@@ -144,7 +144,13 @@ async fn a_node_dying_with_thousands_of_rooms_takes_no_other_down() {
 
     nodes[0].sigkill();
     drop(hosts);
-    // Every guest is told once; the reap goes on past the last of them (the simulated rooms).
+    // The reap is done once the dead node's list is gone: every guest has been told by then
+    // (what they were sent waits in their sockets).
+    let deadline = Instant::now() + 6 * PATIENCE;
+    while redis.command(&["EXISTS", &dead_list]).await.into_integer() == 1 {
+        assert!(Instant::now() < deadline, "the dead node is reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stream::iter(guests.iter_mut())
         .for_each_concurrent(AT_ONCE, |guest| async move {
             let told = guest.expect("peer_disconnected").await;
@@ -155,11 +161,6 @@ async fn a_node_dying_with_thousands_of_rooms_takes_no_other_down() {
             );
         })
         .await;
-    let deadline = Instant::now() + 6 * PATIENCE;
-    while redis.command(&["EXISTS", &dead_list]).await.into_integer() == 1 {
-        assert!(Instant::now() < deadline, "the dead node is reaped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Every room the dead node listed was reaped: its host's seat is held.
     let sample = &simulated[..100];
     for code in sample {

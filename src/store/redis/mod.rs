@@ -116,7 +116,7 @@ pub struct RedisStore {
     shared: Arc<Shared>,
     /// The lanes with a step in flight, and the steps waiting behind it.
     lanes: FastMap<Lane, VecDeque<(u64, Step)>>,
-    /// Whether the link to Redis is up, for `/healthz`.
+    /// Whether this node counts itself alive (its beats are recorded), for `/healthz`.
     up: Arc<AtomicBool>,
 }
 
@@ -134,9 +134,11 @@ impl RedisStore {
         let up = Arc::new(AtomicBool::new(false));
         let link = Arc::new(Link::new(client.clone(), Arc::clone(&up)));
         let scripts = Arc::new(Scripts::new());
-        let bus = bus::start(client, node, events.clone(), Arc::clone(&metrics));
+        let bus = bus::start(client.clone(), node, events.clone(), Arc::clone(&metrics));
         tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
         let watch = node::Watch {
+            client,
+            live: Arc::clone(&up),
             link: Arc::clone(&link),
             scripts: Arc::clone(&scripts),
             bus: bus.clone(),
@@ -161,7 +163,9 @@ impl RedisStore {
         (store, received)
     }
 
-    /// Whether the link to Redis is up.
+    /// Whether the node can serve: its link to Redis is up and its beats are recorded, so that
+    /// the other nodes count it alive. False from the first missed beat (or the link's loss)
+    /// until the next beat recorded with the link up.
     pub fn reachable(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.up)
     }

@@ -11,13 +11,25 @@
 //!
 //! Time is Redis's (`TIME` in the scripts), so nodes whose clocks disagree still agree on who
 //! is dead. And a node judges others only once its own beats have been recorded for
-//! [`DEAD_AFTER`]: after a Redis restart, every beat looks old, and a node must first give the
-//! others the time to beat again.
+//! [`DEAD_AFTER`] on one connection: after a Redis restart, every beat looks old, and a node
+//! must first give the others the time to beat again.
+//!
+//! A node that cannot vouch for itself lets its clients go. The others count it dead
+//! [`DEAD_AFTER`] after its last recorded beat; a node that has had no beat recorded for
+//! [`LET_GO_AFTER`] (a little less) closes every connection with 1012 before they may, so that
+//! its clients resume on another node, within their grace period, while their seats are still
+//! theirs, and carries on as a new node. It cannot tell a Redis that is gone for everyone from a
+//! network that cut it alone, so it lets go in both cases. Beats go over a connection of their
+//! own, not the link that steps share: a beat never waits behind a batch of another task, and
+//! after a cut heals, the next beat connects at once, without waiting for the link's supervisor
+//! to notice that its connection died.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::RedisResult;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
@@ -34,8 +46,17 @@ use crate::store::NodeId;
 /// How often a node beats.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long after its last beat a node's beats count as broken off: its next beat starts a new
+/// run, and until then it judges no one (`node_beat.lua`, `node_dead.lua`).
+pub const BEAT_GAP: Duration = Duration::from_secs(2);
+
 /// How long a node may be silent before the others count it dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// How long after the last beat Redis recorded (from when it was sent) a node lets its clients
+/// go: half a second before the others may count it dead, and at least that before they notice
+/// (they look every [`BEAT_EVERY`]).
+pub const LET_GO_AFTER: Duration = Duration::from_millis(4_500);
 
 /// What the node is, as its beats say: the reaper and the sweeper read it.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +79,10 @@ impl Standing {
 
 /// What keeps the watch, as the store starts it.
 pub struct Watch {
+    /// For the beats' own connection.
+    pub client: redis::Client,
+    /// Whether the node counts itself alive, for `/healthz`.
+    pub live: Arc<AtomicBool>,
     pub link: Arc<Link>,
     pub scripts: Arc<Scripts>,
     pub bus: Bus,
@@ -88,7 +113,9 @@ impl Watch {
             events: self.events.clone(),
         };
         let beats = Beats {
-            link: self.link,
+            link: Arc::clone(&self.link),
+            client: self.client,
+            live: self.live,
             scripts: self.scripts,
             bus: self.bus,
             events: self.events,
@@ -103,7 +130,13 @@ impl Watch {
 
 /// The task that beats.
 struct Beats {
+    /// The link that steps share: the node serves only while it is up.
     link: Arc<Link>,
+    /// Beats go over a connection of their own, made from this client.
+    client: redis::Client,
+    /// Whether the node can serve, for `/healthz`: set when a beat is recorded while the link
+    /// is up, cleared when one is missed (and by the link when it goes down).
+    live: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
     /// Told the node's new id when it is fenced.
     bus: Bus,
@@ -115,35 +148,65 @@ struct Beats {
 }
 
 impl Beats {
-    /// Beats every [`BEAT_EVERY`], for as long as the actor runs.
+    /// Beats every [`BEAT_EVERY`], for as long as the actor runs, and lets the node's clients go
+    /// when it can no longer vouch for itself.
     async fn run(self) {
         let mut tick = tokio::time::interval(BEAT_EVERY);
         // After a slow beat, the next one a full interval later, not a burst to catch up.
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut connection = None;
+        // When the last beat that Redis recorded was sent: the others count the node alive
+        // until at least DEAD_AFTER past it. `None` before the first, and once let go.
+        let mut vouched: Option<Instant> = None;
         loop {
-            tick.tick().await;
+            let let_go_at = vouched.map(|sent| sent + LET_GO_AFTER);
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = until(let_go_at) => {
+                    vouched = None;
+                    if !self.let_go().await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             if self.events.is_closed() {
                 return;
             }
             let sent = Instant::now();
-            // A beat with no answer within an interval counts as missed.
-            let beat = tokio::time::timeout(BEAT_EVERY, self.beat()).await;
+            // A beat with no answer within an interval counts as missed; one still waiting
+            // when the node must let go waits no more.
+            let beat = tokio::select! {
+                beat = tokio::time::timeout(BEAT_EVERY, self.beat(&mut connection)) => beat,
+                () = until(let_go_at) => {
+                    vouched = None;
+                    if !self.let_go().await {
+                        return;
+                    }
+                    continue;
+                }
+            };
             match beat {
                 Ok(Ok(true)) => {
-                    self.metrics.redis.node_live.set(1.0);
-                    self.standing.send_modify(|standing| {
-                        standing.alive_since.get_or_insert(sent);
-                    });
+                    vouched = Some(sent);
+                    self.recorded(sent);
                 }
                 Ok(Ok(false)) => {
                     // Found dead while cut off: everything it held went to the others.
+                    vouched = None;
                     warn!(node = %self.node(), "this node was found dead and fenced: closing its connections, carrying on as a new node");
                     if !self.fence().await {
                         return;
                     }
                 }
-                Ok(Err(err)) => self.missed(&err.to_string()),
-                Err(_) => self.missed("no answer in time"),
+                Ok(Err(err)) => {
+                    connection = None;
+                    self.missed(&err.to_string());
+                }
+                Err(_) => {
+                    connection = None;
+                    self.missed("no answer in time");
+                }
             }
         }
     }
@@ -152,13 +215,25 @@ impl Beats {
         self.standing.borrow().node
     }
 
-    /// Records a beat. `Ok(false)`: the node was found dead meanwhile.
-    async fn beat(&self) -> RedisResult<bool> {
-        let Some(mut redis) = self.link.connection() else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "the link to Redis is down",
-            )));
+    /// Records a beat, on the beats' connection (made first if there is none). `Ok(false)`:
+    /// the node was found dead meanwhile.
+    async fn beat(&self, connection: &mut Option<MultiplexedConnection>) -> RedisResult<bool> {
+        let redis = match connection {
+            Some(redis) => redis,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(BEAT_EVERY))
+                    .set_response_timeout(Some(BEAT_EVERY));
+                let redis = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                // A new connection may reach a Redis that restarted, whose beats are all old:
+                // the node judges no one until its own have been recorded for DEAD_AFTER.
+                self.standing
+                    .send_modify(|standing| standing.alive_since = None);
+                connection.insert(redis)
+            }
         };
         let node = self.node();
         let alive: i64 = self
@@ -167,20 +242,41 @@ impl Beats {
             .key(keys::LIVE)
             .key(keys::node_rooms(node))
             .key(keys::node_dead(node))
+            .key(keys::SINCE)
             .arg(node.to_string())
             .arg(millis(scripts::ROOM_TTL))
-            .invoke_async(&mut redis)
+            .arg(millis(BEAT_GAP))
+            .invoke_async(redis)
             .await?;
         Ok(alive == 1)
     }
 
+    /// A beat sent at `sent` was recorded.
+    fn recorded(&self, sent: Instant) {
+        let serving = self.link.connection().is_some();
+        self.live.store(serving, Ordering::Relaxed);
+        self.metrics.redis.node_live.set(1.0);
+        self.standing.send_modify(|standing| {
+            standing.alive_since.get_or_insert(sent);
+        });
+    }
+
     /// A beat that was not recorded: the node does not judge others until it has beaten for
-    /// [`DEAD_AFTER`] again.
+    /// [`DEAD_AFTER`] again, and `/healthz` says 503 meanwhile.
     fn missed(&self, cause: &str) {
         warn!(cause, "heartbeat failed");
+        self.live.store(false, Ordering::Relaxed);
         self.metrics.redis.node_live.set(0.0);
         self.standing
             .send_modify(|standing| standing.alive_since = None);
+    }
+
+    /// No beat recorded for [`LET_GO_AFTER`]: the others may soon count this node dead and hold
+    /// its members' seats for them elsewhere. It lets them go first. Returns `false` once the
+    /// actor has stopped.
+    async fn let_go(&self) -> bool {
+        warn!(node = %self.node(), "no beat recorded for {LET_GO_AFTER:?}: letting every connection go (1012) before the others count this node dead, carrying on as a new node");
+        self.fence().await
     }
 
     /// Carries on under a new id, and has the actor close every connection, so that its
@@ -192,7 +288,16 @@ impl Beats {
             node,
             alive_since: None,
         });
+        self.live.store(false, Ordering::Relaxed);
         self.metrics.redis.node_live.set(0.0);
         self.events.send(RedisEvent::Fenced(node)).await.is_ok()
+    }
+}
+
+/// Waits until `deadline`, or forever if there is none.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::RedisEvent;
 use super::link::Link;
-use super::node::{BEAT_EVERY, DEAD_AFTER, Standing};
+use super::node::{BEAT_EVERY, BEAT_GAP, DEAD_AFTER, Standing};
 use super::scripts::{self, Scripts, keys, millis};
 use crate::store::NodeId;
 use crate::types::{RoomCode, SessionToken};
@@ -90,7 +90,10 @@ impl Reaper {
             .scripts
             .node_dead
             .key(keys::LIVE)
+            .key(keys::SINCE)
             .arg(millis(DEAD_AFTER))
+            .arg(me.to_string())
+            .arg(millis(BEAT_GAP))
             .invoke_async(redis)
             .await?;
         for dead in dead.iter().filter_map(|node| NodeId::parse(node)) {
@@ -152,6 +155,7 @@ impl Reaper {
             .key(keys::LIVE)
             .key(keys::node_rooms(dead))
             .key(keys::node_reaper(dead))
+            .key(keys::SINCE)
             .arg(dead.to_string())
             .invoke_async(redis)
             .await?;

@@ -76,6 +76,10 @@ pub mod keys {
     /// The nodes that beat, by the time of their last beat (a sorted set).
     pub const LIVE: &str = "chat:{nodes}:live";
 
+    /// When each node's unbroken run of beats began (a hash), so that a node judges others
+    /// only once its own beats have been recorded for long enough.
+    pub const SINCE: &str = "chat:{nodes}:since";
+
     /// Held seats' deadlines, for whichever node sweeps them first (a sorted set).
     pub const GRACE: &str = "chat:{nodes}:grace";
 
