@@ -980,6 +980,97 @@ async fn a_redis_restart_kills_no_node() {
     guest.expect_nothing_pending().await;
 }
 
+/// Redis restarted from a snapshot older than what it had acknowledged (as after a crash with an
+/// old RDB, an AOF that lost its last second, or a failover to a replica that was behind): the
+/// room's counter went back from 10 to 5. No id is handed out twice: every message accepted
+/// afterwards reaches both members once and in order, with ids above every id they were given;
+/// and a member who resumes from an id that Redis lost is told how many it cannot have (`lost`)
+/// rather than nothing.
+#[tokio::test]
+async fn redis_losing_writes_hands_out_no_id_twice() {
+    let test = "redis_losing_writes_hands_out_no_id_twice";
+    let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+        return;
+    };
+    let (mut host, mut guest, code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    let say = |n: usize| format!("message {n}");
+    for n in 1..=10 {
+        if n == 6 {
+            // What Redis will come back with: messages 1 to 5.
+            redis.command(&["SAVE"]).await;
+        }
+        host.chat(&say(n)).await;
+        host.expect("chat").await;
+        assert_eq!(guest.expect("chat").await["id"], n);
+    }
+    redis.stop(); // No save on the way down: what came after the SAVE is lost.
+    redis.start_again().await;
+    assert_eq!(
+        redis
+            .command(&["LLEN", &format!("chat:{{{code}}}:log")])
+            .await
+            .into_integer(),
+        5,
+        "Redis came back with the first five messages only"
+    );
+
+    // The first message after the restart may reach Redis before either node has noticed
+    // anything: it is still given an id above 10, and both members get it.
+    let mut ids = Vec::new();
+    for n in 11..=15 {
+        let echo = send_until_accepted(&mut host, &say(n)).await;
+        let copy = guest.expect("chat").await;
+        assert_eq!(echo, copy);
+        assert_eq!(copy["content"], say(n));
+        ids.push(copy["id"].as_u64().expect("an id"));
+    }
+    assert!(ids[0] > 10, "ids go on above every id given out: {ids:?}");
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{ids:?}");
+    host.expect_nothing_pending().await;
+    guest.expect_nothing_pending().await;
+
+    // Bob resumes from message 7, which Redis no longer has: he is told that three are lost
+    // (8 to 10), and given what came after.
+    let token = guest.session_token.clone();
+    drop(guest);
+    host.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = loop {
+        // Again while the node is still reconnecting to the restarted Redis.
+        back.send(json!({"type": "resume", "session_token": token, "last_id": 7}))
+            .await;
+        let answer = back.recv().await;
+        if answer["type"] == "resumed" {
+            break answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed["lost"], 3, "{resumed}");
+    let missed: Vec<String> = chats(resumed["missed"].as_array().expect("missed"))
+        .into_iter()
+        .map(|(.., content)| content)
+        .collect();
+    assert_eq!(missed, (11..=15).map(say).collect::<Vec<_>>());
+    host.expect("peer_reconnected").await;
+}
+
+/// Sends `content` with a `client_msg_id` of its own, and again while the node answers
+/// `UNAVAILABLE` (it is reconnecting to Redis), as the web client does; returns the echo.
+async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {
+    let chat = json!({"type": "chat", "content": content, "client_msg_id": content});
+    loop {
+        client.send(chat.clone()).await;
+        let answer = client.recv().await;
+        if answer["type"] == "chat" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Everything Redis keeps of chat, key by key (`DUMP` of each key but the nodes' heartbeats,
 /// which change every second).
 async fn stored(redis: &RedisServer) -> Vec<(String, Vec<String>)> {

@@ -15,6 +15,7 @@ use super::super::steps::Then;
 use super::super::{ChatServer, Store};
 use crate::message::LeaveReason;
 use crate::outbox::Close;
+use crate::store::redis::Floors;
 use crate::store::{Joined, ResumedRoom, RoomEvent, RoomState, Step};
 use crate::types::{ClientId, RoomCode, SessionToken, Username};
 
@@ -46,6 +47,16 @@ impl HeardRoom {
     /// This node's connections in the room.
     pub fn members(&self) -> impl Iterator<Item = ClientId> + '_ {
         self.members.iter().copied()
+    }
+
+    /// How far this node has told the room: no step may hand out an id at or below these.
+    pub fn floors(&self) -> Floors {
+        self.told
+            .as_ref()
+            .map_or_else(Floors::default, |told| Floors {
+                chat: told.chat,
+                event: told.event,
+            })
     }
 }
 
@@ -170,8 +181,9 @@ impl ChatServer {
         };
         if room.members.is_empty() && room.entering == 0 {
             self.remote.rooms.remove(&code);
-            if let Store::Redis(store) = &self.store {
-                store.forget_room(self.node, code);
+            let node = self.node;
+            if let Store::Redis(store) = &mut self.store {
+                store.forget_room(node, code);
             }
         }
     }

@@ -25,7 +25,7 @@ use super::{ChatServer, Store};
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
 use crate::outbox::Close;
-use crate::store::redis::{Lane, RedisEvent};
+use crate::store::redis::{Floors, Lane, RedisEvent};
 use crate::store::{NodeId, Notice, Outcome, Step};
 use crate::types::{ClientId, RoomCode, SessionToken};
 
@@ -105,6 +105,14 @@ impl ChatServer {
             _ => None,
         };
         let retry = step.is_bookkeeping().then(|| step.clone());
+        let floors = match &step {
+            Step::Chat { code, .. } | Step::State { code } => remote
+                .rooms
+                .get(code)
+                .map(HeardRoom::floors)
+                .unwrap_or_default(),
+            _ => Floors::default(),
+        };
         remote.pending.insert(
             op,
             Pending {
@@ -113,7 +121,7 @@ impl ChatServer {
                 entering,
             },
         );
-        store.submit(op, step);
+        store.submit(op, step, floors);
     }
 
     /// With `--redis`: if `client` has a step in flight, `what` waits behind it. Returns
@@ -173,6 +181,14 @@ impl ChatServer {
             }
             RedisEvent::Link(false) => {}
             RedisEvent::Fenced(node) => self.fenced(node),
+            RedisEvent::Unlist(code, node) => {
+                // Unless a member of this node entered the room again meanwhile.
+                if !self.remote.rooms.contains_key(&code)
+                    && let Store::Redis(store) = &mut self.store
+                {
+                    store.unlist(node, code);
+                }
+            }
         }
     }
 

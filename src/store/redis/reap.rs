@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::RedisEvent;
+use super::failpoint;
 use super::link::Link;
 use super::node::{BEAT_EVERY, BEAT_GAP, DEAD_AFTER, Standing};
 use super::scripts::{self, Scripts, keys, millis};
@@ -143,6 +144,7 @@ impl Reaper {
                 return Ok(());
             }
             let held = self.hold_seats(redis, dead, batch).await?;
+            failpoint::reached("reap:held");
             scripts::file_graces(&self.scripts, redis, &held, self.grace).await?;
             if !self.renew_lease(redis, me, dead).await? {
                 warn!(node = %dead, "stopped reaping: another node took the dead node over");

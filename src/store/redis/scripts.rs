@@ -3,9 +3,10 @@
 //! know it, after a restart say). The scripts of a room share `prelude.lua`.
 //!
 //! Each room's keys carry the hash tag `{CODE}`, so that a Redis Cluster would keep them on one
-//! shard, where a script may touch them together. A step that also touches a session (another
-//! tag) does so in a second script, after the room's: a session key only says where to resume,
-//! and a crash between the two leaves nothing that its TTL does not clear.
+//! shard, where a script may touch them together. A step that also touches the node's list of
+//! rooms or a session (other tags) does so in scripts of their own, in an order that leaves
+//! nothing behind should the node die between two of them: the room listed before a seat is
+//! taken, the session written after (see docs/architecture.md, and `failpoint.rs`).
 //!
 //! The file runs past 400 lines because [`run`] is one `match` of every step: each arm lists
 //! its script's keys and arguments and reads its reply, and a reader checking a script against
@@ -20,7 +21,7 @@ use redis::{
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::wire;
+use super::{Floors, failpoint, wire};
 use crate::error::ErrorCode;
 use crate::room::Room;
 use crate::store::{
@@ -265,6 +266,7 @@ pub async fn run(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     step: Step,
+    floors: Floors,
 ) -> RedisResult<(Outcome, Vec<Notice>)> {
     let mut notices = Vec::new();
     let outcome = match step {
@@ -291,6 +293,8 @@ pub async fn run(
             member,
             encrypted,
         } => {
+            list_room(scripts, redis, code, member.conn).await?;
+            failpoint::reached("create:listed");
             let created: i64 = scripts
                 .room_create
                 .key(keys::room(code))
@@ -305,11 +309,22 @@ pub async fn run(
             if created == 0 {
                 Outcome::CodeTaken
             } else {
-                entered(scripts, redis, code, &member.token, member.conn).await?;
+                failpoint::reached("create:seated");
+                set_session(
+                    scripts,
+                    redis,
+                    &member.token,
+                    member.conn,
+                    "r",
+                    code.as_str(),
+                )
+                .await?;
                 Outcome::Created
             }
         }
         Step::Join { code, member } => {
+            list_room(scripts, redis, code, member.conn).await?;
+            failpoint::reached("join:listed");
             let value: Value = on_room(&scripts.room_join, code)
                 .arg(member.token)
                 .arg(member.name.as_str())
@@ -328,7 +343,16 @@ pub async fn run(
                     let event_seq = reply.number()?;
                     let encrypted = reply.flag()?;
                     let history = reply.frames()?;
-                    entered(scripts, redis, code, &member.token, member.conn).await?;
+                    failpoint::reached("join:seated");
+                    set_session(
+                        scripts,
+                        redis,
+                        &member.token,
+                        member.conn,
+                        "r",
+                        code.as_str(),
+                    )
+                    .await?;
                     Outcome::Joined(Box::new(Joined {
                         host,
                         host_connected,
@@ -357,6 +381,7 @@ pub async fn run(
                 .arg(client_msg_id.as_deref().unwrap_or(""))
                 .arg(Room::MAX_STORED)
                 .arg(Room::MAX_STORED_BYTES)
+                .arg(floors.chat)
                 .invoke_async(redis)
                 .await?;
             let mut reply = Reply::new(value)?;
@@ -406,6 +431,7 @@ pub async fn run(
                 .await?;
             match Reply::new(value)?.text()?.as_str() {
                 "LEFT" | "DELETED" => {
+                    failpoint::reached("leave:left");
                     set_session(scripts, redis, &token, conn, "r", "").await?;
                     Outcome::Done
                 }
@@ -432,7 +458,9 @@ pub async fn run(
                 let mut reply = Reply::new(value)?;
                 if reply.text()? == "HELD" {
                     let deadline = reply.number()?;
+                    failpoint::reached("drop:held");
                     file_grace(scripts, redis, code, &token, deadline, grace).await?;
+                    failpoint::reached("drop:filed");
                     session_ttl = grace + GRACE_MARGIN;
                 }
             }
@@ -488,6 +516,8 @@ pub async fn run(
             conn,
             last_id,
         } => {
+            list_room(scripts, redis, code, conn).await?;
+            failpoint::reached("resume:listed");
             let value: Value = on_room(&scripts.room_resume, code)
                 .arg(token)
                 .arg(conn.encode())
@@ -515,7 +545,8 @@ pub async fn run(
                 // Still open: another device or tab, or a connection not yet known to be dead.
                 notices.push(Notice::Kick(previous));
             }
-            entered(scripts, redis, code, &token, conn).await?;
+            failpoint::reached("resume:seated");
+            set_session(scripts, redis, &token, conn, "r", code.as_str()).await?;
             let peer = Username::parse(&peer_name).ok().map(|name| Peer {
                 name,
                 connected: peer_connected,
@@ -556,6 +587,9 @@ pub async fn run(
             let value: Value = scripts
                 .room_state
                 .key(keys::room(code))
+                .key(keys::log(code))
+                .arg(floors.chat)
+                .arg(floors.event)
                 .invoke_async(redis)
                 .await?;
             let mut reply = Reply::new(value)?;
@@ -623,16 +657,17 @@ async fn set_session(
     Ok(set == 1)
 }
 
-/// A member of this node entered room `code`: its session says where, and the room is listed
-/// among the node's, for the others to reap should the node die.
-async fn entered(
+/// A member of this node is entering room `code`: the room is listed among the node's, for the
+/// others to reap should the node die. Listed *before* the member's seat is taken (or moved
+/// here), so that a node that dies between the two leaves no seat that nobody would reap; a
+/// room listed for a seat that was then refused costs a reap nothing, and is unlisted when the
+/// node has nobody there.
+async fn list_room(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     code: RoomCode,
-    token: &SessionToken,
     conn: Conn,
 ) -> RedisResult<()> {
-    set_session(scripts, redis, token, conn, "r", code.as_str()).await?;
     let _: i64 = scripts
         .node_room
         .key(keys::LIVE)
