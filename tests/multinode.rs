@@ -1071,6 +1071,70 @@ async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {
     }
 }
 
+/// Rooms of the recovery test, each spanning both nodes.
+const RECOVERY_ROOMS: usize = 100;
+
+/// After Redis restarts (quickly, with its data: what a stall longer than the ping timeout does
+/// to the nodes too, since they drop their connections and make new ones), both nodes repair
+/// their rooms: each node repairs each of its rooms once (`chat_redis_gaps_repaired_total`
+/// grows by the number of rooms, not twice that), and every room works afterwards.
+#[tokio::test]
+async fn a_redis_restart_repairs_each_room_once() {
+    let Some(Setup::Redis {
+        mut redis, nodes, ..
+    }) = Setup::redis(
+        "a_redis_restart_repairs_each_room_once",
+        2,
+        &["--max-connections-per-ip", "1000"],
+    )
+    .await
+    else {
+        return;
+    };
+    let mut rooms = Vec::new();
+    for i in 0..RECOVERY_ROOMS {
+        let pair = pair_at(
+            &nodes[0].ws_url(),
+            &nodes[1].ws_url(),
+            &format!("host{i}"),
+            &format!("guest{i}"),
+        )
+        .await;
+        rooms.push(pair);
+    }
+    let repaired = |text: &str| {
+        common::redis::metric_value(text, "chat_redis_gaps_repaired_total").unwrap_or(0.0)
+    };
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(repaired(&node.metrics().await));
+    }
+    redis.command(&["SAVE"]).await;
+    redis.restart().await;
+    // Each node repairs every room (its pub/sub was lost), and then no more.
+    for (node, before) in nodes.iter().zip(&before) {
+        let deadline = Instant::now() + 3 * PATIENCE;
+        loop {
+            let done = repaired(&node.metrics().await) - before;
+            if done >= RECOVERY_ROOMS as f64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{done} rooms repaired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (i, (host, guest, _)) in rooms.iter_mut().enumerate() {
+        let text = format!("after the stall {i}");
+        send_until_accepted(host, &text).await;
+        assert_eq!(guest.expect("chat").await["content"], text);
+        guest.expect_nothing_pending().await;
+    }
+    for (node, before) in nodes.iter().zip(&before) {
+        let done = repaired(&node.metrics().await) - before;
+        assert_eq!(done, RECOVERY_ROOMS as f64, "each room repaired once");
+    }
+}
+
 /// Everything Redis keeps of chat, key by key (`DUMP` of each key but the nodes' heartbeats,
 /// which change every second).
 async fn stored(redis: &RedisServer) -> Vec<(String, Vec<String>)> {

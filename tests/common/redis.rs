@@ -163,7 +163,8 @@ impl RedisServer {
     }
 
     /// A Redis restart as a crash and a supervisor make it: [`stop`](Self::stop), then
-    /// [`start_again`](Self::start_again) on the same port, with nothing kept.
+    /// [`start_again`](Self::start_again) on the same port, with nothing kept but what a `SAVE`
+    /// wrote (the server loads its dump when it starts).
     pub async fn restart(&mut self) {
         self.stop();
         self.start_again().await;

@@ -56,6 +56,14 @@ pub(super) struct Remote {
     rooms: FastMap<RoomCode, HeardRoom>,
     /// Steps that keep the books and found Redis away: submitted again when it is back.
     retry: Vec<Step>,
+    /// Rooms waiting for their turn to be repaired, in order (see `heard.rs`: at most
+    /// [`heard::MAX_REPAIRS`] at once, so that a recovery of thousands of rooms is paced).
+    repair_queue: VecDeque<RoomCode>,
+    /// How many repairs are in flight.
+    repairs_in_flight: usize,
+    /// The link to Redis is known to be down: queued repairs wait for it to come back, rather
+    /// than fail one after another.
+    link_down: bool,
 }
 
 impl Remote {
@@ -176,10 +184,13 @@ impl ChatServer {
             RedisEvent::Kick(client) => self.close_connection_only(client, &Close::TAKEN_OVER),
             RedisEvent::Resync => self.repair_all(),
             RedisEvent::Link(true) => {
+                // Only the repairs that failed: events were lost only if the pub/sub connection
+                // was, and then the bus says so itself (`Resync`), once it listens again.
+                self.remote.link_down = false;
                 self.retry_bookkeeping();
-                self.repair_all();
+                self.repair_failed();
             }
-            RedisEvent::Link(false) => {}
+            RedisEvent::Link(false) => self.remote.link_down = true,
             RedisEvent::Fenced(node) => self.fenced(node),
             RedisEvent::Unlist(code, node) => {
                 // Unless a member of this node entered the room again meanwhile.
@@ -277,9 +288,10 @@ impl ChatServer {
             Then::Repaired { code } | Then::Filled { code } => {
                 // Tried again once Redis is back (`RedisEvent::Link`).
                 if let Some(room) = self.remote.rooms.get_mut(&code) {
-                    room.repairing = false;
                     room.state = None;
+                    room.failed = true;
                 }
+                self.repair_ended(code);
             }
             _ => {}
         }
