@@ -172,3 +172,65 @@ async fn dying_after_a_drop_held_a_seat() {
     host.expect_nothing_pending().await;
     everything_runs_out(&redis).await;
 }
+
+/// The node dies after a member left its room and before its session forgot the room: the
+/// peer is told `peer_left` once, and nothing of the member is reaped or swept afterwards.
+#[tokio::test]
+async fn dying_after_a_leave() {
+    let Some((_turn, redis, steady, doomed)) = start("dying_after_a_leave", "leave:left").await
+    else {
+        return;
+    };
+    let (mut host, mut guest, _code) =
+        pair_at(&steady.ws_url(), &doomed.ws_url(), "ada", "bob").await;
+    guest.send(json!({"type": "leave_room"})).await;
+    guest.expect_end().await;
+    assert_eq!(host.expect("peer_left").await["username"], "bob");
+    // Once the node is reaped (its beats run out of the live set), still nothing more.
+    let deadline = Instant::now() + 2 * PATIENCE;
+    while redis
+        .command(&["ZCARD", "chat:{nodes}:live"])
+        .await
+        .into_integer()
+        > 1
+    {
+        assert!(Instant::now() < deadline, "the dead node is reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    host.expect_nothing_pending().await;
+    everything_runs_out(&redis).await;
+}
+
+/// The node dies after it filed a dropped member's grace period and before it shortened the
+/// session's life: the peer is told `peer_disconnected`, then `peer_left` when the grace period
+/// ends, swept by the node that stays.
+#[tokio::test]
+async fn dying_after_a_drop_filed_its_grace_period() {
+    let Some((_turn, redis, steady, doomed)) =
+        start("dying_after_a_drop_filed_its_grace_period", "drop:filed").await
+    else {
+        return;
+    };
+    let (mut host, guest, _code) = pair_at(&steady.ws_url(), &doomed.ws_url(), "ada", "bob").await;
+    drop(guest);
+    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
+    assert_eq!(host.expect("peer_left").await["username"], "bob");
+    host.expect_nothing_pending().await;
+    everything_runs_out(&redis).await;
+}
+
+/// The node dies after it listed a room for a new host and before it created the room: no room
+/// exists, and the code is free for another.
+#[tokio::test]
+async fn dying_before_a_create_seated_its_host() {
+    let Some((_turn, redis, _steady, doomed)) =
+        start("dying_before_a_create_seated_its_host", "create:listed").await
+    else {
+        return;
+    };
+    let mut host = doomed.named("ada").await;
+    host.send(json!({"type": "create_room"})).await;
+    host.expect_end().await;
+    no_room_left(&redis).await;
+    everything_runs_out(&redis).await;
+}
