@@ -299,7 +299,7 @@ impl ChatServer {
     }
 
     /// A repair of room `code` ended (done, failed, or the room is gone): the next may start.
-    pub(super) fn repair_ended(&mut self, code: RoomCode) {
+    pub(in crate::server) fn repair_ended(&mut self, code: RoomCode) {
         if let Some(room) = self.remote.rooms.get_mut(&code) {
             room.repairing = false;
         }
