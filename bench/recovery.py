@@ -24,9 +24,12 @@ import multiprocessing
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+
+sys.dont_write_bytecode = True  # no __pycache__ in bench/ for the borrowed module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("reap_storm", os.path.join(HERE, "reap-storm.py"))

@@ -598,12 +598,12 @@ async fn a_name_race_seats_one() {
 /// `peer_left` when the grace period ends.
 #[tokio::test]
 async fn a_killed_node_s_members_are_let_go() {
-    let Some((_redis, mut nodes, _turn)) =
+    let Some((redis, mut nodes, _turn)) =
         three_nodes("a_killed_node_s_members_are_let_go", &[]).await
     else {
         return;
     };
-    let (mut host, _guest, _code) =
+    let (mut host, guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigkill();
     let killed = Instant::now();
@@ -616,6 +616,14 @@ async fn a_killed_node_s_members_are_let_go() {
     let left = host.expect("peer_left").await;
     assert_eq!(left["reason"], "disconnected");
     host.expect_nothing_pending().await;
+    // The dead member's session runs out with its seat (the grace period and a minute), not an
+    // hour later as a connected session would.
+    let session = format!("chat:sess:{{{}}}", guest.session_token);
+    let ttl = redis.command(&["PTTL", &session]).await.into_integer();
+    assert!(
+        ttl == -2 || (0..=62_000).contains(&ttl),
+        "{session} lives {ttl} ms more"
+    );
 }
 
 /// A node killed with SIGKILL, whose client resumes on a surviving node: no accepted message is

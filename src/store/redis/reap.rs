@@ -146,6 +146,7 @@ impl Reaper {
             let held = self.hold_seats(redis, dead, batch).await?;
             failpoint::reached("reap:held");
             scripts::file_graces(&self.scripts, redis, &held, self.grace).await?;
+            self.shorten_sessions(redis, &held).await?;
             if !self.renew_lease(redis, me, dead).await? {
                 warn!(node = %dead, "stopped reaping: another node took the dead node over");
                 return Ok(());
@@ -208,6 +209,30 @@ impl Reaper {
             }
         }
         Ok(held)
+    }
+
+    /// The sessions of the seats held live no longer than their seats may: a session key kept
+    /// alive for its connection (an hour) would otherwise outlive the room by that much, the
+    /// dead node being gone to shorten it. `PEXPIRE … LT` only ever shortens; a resume gives
+    /// the session its full life back. One round trip for the batch.
+    async fn shorten_sessions(
+        &self,
+        redis: &mut MultiplexedConnection,
+        held: &[Held],
+    ) -> RedisResult<()> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let keep = millis(self.grace + scripts::GRACE_MARGIN);
+        let mut pipe = redis::pipe();
+        for (_, token, _) in held {
+            pipe.cmd("PEXPIRE")
+                .arg(keys::session(token))
+                .arg(keep)
+                .arg("LT")
+                .ignore();
+        }
+        pipe.query_async::<()>(redis).await
     }
 
     /// Renews this node's lease on reaping `dead`. `false`: it ran out, and another node holds
