@@ -624,12 +624,12 @@ async fn a_name_race_seats_one() {
 /// `peer_left` when the grace period ends.
 #[tokio::test]
 async fn a_killed_node_s_members_are_let_go() {
-    let Some((_redis, mut nodes, _turn)) =
+    let Some((redis, mut nodes, _turn)) =
         three_nodes("a_killed_node_s_members_are_let_go", &[]).await
     else {
         return;
     };
-    let (mut host, _guest, _code) =
+    let (mut host, guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigkill();
     let killed = Instant::now();
@@ -642,6 +642,14 @@ async fn a_killed_node_s_members_are_let_go() {
     let left = host.expect("peer_left").await;
     assert_eq!(left["reason"], "disconnected");
     host.expect_nothing_pending().await;
+    // The dead member's session runs out with its seat (the grace period and a minute), not an
+    // hour later as a connected session would.
+    let session = format!("chat:sess:{{{}}}", guest.session_token);
+    let ttl = redis.command(&["PTTL", &session]).await.into_integer();
+    assert!(
+        ttl == -2 || (0..=62_000).contains(&ttl),
+        "{session} lives {ttl} ms more"
+    );
 }
 
 /// A node killed with SIGKILL, whose client resumes on a surviving node: no accepted message is
@@ -736,8 +744,9 @@ impl CutOff {
     }
 }
 
-/// Redis out of reach of one node: the node keeps its connections, a request that needs Redis
-/// gets `UNAVAILABLE`, `/healthz` says 503; once Redis is back, every message accepted before
+/// Redis out of reach of one node, for less than the node waits before it lets its clients go:
+/// the node keeps its connections, a request that needs Redis gets `UNAVAILABLE`, `/healthz`
+/// says 503 (from its first missed beat); once Redis is back, every message accepted before
 /// and during the cut reaches both members, exactly once and in order (the node repairs what
 /// its pub/sub missed), and a retry with the same `client_msg_id` is not stored twice.
 #[tokio::test]
@@ -854,41 +863,135 @@ async fn a_lost_peer_joined_is_repaired() {
     host.expect_nothing_pending().await;
 }
 
-/// A node cut off from Redis for longer than the liveness bound is dead to the others: its
-/// member's peer is told `peer_disconnected`; when it reaches Redis again and finds itself
-/// fenced, it closes its connections with 1012, so that they resume.
+/// A node cut off from Redis, but not from its clients, lets them go before the others may
+/// count it dead: its room member is closed with 1012 while the cut lasts (the node logs it
+/// before the other node logs the death), `/healthz` says 503, and the member resumes on the
+/// other node with nothing missed. Its seat is not taken from it afterwards: the reap of the
+/// cut-off node finds it moved, and its peer hears nothing but the reconnection. When the link
+/// heals, the node carries on as a new node, with no seat held twice.
 #[tokio::test]
-async fn a_node_found_dead_closes_its_connections() {
+async fn a_node_cut_off_lets_its_clients_go_in_time() {
     let Some(CutOff {
         _turn,
-        _redis,
+        _redis: redis,
         link,
         steady,
         cut_off,
     }) = CutOff::start(
-        "a_node_found_dead_closes_its_connections",
+        "a_node_cut_off_lets_its_clients_go_in_time",
         &["--resume-grace", "60s"],
     )
     .await
     else {
         return;
     };
-    let (mut host, mut guest, _code) =
+    let (mut host, mut guest, code) =
         pair_at(&steady.ws_url(), &cut_off.ws_url(), "ada", "bob").await;
+    host.chat("before the cut").await;
+    host.expect("chat").await;
+    let last = guest.expect("chat").await["id"].as_u64().expect("id");
+    drain(&steady);
+    drain(&cut_off);
+
     link.cut();
-    assert_eq!(host.expect("peer_disconnected").await["username"], "bob");
-    link.restore();
-    let close = guest.expect_close().await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 1012);
+    let (said, close) = guest.read_to_close().await;
+    assert_eq!(u16::from(close.code), 1012, "{close:?} after {said:?}");
+    assert_eq!(cut_off.healthz().await, 503);
+    host.chat("while bob's node is cut off").await;
+    host.expect("chat").await;
     let mut back = TestClient::connect(&steady.ws_url()).await;
-    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": 0}))
+    back.send(json!({"type": "resume", "session_token": guest.session_token, "last_id": last}))
         .await;
-    back.expect("resumed").await;
-    host.expect("peer_reconnected").await;
+    let resumed = back.expect("resumed").await;
+    let missed = chats(resumed["missed"].as_array().expect("missed"));
+    assert_eq!(missed.len(), 1, "{resumed}");
+    assert_eq!(missed[0].2, "while bob's node is cut off");
+    // The cut-off node's old id is reaped; the seat it held is not among what it reaps any more.
+    let deadline = Instant::now() + 2 * PATIENCE;
+    while redis
+        .command(&["ZCARD", "chat:{nodes}:live"])
+        .await
+        .into_integer()
+        > 1
+    {
+        assert!(Instant::now() < deadline, "the cut-off node is reaped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reaped_at = logged_at(&steady, "a node is dead");
+    let let_go_at = logged_at(&cut_off, "letting every connection go");
+    assert!(
+        let_go_at < reaped_at,
+        "let go at {let_go_at}, counted dead at {reaped_at}"
+    );
+    // The peer may have been told of the drop (the reap may come before the resume), but the
+    // member is back, and stays so.
+    let mut heard = host.recv().await;
+    if heard["type"] == "peer_disconnected" {
+        heard = host.recv().await;
+    }
+    assert_eq!(heard["type"], "peer_reconnected", "{heard}");
+    assert_eq!(heard["username"], "bob");
+    host.expect_nothing_pending().await;
+
+    link.restore();
+    linked(&cut_off).await;
+    // Back as a new node: it serves rooms again, and what it did of bob's old connection (its
+    // drop, retried) takes nothing from bob's seat.
+    let (mut carol, mut dan, _) =
+        pair_at(&cut_off.ws_url(), &steady.ws_url(), "carol", "dan").await;
+    carol.chat("new room").await;
+    carol.expect("chat").await;
+    assert_eq!(dan.expect("chat").await["content"], "new room");
+    back.chat("still seated").await;
+    assert_eq!(back.expect("chat").await["content"], "still seated");
+    assert_eq!(host.expect("chat").await["content"], "still seated");
+    host.expect_nothing_pending().await;
+    back.expect_nothing_pending().await;
+    // Bob's seat is held by his new connection alone.
+    let room = format!("chat:{{{code}}}:room");
+    let seats = redis
+        .command(&["HMGET", &room, "m1", "m2"])
+        .await
+        .into_strings();
+    assert_eq!(seats.len(), 2, "two seats in {code}: {seats:?}");
+    let held_by = redis
+        .command(&["HMGET", &room, &format!("{}:c", guest.session_token)])
+        .await
+        .into_strings();
+    assert!(
+        held_by.len() == 1 && held_by[0].ends_with(&format!("/{}", back.client_id)),
+        "bob's seat is his new connection's: {held_by:?}"
+    );
 }
 
-/// After a Redis restart that kept its data, every heartbeat in it is old: the nodes must not
-/// take each other for dead. Nobody is told `peer_disconnected`, and no node fences itself.
+/// Forgets what `node` has logged so far.
+fn drain(node: &Node) {
+    while node.lines().try_recv().is_ok() {}
+}
+
+/// The time stamp (RFC 3339, as the nodes log it) of the first line `node` logged with `what`
+/// since it was last drained.
+fn logged_at(node: &Node, what: &str) -> String {
+    loop {
+        let line = node
+            .lines()
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("the node logs {what:?}"));
+        if line.contains(what) {
+            return line
+                .split_whitespace()
+                .next()
+                .expect("a time stamp")
+                .to_string();
+        }
+    }
+}
+
+/// After a Redis restart from a snapshot, every heartbeat in it is old: the nodes must not take
+/// each other for dead. The snapshot is taken 6 s before the restart (longer than the liveness
+/// bound), and the restart itself is quick (shorter than a node waits before it lets its clients
+/// go), so no node has a reason to close anything: nobody is told `peer_disconnected`, no
+/// connection is closed, and no node fences itself.
 #[tokio::test]
 async fn a_redis_restart_kills_no_node() {
     let test = "a_redis_restart_kills_no_node";
@@ -898,9 +1001,9 @@ async fn a_redis_restart_kills_no_node() {
     let (mut host, mut guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     redis.command(&["SAVE"]).await;
-    redis.stop();
-    // Longer than the liveness bound: every beat in the saved data is stale by now.
+    // Longer than the liveness bound: every beat in the saved data is stale by then.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.stop();
     redis.start_again().await;
     // Longer than a beat and a judgement: a node that took another for dead would have said so.
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -909,6 +1012,161 @@ async fn a_redis_restart_kills_no_node() {
     assert_eq!(guest.expect("chat").await["content"], "still here");
     host.expect_nothing_pending().await;
     guest.expect_nothing_pending().await;
+}
+
+/// Redis restarted from a snapshot older than what it had acknowledged (as after a crash with an
+/// old RDB, an AOF that lost its last second, or a failover to a replica that was behind): the
+/// room's counter went back from 10 to 5. No id is handed out twice: every message accepted
+/// afterwards reaches both members once and in order, with ids above every id they were given;
+/// and a member who resumes from an id that Redis lost is told how many it cannot have (`lost`)
+/// rather than nothing.
+#[tokio::test]
+async fn redis_losing_writes_hands_out_no_id_twice() {
+    let test = "redis_losing_writes_hands_out_no_id_twice";
+    let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+        return;
+    };
+    let (mut host, mut guest, code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    let say = |n: usize| format!("message {n}");
+    for n in 1..=10 {
+        if n == 6 {
+            // What Redis will come back with: messages 1 to 5.
+            redis.command(&["SAVE"]).await;
+        }
+        host.chat(&say(n)).await;
+        host.expect("chat").await;
+        assert_eq!(guest.expect("chat").await["id"], n);
+    }
+    redis.stop(); // No save on the way down: what came after the SAVE is lost.
+    redis.start_again().await;
+    assert_eq!(
+        redis
+            .command(&["LLEN", &format!("chat:{{{code}}}:log")])
+            .await
+            .into_integer(),
+        5,
+        "Redis came back with the first five messages only"
+    );
+
+    // The first message after the restart may reach Redis before either node has noticed
+    // anything: it is still given an id above 10, and both members get it.
+    let mut ids = Vec::new();
+    for n in 11..=15 {
+        let echo = send_until_accepted(&mut host, &say(n)).await;
+        let copy = guest.expect("chat").await;
+        assert_eq!(echo, copy);
+        assert_eq!(copy["content"], say(n));
+        ids.push(copy["id"].as_u64().expect("an id"));
+    }
+    assert!(ids[0] > 10, "ids go on above every id given out: {ids:?}");
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{ids:?}");
+    host.expect_nothing_pending().await;
+    guest.expect_nothing_pending().await;
+
+    // Bob resumes from message 7, which Redis no longer has: he is told that three are lost
+    // (8 to 10), and given what came after.
+    let token = guest.session_token.clone();
+    drop(guest);
+    host.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = loop {
+        // Again while the node is still reconnecting to the restarted Redis.
+        back.send(json!({"type": "resume", "session_token": token, "last_id": 7}))
+            .await;
+        let answer = back.recv().await;
+        if answer["type"] == "resumed" {
+            break answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed["lost"], 3, "{resumed}");
+    let missed: Vec<String> = chats(resumed["missed"].as_array().expect("missed"))
+        .into_iter()
+        .map(|(.., content)| content)
+        .collect();
+    assert_eq!(missed, (11..=15).map(say).collect::<Vec<_>>());
+    host.expect("peer_reconnected").await;
+}
+
+/// Sends `content` with a `client_msg_id` of its own, and again while the node answers
+/// `UNAVAILABLE` (it is reconnecting to Redis), as the web client does; returns the echo.
+async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {
+    let chat = json!({"type": "chat", "content": content, "client_msg_id": content});
+    loop {
+        client.send(chat.clone()).await;
+        let answer = client.recv().await;
+        if answer["type"] == "chat" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rooms of the recovery test, each spanning both nodes.
+const RECOVERY_ROOMS: usize = 100;
+
+/// After Redis restarts (quickly, with its data: what a stall longer than the ping timeout does
+/// to the nodes too, since they drop their connections and make new ones), both nodes repair
+/// their rooms: each node repairs each of its rooms once (`chat_redis_gaps_repaired_total`
+/// grows by the number of rooms, not twice that), and every room works afterwards.
+#[tokio::test]
+async fn a_redis_restart_repairs_each_room_once() {
+    let Some(Setup::Redis {
+        mut redis, nodes, ..
+    }) = Setup::redis(
+        "a_redis_restart_repairs_each_room_once",
+        2,
+        &["--max-connections-per-ip", "1000"],
+    )
+    .await
+    else {
+        return;
+    };
+    let mut rooms = Vec::new();
+    for i in 0..RECOVERY_ROOMS {
+        let pair = pair_at(
+            &nodes[0].ws_url(),
+            &nodes[1].ws_url(),
+            &format!("host{i}"),
+            &format!("guest{i}"),
+        )
+        .await;
+        rooms.push(pair);
+    }
+    let repaired = |text: &str| {
+        common::redis::metric_value(text, "chat_redis_gaps_repaired_total").unwrap_or(0.0)
+    };
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(repaired(&node.metrics().await));
+    }
+    redis.command(&["SAVE"]).await;
+    redis.restart().await;
+    // Each node repairs every room (its pub/sub was lost), and then no more.
+    for (node, before) in nodes.iter().zip(&before) {
+        let deadline = Instant::now() + 3 * PATIENCE;
+        loop {
+            let done = repaired(&node.metrics().await) - before;
+            if done >= RECOVERY_ROOMS as f64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{done} rooms repaired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (i, (host, guest, _)) in rooms.iter_mut().enumerate() {
+        let text = format!("after the stall {i}");
+        send_until_accepted(host, &text).await;
+        assert_eq!(guest.expect("chat").await["content"], text);
+        guest.expect_nothing_pending().await;
+    }
+    for (node, before) in nodes.iter().zip(&before) {
+        let done = repaired(&node.metrics().await) - before;
+        assert_eq!(done, RECOVERY_ROOMS as f64, "each room repaired once");
+    }
 }
 
 /// Everything Redis keeps of chat, key by key (`DUMP` of each key but the nodes' heartbeats,

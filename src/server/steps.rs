@@ -197,6 +197,12 @@ impl ChatServer {
                 Then::Chatted { client } | Then::Read { client } | Then::Left { client, .. },
                 Outcome::Gone,
             ) => self.close_connection_only(client, &Close::RESTART),
+            (Then::Repaired { code } | Then::Filled { code }, outcome) => {
+                // Never answered so; but a repair that ends must free its place, or the queue
+                // of repairs would stall.
+                debug!(?outcome, "a repair ended in an outcome it did not expect");
+                self.repair_ended(code);
+            }
             (then, outcome) => {
                 debug!(
                     ?then,

@@ -163,7 +163,8 @@ impl RedisServer {
     }
 
     /// A Redis restart as a crash and a supervisor make it: [`stop`](Self::stop), then
-    /// [`start_again`](Self::start_again) on the same port, with nothing kept.
+    /// [`start_again`](Self::start_again) on the same port, with nothing kept but what a `SAVE`
+    /// wrote (the server loads its dump when it starts).
     pub async fn restart(&mut self) {
         self.stop();
         self.start_again().await;
@@ -396,10 +397,16 @@ pub fn nodes(n: usize, redis_url: &str, extra_args: &[&str]) -> Vec<Node> {
 impl Node {
     /// Starts the binary with `--bind 127.0.0.1:0` and `args`, and waits for its startup line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Node::start`] with environment variables `env` too (such as `CHAT_TEST_DIE_AT`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let process = ServerProcess::start(
             ServerProcess::command()
                 .args(["--bind", "127.0.0.1:0"])
-                .args(args),
+                .args(args)
+                .envs(env.iter().copied()),
         );
         let addr = process.addr.parse().expect("the node's address");
         Node { process, addr }

@@ -25,7 +25,7 @@ use super::{ChatServer, Store};
 use crate::error::{ErrorCode, Refusal};
 use crate::message::ClientMessage;
 use crate::outbox::Close;
-use crate::store::redis::{Lane, RedisEvent};
+use crate::store::redis::{Floors, Lane, RedisEvent};
 use crate::store::{NodeId, Notice, Outcome, Step};
 use crate::types::{ClientId, RoomCode, SessionToken};
 
@@ -56,6 +56,14 @@ pub(super) struct Remote {
     rooms: FastMap<RoomCode, HeardRoom>,
     /// Steps that keep the books and found Redis away: submitted again when it is back.
     retry: Vec<Step>,
+    /// Rooms waiting for their turn to be repaired, in order (see `heard.rs`: at most
+    /// [`heard::MAX_REPAIRS`] at once, so that a recovery of thousands of rooms is paced).
+    repair_queue: VecDeque<RoomCode>,
+    /// How many repairs are in flight.
+    repairs_in_flight: usize,
+    /// The link to Redis is known to be down: queued repairs wait for it to come back, rather
+    /// than fail one after another.
+    link_down: bool,
 }
 
 impl Remote {
@@ -105,6 +113,14 @@ impl ChatServer {
             _ => None,
         };
         let retry = step.is_bookkeeping().then(|| step.clone());
+        let floors = match &step {
+            Step::Chat { code, .. } | Step::State { code } => remote
+                .rooms
+                .get(code)
+                .map(HeardRoom::floors)
+                .unwrap_or_default(),
+            _ => Floors::default(),
+        };
         remote.pending.insert(
             op,
             Pending {
@@ -113,7 +129,7 @@ impl ChatServer {
                 entering,
             },
         );
-        store.submit(op, step);
+        store.submit(op, step, floors);
     }
 
     /// With `--redis`: if `client` has a step in flight, `what` waits behind it. Returns
@@ -168,11 +184,22 @@ impl ChatServer {
             RedisEvent::Kick(client) => self.close_connection_only(client, &Close::TAKEN_OVER),
             RedisEvent::Resync => self.repair_all(),
             RedisEvent::Link(true) => {
+                // Only the repairs that failed: events were lost only if the pub/sub connection
+                // was, and then the bus says so itself (`Resync`), once it listens again.
+                self.remote.link_down = false;
                 self.retry_bookkeeping();
-                self.repair_all();
+                self.repair_failed();
             }
-            RedisEvent::Link(false) => {}
+            RedisEvent::Link(false) => self.remote.link_down = true,
             RedisEvent::Fenced(node) => self.fenced(node),
+            RedisEvent::Unlist(code, node) => {
+                // Unless a member of this node entered the room again meanwhile.
+                if !self.remote.rooms.contains_key(&code)
+                    && let Store::Redis(store) = &mut self.store
+                {
+                    store.unlist(node, code);
+                }
+            }
         }
     }
 
@@ -261,9 +288,10 @@ impl ChatServer {
             Then::Repaired { code } | Then::Filled { code } => {
                 // Tried again once Redis is back (`RedisEvent::Link`).
                 if let Some(room) = self.remote.rooms.get_mut(&code) {
-                    room.repairing = false;
                     room.state = None;
+                    room.failed = true;
                 }
+                self.repair_ended(code);
             }
             _ => {}
         }

@@ -33,18 +33,19 @@ pub struct Link {
     client: redis::Client,
     /// The connection while the link is up.
     current: Mutex<Option<MultiplexedConnection>>,
-    /// Whether it is up, for `/healthz`.
-    up: Arc<AtomicBool>,
+    /// Whether the node can serve, for `/healthz`: cleared here when the link goes down, set by
+    /// the beats (`node.rs`) when a beat is recorded while the link is up.
+    serving: Arc<AtomicBool>,
     /// Wakes the supervisor early: a step just failed.
     trouble: Notify,
 }
 
 impl Link {
-    pub fn new(client: redis::Client, up: Arc<AtomicBool>) -> Self {
+    pub fn new(client: redis::Client, serving: Arc<AtomicBool>) -> Self {
         Link {
             client,
             current: Mutex::new(None),
-            up,
+            serving,
             trouble: Notify::new(),
         }
     }
@@ -60,11 +61,12 @@ impl Link {
     }
 
     fn set(&self, connection: Option<MultiplexedConnection>) {
-        let up = connection.is_some();
+        if connection.is_none() {
+            self.serving.store(false, Ordering::Relaxed);
+        }
         if let Ok(mut current) = self.current.lock() {
             *current = connection;
         }
-        self.up.store(up, Ordering::Relaxed);
     }
 
     /// Keeps the link up, for as long as the node runs, and tells the actor when it goes down

@@ -11,12 +11,16 @@
 //! session) run one after another, in the order they were submitted, while the steps of
 //! different rooms are in flight together, pipelined on one connection (`link.rs`).
 //!
-//! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others.
+//! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others
+//! (`reap.rs`), and every node sweeps the grace periods that have ended (`sweep.rs`).
 
 mod bus;
+mod failpoint;
 mod link;
 mod node;
+mod reap;
 pub mod scripts;
+mod sweep;
 mod wire;
 
 use std::collections::VecDeque;
@@ -59,9 +63,26 @@ pub enum RedisEvent {
     Resync,
     /// The link to Redis went down (`false`) or came back (`true`).
     Link(bool),
+    /// The node has nobody in room `code` any more (as node `NodeId`): the room is to be
+    /// unlisted from the node's rooms, once the steps that the actor submitted with that news
+    /// (a member's drop) are done. Sent by the store to the actor's queue, so that it comes
+    /// after them.
+    Unlist(RoomCode, NodeId),
     /// The other nodes found this node dead while it was cut off, and gave its seats away: it
     /// carries on under a new id, after closing every connection so that its clients resume.
     Fenced(NodeId),
+}
+
+/// How far this node has told a room's members its chat ids and event numbers, sent with the
+/// room's steps that hand out ids (a chat) or read where the room stands (a repair): should
+/// Redis have lost writes it had acknowledged, and its counters gone back behind these, the
+/// script raises them first, so that no id is handed out twice (`raise_chat` in `prelude.lua`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Floors {
+    /// The last chat id told.
+    pub chat: u64,
+    /// The last event number told.
+    pub event: u64,
 }
 
 /// Steps that must keep their order: those of one room, or of one session outside rooms.
@@ -112,8 +133,12 @@ struct Shared {
 pub struct RedisStore {
     shared: Arc<Shared>,
     /// The lanes with a step in flight, and the steps waiting behind it.
-    lanes: FastMap<Lane, VecDeque<(u64, Step)>>,
-    /// Whether the link to Redis is up, for `/healthz`.
+    lanes: FastMap<Lane, VecDeque<(u64, Step, Floors)>>,
+    /// Rooms where this node has nobody any more, to unlist from its rooms once their lane is
+    /// done: a member's drop may still be in flight there, and until it has filed the seat's
+    /// grace period, the room must stay listed for a reap, should the node die meanwhile.
+    unlist: FastMap<RoomCode, NodeId>,
+    /// Whether this node counts itself alive (its beats are recorded), for `/healthz`.
     up: Arc<AtomicBool>,
 }
 
@@ -131,9 +156,11 @@ impl RedisStore {
         let up = Arc::new(AtomicBool::new(false));
         let link = Arc::new(Link::new(client.clone(), Arc::clone(&up)));
         let scripts = Arc::new(Scripts::new());
-        let bus = bus::start(client, node, events.clone(), Arc::clone(&metrics));
+        let bus = bus::start(client.clone(), node, events.clone(), Arc::clone(&metrics));
         tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
         let watch = node::Watch {
+            client,
+            live: Arc::clone(&up),
             link: Arc::clone(&link),
             scripts: Arc::clone(&scripts),
             bus: bus.clone(),
@@ -142,7 +169,7 @@ impl RedisStore {
             events: events.clone(),
             metrics: Arc::clone(&metrics),
         };
-        tokio::spawn(watch.run());
+        watch.start();
         let shared = Arc::new(Shared {
             link,
             scripts,
@@ -153,26 +180,35 @@ impl RedisStore {
         let store = RedisStore {
             shared,
             lanes: FastMap::default(),
+            unlist: FastMap::default(),
             up,
         };
         (store, received)
     }
 
-    /// Whether the link to Redis is up.
+    /// Whether the node can serve: its link to Redis is up and its beats are recorded, so that
+    /// the other nodes count it alive. False from the first missed beat (or the link's loss)
+    /// until the next beat recorded with the link up.
     pub fn reachable(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.up)
     }
 
     /// Runs `step` once the steps before it in its lane are done; its outcome comes back as
-    /// [`RedisEvent::Done`] with `op`.
-    pub fn submit(&mut self, op: u64, step: Step) {
+    /// [`RedisEvent::Done`] with `op`. `floors`: how far the node has told the step's room.
+    pub fn submit(&mut self, op: u64, step: Step, floors: Floors) {
         let lane = Lane::of(&step);
+        if let Step::Create { code, .. } | Step::Join { code, .. } | Step::ResumeSeat { code, .. } =
+            &step
+        {
+            // Entering again: the room stays listed (the step lists it anyway).
+            self.unlist.remove(code);
+        }
         if let Some(waiting) = self.lanes.get_mut(&lane) {
-            waiting.push_back((op, step));
+            waiting.push_back((op, step, floors));
             return;
         }
         self.lanes.insert(lane.clone(), VecDeque::new());
-        self.spawn(op, lane, step);
+        self.spawn(op, lane, step, floors);
     }
 
     /// The step in flight in `lane` is done: the next one there may run.
@@ -181,17 +217,22 @@ impl RedisStore {
             return;
         };
         match waiting.pop_front() {
-            Some((op, step)) => self.spawn(op, lane, step),
+            Some((op, step, floors)) => self.spawn(op, lane, step, floors),
             None => {
                 self.lanes.remove(&lane);
+                if let Lane::Room(code) = lane
+                    && let Some(node) = self.unlist.remove(&code)
+                {
+                    self.unlist_now(node, code);
+                }
             }
         }
     }
 
-    fn spawn(&self, op: u64, lane: Lane, step: Step) {
+    fn spawn(&self, op: u64, lane: Lane, step: Step, floors: Floors) {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            let (outcome, notices) = shared.run(step).await;
+            let (outcome, notices) = shared.run(step, floors).await;
             let done = RedisEvent::Done {
                 op,
                 lane,
@@ -203,9 +244,37 @@ impl RedisStore {
         });
     }
 
-    /// The node has no member in room `code` any more: it stops listening there.
-    pub fn forget_room(&self, node: NodeId, code: RoomCode) {
+    /// The node has no member in room `code` any more: it stops listening there, and will
+    /// unlist the room from its rooms (see [`RedisStore::unlist`]).
+    ///
+    /// Not at once: the member who went has its drop still to run (the actor submits it right
+    /// after), and until the drop has held the seat and filed its grace period, the room must
+    /// stay listed, for a reap to find the seat should the node die in between. So the store
+    /// sends itself [`RedisEvent::Unlist`], which the actor hands back once it has submitted
+    /// what goes with this.
+    pub fn forget_room(&mut self, node: NodeId, code: RoomCode) {
         self.shared.bus.unsubscribe(code);
+        if self
+            .shared
+            .events
+            .try_send(RedisEvent::Unlist(code, node))
+            .is_err()
+        {
+            self.unlist(node, code);
+        }
+    }
+
+    /// Unlists room `code` from node `node`'s rooms once the room's steps in flight are done.
+    pub fn unlist(&mut self, node: NodeId, code: RoomCode) {
+        if self.lanes.contains_key(&Lane::Room(code)) {
+            self.unlist.insert(code, node);
+        } else {
+            self.unlist_now(node, code);
+        }
+    }
+
+    /// Takes room `code` off the list of node `node`'s rooms.
+    fn unlist_now(&self, node: NodeId, code: RoomCode) {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             if let Some(mut redis) = shared.link.connection() {
@@ -274,7 +343,7 @@ impl RedisStore {
 
 impl Shared {
     /// Runs one step, timing it; a step that fails or gets no answer in time is `Unavailable`.
-    async fn run(&self, step: Step) -> (Outcome, Vec<Notice>) {
+    async fn run(&self, step: Step, floors: Floors) -> (Outcome, Vec<Notice>) {
         let entering = match &step {
             Step::Create { code, .. } | Step::Join { code, .. } | Step::ResumeSeat { code, .. } => {
                 Some(*code)
@@ -296,7 +365,7 @@ impl Shared {
         let started = Instant::now();
         let ran = tokio::time::timeout(
             link::ANSWER_TIMEOUT,
-            scripts::run(&self.scripts, &mut redis, step),
+            scripts::run(&self.scripts, &mut redis, step, floors),
         )
         .await;
         self.metrics

@@ -1,56 +1,88 @@
 //! Nodes watching over each other: each beats in Redis every second; a node silent for
-//! [`DEAD_AFTER`] is dead, and the first node to notice reaps it (its members' seats are held
-//! for a resume, and their peers told `peer_disconnected`); and every node sweeps the grace
-//! periods that have ended, whichever node held the seat.
+//! [`DEAD_AFTER`] is dead, and the first node to notice reaps it (`reap.rs`: its members' seats
+//! are held for a resume, and their peers told `peer_disconnected`); and every node sweeps the
+//! grace periods that have ended, whichever node held the seat (`sweep.rs`).
+//!
+//! Three tasks, not one loop: a node that reaps 18,000 rooms, or sweeps a thousand ended grace
+//! periods, must still beat on time, or the others take it for dead in turn and the death of one
+//! node spreads to the rest. So the beats have a task of their own, which nothing else awaits;
+//! the reaper and the sweeper learn from it, through a [`watch`] channel, what the node is
+//! ([`Standing`]): its id, and since when its beats are recorded.
 //!
 //! Time is Redis's (`TIME` in the scripts), so nodes whose clocks disagree still agree on who
 //! is dead. And a node judges others only once its own beats have been recorded for
-//! [`DEAD_AFTER`]: after a Redis restart, every beat looks old, and a node must first give the
-//! others the time to beat again.
+//! [`DEAD_AFTER`] on one connection: after a Redis restart, every beat looks old, and a node
+//! must first give the others the time to beat again.
+//!
+//! A node that cannot vouch for itself lets its clients go. The others count it dead
+//! [`DEAD_AFTER`] after its last recorded beat; a node that has had no beat recorded for
+//! [`LET_GO_AFTER`] (a little less) closes every connection with 1012 before they may, so that
+//! its clients resume on another node, within their grace period, while their seats are still
+//! theirs, and carries on as a new node. It cannot tell a Redis that is gone for everyone from a
+//! network that cut it alone, so it lets go in both cases. Beats go over a connection of their
+//! own, not the link that steps share: a beat never waits behind a batch of another task, and
+//! after a cut heals, the next beat connects at once, without waiting for the link's supervisor
+//! to notice that its connection died.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, Value};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tracing::{info, warn};
+use redis::{AsyncConnectionConfig, RedisResult};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::warn;
 
 use super::RedisEvent;
 use super::bus::Bus;
 use super::link::Link;
+use super::reap::Reaper;
 use super::scripts::{self, Scripts, keys, millis};
+use super::sweep::Sweeper;
 use crate::metrics::Metrics;
 use crate::store::NodeId;
-use crate::types::{RoomCode, SessionToken};
 
 /// How often a node beats.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long after its last beat a node's beats count as broken off: its next beat starts a new
+/// run, and until then it judges no one (`node_beat.lua`, `node_dead.lua`).
+pub const BEAT_GAP: Duration = Duration::from_secs(2);
+
 /// How long a node may be silent before the others count it dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
-/// How often a node looks for grace periods that have ended.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long after the last beat Redis recorded (from when it was sent) a node lets its clients
+/// go: half a second before the others may count it dead, and at least that before they notice
+/// (they look every [`BEAT_EVERY`]).
+pub const LET_GO_AFTER: Duration = Duration::from_millis(4_500);
 
-/// How long a node that claimed an ended grace period has to finish it before another node
-/// takes it over.
-const SWEEP_LEASE: Duration = Duration::from_secs(5);
+/// What the node is, as its beats say: the reaper and the sweeper read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    /// The node's id, which changes if it is fenced.
+    pub node: NodeId,
+    /// Since when the node's beats have been recorded without a miss; `None` while they are
+    /// not.
+    pub alive_since: Option<Instant>,
+}
 
-/// How many ended grace periods a sweep takes at once.
-const SWEEP_BATCH: usize = 100;
+impl Standing {
+    /// Whether the node may judge others: its own beats have been recorded for [`DEAD_AFTER`],
+    /// so that any node still silent is silent of its own doing, not because Redis was away.
+    pub fn may_judge(&self) -> bool {
+        self.alive_since
+            .is_some_and(|since| since.elapsed() >= DEAD_AFTER)
+    }
+}
 
-/// How long a reaped node stays marked dead: should it come back within that time, its next
-/// beat tells it that it was fenced. One that comes back later finds its seats gone when it
-/// repairs its rooms.
-const FENCE_FOR: Duration = Duration::from_secs(10 * 60);
-
-/// How long a node that claimed a dead node has to reap it before another may.
-const REAP_LEASE: Duration = Duration::from_secs(30);
-
-/// What keeps the watch: the node's id, which changes if it is fenced.
+/// What keeps the watch, as the store starts it.
 pub struct Watch {
+    /// For the beats' own connection.
+    pub client: redis::Client,
+    /// Whether the node counts itself alive, for `/healthz`.
+    pub live: Arc<AtomicBool>,
     pub link: Arc<Link>,
     pub scripts: Arc<Scripts>,
     pub bus: Bus,
@@ -61,182 +93,211 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Beats, reaps and sweeps, for as long as the actor runs.
-    pub async fn run(mut self) {
-        let mut beat = tokio::time::interval(BEAT_EVERY);
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        // Since when this node's beats have been recorded without a miss.
-        let mut alive_since: Option<Instant> = None;
+    /// Starts the beats, the reaper and the sweeper, each in a task of its own; they stop with
+    /// the actor.
+    pub fn start(self) {
+        let (standing, read_standing) = watch::channel(Standing {
+            node: self.node,
+            alive_since: None,
+        });
+        let reaper = Reaper {
+            link: Arc::clone(&self.link),
+            scripts: Arc::clone(&self.scripts),
+            standing: read_standing.clone(),
+            grace: self.grace,
+            events: self.events.clone(),
+        };
+        let sweeper = Sweeper {
+            link: Arc::clone(&self.link),
+            scripts: Arc::clone(&self.scripts),
+            events: self.events.clone(),
+        };
+        let beats = Beats {
+            link: Arc::clone(&self.link),
+            client: self.client,
+            live: self.live,
+            scripts: self.scripts,
+            bus: self.bus,
+            events: self.events,
+            metrics: self.metrics,
+            standing,
+        };
+        tokio::spawn(beats.run());
+        tokio::spawn(reaper.run());
+        tokio::spawn(sweeper.run());
+    }
+}
+
+/// The task that beats.
+struct Beats {
+    /// The link that steps share: the node serves only while it is up.
+    link: Arc<Link>,
+    /// Beats go over a connection of their own, made from this client.
+    client: redis::Client,
+    /// Whether the node can serve, for `/healthz`: set when a beat is recorded while the link
+    /// is up, cleared when one is missed (and by the link when it goes down).
+    live: Arc<AtomicBool>,
+    scripts: Arc<Scripts>,
+    /// Told the node's new id when it is fenced.
+    bus: Bus,
+    /// Where the actor hears that the node was fenced; closed once the actor has stopped.
+    events: mpsc::Sender<RedisEvent>,
+    metrics: Arc<Metrics>,
+    /// What the node is, for the reaper and the sweeper.
+    standing: watch::Sender<Standing>,
+}
+
+impl Beats {
+    /// Beats every [`BEAT_EVERY`], for as long as the actor runs, and lets the node's clients go
+    /// when it can no longer vouch for itself.
+    async fn run(self) {
+        let mut tick = tokio::time::interval(BEAT_EVERY);
+        // After a slow beat, the next one a full interval later, not a burst to catch up.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut connection = None;
+        // When the last beat that Redis recorded was sent: the others count the node alive
+        // until at least DEAD_AFTER past it. `None` before the first, and once let go.
+        let mut vouched: Option<Instant> = None;
         loop {
+            let let_go_at = vouched.map(|sent| sent + LET_GO_AFTER);
             tokio::select! {
-                _ = beat.tick() => {
-                    let Some(mut redis) = self.link.connection() else {
-                        alive_since = None;
-                        self.metrics.redis.node_live.set(0.0);
-                        continue;
-                    };
-                    match self.beat(&mut redis).await {
-                        Ok(true) => {
-                            self.metrics.redis.node_live.set(1.0);
-                            let since = *alive_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= DEAD_AFTER
-                                && let Err(err) = self.reap_the_dead(&mut redis).await
-                            {
-                                warn!(cause = %err, "could not reap dead nodes");
-                            }
-                        }
-                        Ok(false) => {
-                            // Found dead while cut off: everything it held went to the others.
-                            let node = NodeId::random();
-                            warn!(old = %self.node, new = %node, "this node was found dead and fenced: closing its connections, carrying on as a new node");
-                            self.node = node;
-                            self.bus.set_node(node);
-                            alive_since = None;
-                            self.metrics.redis.node_live.set(0.0);
-                            if self.events.send(RedisEvent::Fenced(node)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(err) => {
-                            warn!(cause = %err, "heartbeat failed");
-                            alive_since = None;
-                            self.metrics.redis.node_live.set(0.0);
-                        }
+                _ = tick.tick() => {}
+                () = until(let_go_at) => {
+                    vouched = None;
+                    if !self.let_go().await {
+                        return;
                     }
-                }
-                _ = sweep.tick() => {
-                    if let Some(mut redis) = self.link.connection()
-                        && let Err(err) = self.sweep(&mut redis).await
-                    {
-                        warn!(cause = %err, "could not sweep grace periods");
-                    }
+                    continue;
                 }
             }
             if self.events.is_closed() {
                 return;
             }
+            let sent = Instant::now();
+            // A beat with no answer within an interval counts as missed; one still waiting
+            // when the node must let go waits no more.
+            let beat = tokio::select! {
+                beat = tokio::time::timeout(BEAT_EVERY, self.beat(&mut connection)) => beat,
+                () = until(let_go_at) => {
+                    vouched = None;
+                    if !self.let_go().await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match beat {
+                Ok(Ok(true)) => {
+                    vouched = Some(sent);
+                    self.recorded(sent);
+                }
+                Ok(Ok(false)) => {
+                    // Found dead while cut off: everything it held went to the others.
+                    vouched = None;
+                    warn!(node = %self.node(), "this node was found dead and fenced: closing its connections, carrying on as a new node");
+                    if !self.fence().await {
+                        return;
+                    }
+                }
+                Ok(Err(err)) => {
+                    connection = None;
+                    self.missed(&err.to_string());
+                }
+                Err(_) => {
+                    connection = None;
+                    self.missed("no answer in time");
+                }
+            }
         }
     }
 
-    /// Records a beat. `Ok(false)`: the node was found dead meanwhile.
-    async fn beat(&self, redis: &mut MultiplexedConnection) -> RedisResult<bool> {
+    fn node(&self) -> NodeId {
+        self.standing.borrow().node
+    }
+
+    /// Records a beat, on the beats' connection (made first if there is none). `Ok(false)`:
+    /// the node was found dead meanwhile.
+    async fn beat(&self, connection: &mut Option<MultiplexedConnection>) -> RedisResult<bool> {
+        let redis = match connection {
+            Some(redis) => redis,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(BEAT_EVERY))
+                    .set_response_timeout(Some(BEAT_EVERY));
+                let redis = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                // A new connection may reach a Redis that restarted, whose beats are all old:
+                // the node judges no one until its own have been recorded for DEAD_AFTER.
+                self.standing
+                    .send_modify(|standing| standing.alive_since = None);
+                connection.insert(redis)
+            }
+        };
+        let node = self.node();
         let alive: i64 = self
             .scripts
             .node_beat
             .key(keys::LIVE)
-            .key(keys::node_rooms(self.node))
-            .key(keys::node_dead(self.node))
-            .arg(self.node.to_string())
+            .key(keys::node_rooms(node))
+            .key(keys::node_dead(node))
+            .key(keys::SINCE)
+            .arg(node.to_string())
             .arg(millis(scripts::ROOM_TTL))
+            .arg(millis(BEAT_GAP))
             .invoke_async(redis)
             .await?;
         Ok(alive == 1)
     }
 
-    /// Reaps every node that has been silent for [`DEAD_AFTER`].
-    async fn reap_the_dead(&self, redis: &mut MultiplexedConnection) -> RedisResult<()> {
-        let dead: Vec<String> = self
-            .scripts
-            .node_dead
-            .key(keys::LIVE)
-            .arg(millis(DEAD_AFTER))
-            .invoke_async(redis)
-            .await?;
-        for node in dead.iter().filter_map(|node| NodeId::parse(node)) {
-            if node != self.node {
-                self.reap(redis, node).await?;
-            }
-        }
-        Ok(())
+    /// A beat sent at `sent` was recorded.
+    fn recorded(&self, sent: Instant) {
+        let serving = self.link.connection().is_some();
+        self.live.store(serving, Ordering::Relaxed);
+        self.metrics.redis.node_live.set(1.0);
+        self.standing.send_modify(|standing| {
+            standing.alive_since.get_or_insert(sent);
+        });
     }
 
-    /// Reaps one dead node, unless another node is doing it: the seats it held are held for a
-    /// resume, with their grace periods filed for sweeping.
-    async fn reap(&self, redis: &mut MultiplexedConnection, dead: NodeId) -> RedisResult<()> {
-        let rooms: Option<Vec<String>> = self
-            .scripts
-            .node_claim
-            .key(keys::LIVE)
-            .key(keys::node_rooms(dead))
-            .key(keys::node_dead(dead))
-            .key(keys::node_reaper(dead))
-            .arg(dead.to_string())
-            .arg(millis(REAP_LEASE))
-            .arg(millis(FENCE_FOR))
-            .invoke_async(redis)
-            .await?;
-        let Some(rooms) = rooms else {
-            return Ok(()); // Another node is reaping it.
-        };
-        info!(node = %dead, rooms = rooms.len(), "a node is dead: holding its members' seats");
-        for code in rooms.iter().filter_map(|code| RoomCode::parse(code).ok()) {
-            let held: Vec<Value> = self
-                .scripts
-                .room_reap
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .key(keys::channel(code))
-                .arg(dead.to_string())
-                .arg(millis(self.grace))
-                .arg(millis(self.grace + scripts::GRACE_MARGIN))
-                .invoke_async(redis)
-                .await?;
-            for pair in held.chunks(2) {
-                let (Some(Value::BulkString(token)), Some(Value::Int(deadline))) =
-                    (pair.first(), pair.get(1))
-                else {
-                    continue;
-                };
-                let (Ok(token), Ok(deadline)) =
-                    (std::str::from_utf8(token), u64::try_from(*deadline))
-                else {
-                    continue;
-                };
-                if deadline > 0
-                    && let Some(token) = SessionToken::parse(token)
-                {
-                    scripts::file_grace(&self.scripts, redis, code, &token, deadline, self.grace)
-                        .await?;
-                }
-            }
-        }
-        let _: i64 = self
-            .scripts
-            .node_forget
-            .key(keys::LIVE)
-            .key(keys::node_rooms(dead))
-            .key(keys::node_reaper(dead))
-            .arg(dead.to_string())
-            .invoke_async(redis)
-            .await?;
-        Ok(())
+    /// A beat that was not recorded: the node does not judge others until it has beaten for
+    /// [`DEAD_AFTER`] again, and `/healthz` says 503 meanwhile.
+    fn missed(&self, cause: &str) {
+        warn!(cause, "heartbeat failed");
+        self.live.store(false, Ordering::Relaxed);
+        self.metrics.redis.node_live.set(0.0);
+        self.standing
+            .send_modify(|standing| standing.alive_since = None);
     }
 
-    /// Ends the grace periods that are due: their members leave for good, unless they resumed.
-    async fn sweep(&self, redis: &mut MultiplexedConnection) -> RedisResult<()> {
-        let due: Vec<String> = self
-            .scripts
-            .grace_claim
-            .key(keys::GRACE)
-            .arg(millis(SWEEP_LEASE))
-            .arg(SWEEP_BATCH)
-            .invoke_async(redis)
-            .await?;
-        for entry in due {
-            let mut parts = entry.splitn(3, '|');
-            if let (Some(code), Some(token), Some(deadline)) =
-                (parts.next(), parts.next(), parts.next())
-                && let (Ok(code), Ok(deadline)) = (RoomCode::parse(code), deadline.parse())
-                && let Some(token) = SessionToken::parse(token)
-            {
-                scripts::expire(&self.scripts, redis, code, &token, deadline).await?;
-            }
-            let _: i64 = redis::cmd("ZREM")
-                .arg(keys::GRACE)
-                .arg(&entry)
-                .query_async(redis)
-                .await?;
-        }
-        Ok(())
+    /// No beat recorded for [`LET_GO_AFTER`]: the others may soon count this node dead and hold
+    /// its members' seats for them elsewhere. It lets them go first. Returns `false` once the
+    /// actor has stopped.
+    async fn let_go(&self) -> bool {
+        warn!(node = %self.node(), "no beat recorded for {LET_GO_AFTER:?}: letting every connection go (1012) before the others count this node dead, carrying on as a new node");
+        self.fence().await
+    }
+
+    /// Carries on under a new id, and has the actor close every connection, so that its
+    /// clients resume where their seats are now. Returns `false` once the actor has stopped.
+    async fn fence(&self) -> bool {
+        let node = NodeId::random();
+        self.bus.set_node(node);
+        self.standing.send_replace(Standing {
+            node,
+            alive_since: None,
+        });
+        self.live.store(false, Ordering::Relaxed);
+        self.metrics.redis.node_live.set(0.0);
+        self.events.send(RedisEvent::Fenced(node)).await.is_ok()
+    }
+}
+
+/// Waits until `deadline`, or forever if there is none.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

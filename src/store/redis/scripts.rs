@@ -3,9 +3,10 @@
 //! know it, after a restart say). The scripts of a room share `prelude.lua`.
 //!
 //! Each room's keys carry the hash tag `{CODE}`, so that a Redis Cluster would keep them on one
-//! shard, where a script may touch them together. A step that also touches a session (another
-//! tag) does so in a second script, after the room's: a session key only says where to resume,
-//! and a crash between the two leaves nothing that its TTL does not clear.
+//! shard, where a script may touch them together. A step that also touches the node's list of
+//! rooms or a session (other tags) does so in scripts of their own, in an order that leaves
+//! nothing behind should the node die between two of them: the room listed before a seat is
+//! taken, the session written after (see docs/architecture.md, and `failpoint.rs`).
 //!
 //! The file runs past 400 lines because [`run`] is one `match` of every step: each arm lists
 //! its script's keys and arguments and reads its reply, and a reader checking a script against
@@ -14,10 +15,13 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value};
+use redis::{
+    Cmd, ErrorKind, RedisResult, RedisWrite, Script, ScriptInvocation, ServerErrorKind,
+    ToRedisArgs, Value,
+};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::wire;
+use super::{Floors, failpoint, wire};
 use crate::envelope::KeyCheck;
 use crate::error::ErrorCode;
 use crate::room::Room;
@@ -74,6 +78,10 @@ pub mod keys {
     /// The nodes that beat, by the time of their last beat (a sorted set).
     pub const LIVE: &str = "chat:{nodes}:live";
 
+    /// When each node's unbroken run of beats began (a hash), so that a node judges others
+    /// only once its own beats have been recorded for long enough.
+    pub const SINCE: &str = "chat:{nodes}:since";
+
     /// Held seats' deadlines, for whichever node sweeps them first (a sorted set).
     pub const GRACE: &str = "chat:{nodes}:grace";
 
@@ -121,6 +129,7 @@ pub struct Scripts {
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
     pub(super) node_forget: Script,
+    pub(super) node_lease: Script,
     node_room: Script,
     grace_add: Script,
     pub(super) grace_claim: Script,
@@ -151,6 +160,7 @@ impl Scripts {
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
             node_forget: Script::new(include_str!("lua/node_forget.lua")),
+            node_lease: Script::new(include_str!("lua/node_lease.lua")),
             node_room: Script::new(include_str!("lua/node_room.lua")),
             grace_add: Script::new(include_str!("lua/grace_add.lua")),
             grace_claim: Script::new(include_str!("lua/grace_claim.lua")),
@@ -267,6 +277,7 @@ pub async fn run(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     step: Step,
+    floors: Floors,
 ) -> RedisResult<(Outcome, Vec<Notice>)> {
     let mut notices = Vec::new();
     let outcome = match step {
@@ -294,6 +305,8 @@ pub async fn run(
             encrypted,
             key_check,
         } => {
+            list_room(scripts, redis, code, member.conn).await?;
+            failpoint::reached("create:listed");
             let created: i64 = scripts
                 .room_create
                 .key(keys::room(code))
@@ -309,11 +322,22 @@ pub async fn run(
             if created == 0 {
                 Outcome::CodeTaken
             } else {
-                entered(scripts, redis, code, &member.token, member.conn).await?;
+                failpoint::reached("create:seated");
+                set_session(
+                    scripts,
+                    redis,
+                    &member.token,
+                    member.conn,
+                    "r",
+                    code.as_str(),
+                )
+                .await?;
                 Outcome::Created
             }
         }
         Step::Join { code, member } => {
+            list_room(scripts, redis, code, member.conn).await?;
+            failpoint::reached("join:listed");
             let value: Value = on_room(&scripts.room_join, code)
                 .arg(member.token)
                 .arg(member.name.as_str())
@@ -333,7 +357,16 @@ pub async fn run(
                     let encrypted = reply.flag()?;
                     let key_check = reply.key_check()?;
                     let history = reply.frames()?;
-                    entered(scripts, redis, code, &member.token, member.conn).await?;
+                    failpoint::reached("join:seated");
+                    set_session(
+                        scripts,
+                        redis,
+                        &member.token,
+                        member.conn,
+                        "r",
+                        code.as_str(),
+                    )
+                    .await?;
                     Outcome::Joined(Box::new(Joined {
                         host,
                         host_connected,
@@ -363,6 +396,7 @@ pub async fn run(
                 .arg(client_msg_id.as_deref().unwrap_or(""))
                 .arg(Room::MAX_STORED)
                 .arg(Room::MAX_STORED_BYTES)
+                .arg(floors.chat)
                 .invoke_async(redis)
                 .await?;
             let mut reply = Reply::new(value)?;
@@ -412,6 +446,7 @@ pub async fn run(
                 .await?;
             match Reply::new(value)?.text()?.as_str() {
                 "LEFT" | "DELETED" => {
+                    failpoint::reached("leave:left");
                     set_session(scripts, redis, &token, conn, "r", "").await?;
                     Outcome::Done
                 }
@@ -438,7 +473,9 @@ pub async fn run(
                 let mut reply = Reply::new(value)?;
                 if reply.text()? == "HELD" {
                     let deadline = reply.number()?;
+                    failpoint::reached("drop:held");
                     file_grace(scripts, redis, code, &token, deadline, grace).await?;
+                    failpoint::reached("drop:filed");
                     session_ttl = grace + GRACE_MARGIN;
                 }
             }
@@ -494,6 +531,8 @@ pub async fn run(
             conn,
             last_id,
         } => {
+            list_room(scripts, redis, code, conn).await?;
+            failpoint::reached("resume:listed");
             let value: Value = on_room(&scripts.room_resume, code)
                 .arg(token)
                 .arg(conn.encode())
@@ -522,7 +561,8 @@ pub async fn run(
                 // Still open: another device or tab, or a connection not yet known to be dead.
                 notices.push(Notice::Kick(previous));
             }
-            entered(scripts, redis, code, &token, conn).await?;
+            failpoint::reached("resume:seated");
+            set_session(scripts, redis, &token, conn, "r", code.as_str()).await?;
             let peer = Username::parse(&peer_name).ok().map(|name| Peer {
                 name,
                 connected: peer_connected,
@@ -564,6 +604,9 @@ pub async fn run(
             let value: Value = scripts
                 .room_state
                 .key(keys::room(code))
+                .key(keys::log(code))
+                .arg(floors.chat)
+                .arg(floors.event)
                 .invoke_async(redis)
                 .await?;
             let mut reply = Reply::new(value)?;
@@ -631,16 +674,17 @@ async fn set_session(
     Ok(set == 1)
 }
 
-/// A member of this node entered room `code`: its session says where, and the room is listed
-/// among the node's, for the others to reap should the node die.
-async fn entered(
+/// A member of this node is entering room `code`: the room is listed among the node's, for the
+/// others to reap should the node die. Listed *before* the member's seat is taken (or moved
+/// here), so that a node that dies between the two leaves no seat that nobody would reap; a
+/// room listed for a seat that was then refused costs a reap nothing, and is unlisted when the
+/// node has nobody there.
+async fn list_room(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     code: RoomCode,
-    token: &SessionToken,
     conn: Conn,
 ) -> RedisResult<()> {
-    set_session(scripts, redis, token, conn, "r", code.as_str()).await?;
     let _: i64 = scripts
         .node_room
         .key(keys::LIVE)
@@ -662,15 +706,64 @@ pub async fn file_grace(
     deadline: u64,
     grace: Duration,
 ) -> RedisResult<()> {
-    let _: i64 = scripts
-        .grace_add
-        .key(keys::GRACE)
-        .arg(deadline)
-        .arg(grace_entry(code, token, deadline))
-        .arg(millis(grace + GRACE_MARGIN))
-        .invoke_async(redis)
-        .await?;
+    file_graces(scripts, redis, &[(code, *token, deadline)], grace).await
+}
+
+/// Files many held seats' deadlines (`room, token, deadline`) in one call, as a reap holds
+/// them.
+pub async fn file_graces(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    held: &[(RoomCode, SessionToken, u64)],
+    grace: Duration,
+) -> RedisResult<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = scripts.grace_add.key(keys::GRACE);
+    invocation.arg(millis(grace + GRACE_MARGIN));
+    for (code, token, deadline) in held {
+        invocation
+            .arg(deadline)
+            .arg(grace_entry(*code, token, *deadline));
+    }
+    let _: i64 = invocation.invoke_async(redis).await?;
     Ok(())
+}
+
+/// One run of `script` with `keys`, as a command to send among others in one round trip
+/// ([`run_batch`]); its arguments are added to it. (The `redis` crate's `ScriptInvocation`
+/// runs one script per round trip.)
+pub fn batched(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// Sends `calls` of `script` (made by [`batched`]) in one pipeline, and returns their replies
+/// in order. Each call is atomic by itself, in its own room; only the round trip is shared,
+/// so a batch of rooms costs Redis what the rooms cost one by one, and the caller one await.
+/// A Redis that does not know the script (it restarted) is given it, and the batch sent again:
+/// the batched steps may run twice, so they must be idempotent.
+pub async fn run_batch(
+    script: &Script,
+    redis: &mut MultiplexedConnection,
+    calls: Vec<Cmd>,
+) -> RedisResult<Vec<Value>> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for call in calls {
+        pipe.add_command(call);
+    }
+    match pipe.query_async(redis).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(redis).await?;
+            pipe.query_async(redis).await
+        }
+        replies => replies,
+    }
 }
 
 /// A grace list entry: `CODE|TOKEN|DEADLINE`.

@@ -48,6 +48,24 @@ local function entries(log, last, from, to)
   return redis.call('LRANGE', log, from - first, to - first)
 end
 
+-- Redis lost writes it had acknowledged (it restarted from an older snapshot, or failed over to
+-- a replica that was behind), and a node has told its members chat ids up to `floor`: the
+-- room's counter goes above them, so that no id is handed out twice. The log starts again after
+-- the gap (its ids must be contiguous), and `lost` says that everything up to `floor` is gone,
+-- so that a resume that wanted any of it says so.
+local function raise_chat(room, log, floor)
+  local last = tonumber(redis.call('HGET', room, 'last'))
+  if not last or floor <= last then return end
+  redis.call('DEL', log)
+  redis.call('HSET', room, 'last', floor, 'lost', floor, 'bytes', 0)
+end
+
+-- The same for event numbers: they go above `floor`, the last one a node has told.
+local function raise_events(room, floor)
+  local ev = tonumber(redis.call('HGET', room, 'ev'))
+  if ev and floor > ev then redis.call('HSET', room, 'ev', floor) end
+end
+
 -- Gives `key` at least `ms` more to live.
 local function extend(key, ms)
   local t = redis.call('PTTL', key)

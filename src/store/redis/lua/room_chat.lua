@@ -1,11 +1,13 @@
 -- Appends a message with the room's next id, within the room's bounds, and publishes it. A
 -- repeat of a client_msg_id among the sender's last 100 is not stored again.
--- KEYS room log ch; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes
+-- `floor` is the last id the sender's node has told in this room (see raise_chat).
+-- KEYS room log ch; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes floor
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
 local err, recent, count = check_live(room, tok, ARGV[2], 'k', 'kn')
 if err then return {err} end
+raise_chat(room, log, tonumber(ARGV[7]))
 -- The sender's recent client_msg_ids are one string of entries "\n<id>\t<message id>", the id
 -- with its backslashes, newlines and tabs escaped: a plain search for "\n<id>\t" can only
 -- match a whole entry. (Decoding and encoding them as JSON cost Redis more than the rest of
