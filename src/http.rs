@@ -312,8 +312,9 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
                     "the chat server has failed and is closing\n",
                 )
             } else if !app.server.store_reachable() {
-                // With --redis: the node keeps its connections, but a balancer should send new
-                // ones elsewhere until it reaches Redis again.
+                // With --redis: a balancer should send new connections elsewhere until the node
+                // reaches Redis again and has recorded its beat there (one cut off for long
+                // enough lets its clients go, for them to resume on another node).
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
