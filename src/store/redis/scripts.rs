@@ -411,7 +411,9 @@ pub async fn run(
         } => {
             // The seat first: a held seat's grace period is filed for whichever node sweeps it
             // (this one may be restarting), and the session lives as long as the seat may.
+            // In a room the outcome is the seat's, outside one the session's, as in memory.
             let mut session_ttl = Duration::ZERO;
+            let mut outcome = None;
             if let Some(code) = room {
                 let value: Value = on_room(&scripts.room_drop, code)
                     .arg(token)
@@ -421,20 +423,29 @@ pub async fn run(
                     .invoke_async(redis)
                     .await?;
                 let mut reply = Reply::new(value)?;
-                if reply.text()? == "HELD" {
-                    let deadline = reply.number()?;
-                    file_grace(scripts, redis, code, &token, deadline, grace).await?;
-                    session_ttl = grace + GRACE_MARGIN;
-                }
+                outcome = Some(match reply.text()?.as_str() {
+                    "HELD" => {
+                        let deadline = reply.number()?;
+                        file_grace(scripts, redis, code, &token, deadline, grace).await?;
+                        session_ttl = grace + GRACE_MARGIN;
+                        Outcome::Held { deadline }
+                    }
+                    "LEFT" | "DELETED" => Outcome::Done,
+                    other => seat_error(other),
+                });
             }
-            let _: i64 = scripts
+            let ended: i64 = scripts
                 .session_end
                 .key(keys::session(&token))
                 .arg(conn.encode())
                 .arg(millis(session_ttl))
                 .invoke_async(redis)
                 .await?;
-            Outcome::Done
+            outcome.unwrap_or(if ended == 1 {
+                Outcome::Done
+            } else {
+                Outcome::Moved
+            })
         }
         Step::Expire {
             code,
@@ -676,3 +687,4 @@ pub async fn expire(
         .await?;
     Ok(())
 }
+
