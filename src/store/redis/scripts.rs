@@ -688,3 +688,31 @@ pub async fn expire(
     Ok(())
 }
 
+/// For the tests only (`testing`): reaps room `code` of the dead node `dead` with
+/// `room_reap.lua`, as the watch does for each room of a node it found dead, and returns the
+/// seats it holds (or gave up, deadline 0) with their deadlines. The node's listing, claim and
+/// grace entries are the watch's, and not done here: `tests/store_model.rs` checks what a reap
+/// does to a room against the in-memory store.
+#[cfg(feature = "testing")]
+pub async fn reap_room(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    code: RoomCode,
+    dead: crate::store::NodeId,
+    grace: Duration,
+) -> RedisResult<Vec<(SessionToken, u64)>> {
+    let held: Vec<Value> = on_room(&scripts.room_reap, code)
+        .arg(dead.to_string())
+        .arg(millis(grace))
+        .arg(millis(grace + GRACE_MARGIN))
+        .invoke_async(redis)
+        .await?;
+    let mut reply = Reply::new(Value::Array(held))?;
+    let mut seats = Vec::new();
+    while let Ok(token) = reply.text() {
+        let token = SessionToken::parse(&token)
+            .ok_or_else(|| unexpected("a stored session that is not valid"))?;
+        seats.push((token, reply.number()?));
+    }
+    Ok(seats)
+}
