@@ -691,6 +691,11 @@ impl StateMachineTest for BothStores {
 
 /// Starts a `redis-server` and the test's side of it, for the length of `body`.
 fn with_redis(test: &str, body: impl FnOnce()) {
+    // The tests of this file share the one Redis side: they run one after another.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     if !redis_available(test) {
         return;
     }
@@ -794,5 +799,35 @@ fn a_drop_answers_what_it_did_to_the_seat_or_session() {
                 grace: true,
             },
         ]);
+    });
+}
+
+/// Regression: the in-memory store checked the session before the seat, so a seat whose
+/// connection dropped after another connection had taken its session over (`TakeSession`, its
+/// `ResumeSeat` not yet run) was answered `Moved` and left to the dead connection, while Redis
+/// held (or gave up) the seat. Both stores now act on the seat first, then on the session.
+#[test]
+fn a_drop_acts_on_the_seat_before_the_session() {
+    with_redis("a_drop_acts_on_the_seat_before_the_session", || {
+        for grace in [false, true] {
+            replay(&[
+                Transition::Create {
+                    member: 0,
+                    room: 0,
+                    encrypted: false,
+                },
+                Transition::Join { member: 1, room: 0 },
+                Transition::Take { member: 0, node: 0 },
+                Transition::Drop {
+                    member: 0,
+                    stale: true,
+                    grace,
+                },
+                Transition::ResumeSeat {
+                    member: 0,
+                    last_id: 0,
+                },
+            ]);
+        }
     });
 }

@@ -305,19 +305,19 @@ impl MemoryStore {
         grace: Duration,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if self.sessions.get(&token).is_none_or(|s| s.conn != conn) {
-            return Outcome::Moved;
-        }
+        // The seat first, and then the session, as in Redis: the seat's own connection decides
+        // what becomes of it. A seat whose connection ends while another connection is taking
+        // its session over (between `TakeSession` and `ResumeSeat`, apart in Redis) is held,
+        // not left to a connection that is gone.
         let Some(code) = room else {
-            self.sessions.remove(&token);
-            return Outcome::Done;
+            return self.end_session(&token, conn);
         };
         if let Err(outcome) = self.check_seat(code, &token, conn) {
             return outcome;
         }
         if grace.is_zero() {
             self.remove_member(code, &token, LeaveReason::Disconnected, notices);
-            self.sessions.remove(&token);
+            self.end_session(&token, conn);
             return Outcome::Done;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -336,6 +336,16 @@ impl MemoryStore {
             RoomEvent::Disconnected { seq, token, name },
         ));
         Outcome::Held { deadline }
+    }
+
+    /// Ends the session `token` if `conn` still holds it (`Done`); `Moved` if it is gone or
+    /// another connection's.
+    fn end_session(&mut self, token: &SessionToken, conn: Conn) -> Outcome {
+        if self.sessions.get(token).is_none_or(|s| s.conn != conn) {
+            return Outcome::Moved;
+        }
+        self.sessions.remove(token);
+        Outcome::Done
     }
 
     fn take_session(
