@@ -831,3 +831,31 @@ fn a_drop_acts_on_the_seat_before_the_session() {
         }
     });
 }
+
+/// Regression: dropping a seat that was held already (its node was reaped, and then its
+/// connection's end was noticed; or a drop tried again) gave it a new deadline and told the
+/// room `disconnected` a second time in memory, while Redis kept the deadline and told nobody.
+/// Both keep the first deadline now, and the room hears of it once.
+#[test]
+fn a_held_seat_is_held_once() {
+    with_redis("a_held_seat_is_held_once", || {
+        replay(&[
+            Transition::Fresh { member: 0, node: 0 },
+            Transition::Create {
+                member: 1,
+                room: 0,
+                encrypted: false,
+            },
+            Transition::NodeDeath { node: 1 },
+            Transition::Drop {
+                member: 1,
+                stale: false,
+                grace: true,
+            },
+            Transition::Expire {
+                member: 1,
+                stale: false,
+            },
+        ]);
+    });
+}

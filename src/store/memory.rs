@@ -323,10 +323,17 @@ impl MemoryStore {
         let Some(room) = self.rooms.get_mut(&code) else {
             return Outcome::Gone;
         };
-        let deadline = unix_millis().saturating_add(grace.as_millis() as u64);
         let Some(seat) = room.seat_of_mut(&token) else {
             return Outcome::Gone;
         };
+        // Held already (its node was reaped, or this is a retry): the deadline stands, and the
+        // room was told once.
+        if let Some(deadline) = seat.held_until {
+            return Outcome::Held {
+                deadline: deadline.get(),
+            };
+        }
+        let deadline = unix_millis().saturating_add(grace.as_millis() as u64);
         // Only a clock set to the first millisecond of 1970 with no grace could give zero.
         seat.held_until = Some(NonZeroU64::new(deadline).unwrap_or(NonZeroU64::MIN));
         let name = seat.name.clone();
