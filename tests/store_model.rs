@@ -859,3 +859,62 @@ fn a_held_seat_is_held_once() {
         ]);
     });
 }
+
+/// Regression: only the Lua scripts refused a chat, a read receipt or a leave from the
+/// connection of a held seat (`check_live`: a connection given up for dead, such as one on a
+/// node that was reaped while only cut off from Redis). Memory took them. Both answer `Gone`
+/// now, and the member resumes to speak again.
+#[test]
+fn a_held_seat_s_connection_speaks_no_more() {
+    with_redis("a_held_seat_s_connection_speaks_no_more", || {
+        replay(&[
+            Transition::Create {
+                member: 0,
+                room: 0,
+                encrypted: false,
+            },
+            Transition::Join { member: 3, room: 0 },
+            Transition::Drop {
+                member: 3,
+                stale: false,
+                grace: true,
+            },
+            Transition::Chat {
+                member: 3,
+                stale: false,
+                client_msg_id: None,
+            },
+            Transition::Read {
+                member: 3,
+                up_to: 0,
+            },
+            Transition::Leave {
+                member: 3,
+                stale: false,
+            },
+            Transition::Resume {
+                member: 3,
+                node: 0,
+                last_id: 0,
+            },
+            Transition::Chat {
+                member: 3,
+                stale: false,
+                client_msg_id: None,
+            },
+        ]);
+        replay(&[
+            Transition::Create {
+                member: 1,
+                room: 1,
+                encrypted: false,
+            },
+            Transition::NodeDeath { node: 1 },
+            Transition::Chat {
+                member: 1,
+                stale: false,
+                client_msg_id: Some(0),
+            },
+        ]);
+    });
+}

@@ -104,7 +104,7 @@ impl MemoryStore {
                 up_to,
             } => self.read(code, &token, conn, up_to, notices),
             Step::Leave { code, token, conn } => {
-                if let Err(outcome) = self.check_seat(code, &token, conn) {
+                if let Err(outcome) = self.check_live(code, &token, conn) {
                     return outcome;
                 }
                 self.remove_member(code, &token, LeaveReason::Left, notices);
@@ -228,7 +228,7 @@ impl MemoryStore {
         client_msg_id: Option<Box<str>>,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if let Err(outcome) = self.check_seat(code, token, conn) {
+        if let Err(outcome) = self.check_live(code, token, conn) {
             return outcome;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -268,7 +268,7 @@ impl MemoryStore {
         up_to: u64,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if let Err(outcome) = self.check_seat(code, token, conn) {
+        if let Err(outcome) = self.check_live(code, token, conn) {
             return outcome;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -438,6 +438,18 @@ impl MemoryStore {
             None => Err(Outcome::Gone),
             Some(seat) if seat.conn != conn => Err(Outcome::Moved),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// [`check_seat`](Self::check_seat), and `Gone` too if the seat is held: its connection
+    /// was given up for dead (dropped, or its node reaped while it was only cut off) and speaks
+    /// for the seat no more; it is to reconnect and resume. As `check_live` in Redis, for the
+    /// steps of a member that is there (chat, read, leave).
+    fn check_live(&self, code: RoomCode, token: &SessionToken, conn: Conn) -> Result<(), Outcome> {
+        self.check_seat(code, token, conn)?;
+        match self.rooms.get(&code).and_then(|room| room.seat_of(token)) {
+            Some(seat) if seat.is_connected() => Ok(()),
+            _ => Err(Outcome::Gone),
         }
     }
 
