@@ -918,3 +918,34 @@ fn a_held_seat_s_connection_speaks_no_more() {
         ]);
     });
 }
+
+/// Regression: when a grace period ended, memory ended the member's session with its seat, but
+/// in Redis the session's key lived on (its TTL is the grace period plus a margin), so a
+/// resume just after the end was `Taken` into a room without its seat, and the key was kept
+/// for another hour. Both end the session with the seat now: the resume is `Expired`.
+#[test]
+fn a_session_ends_with_its_expired_seat() {
+    with_redis("a_session_ends_with_its_expired_seat", || {
+        replay(&[
+            Transition::Create {
+                member: 1,
+                room: 0,
+                encrypted: false,
+            },
+            Transition::Drop {
+                member: 1,
+                stale: false,
+                grace: true,
+            },
+            Transition::Expire {
+                member: 1,
+                stale: false,
+            },
+            Transition::Resume {
+                member: 1,
+                node: 0,
+                last_id: 0,
+            },
+        ]);
+    });
+}

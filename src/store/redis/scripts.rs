@@ -116,6 +116,7 @@ pub struct Scripts {
     session_set: Script,
     session_end: Script,
     session_take: Script,
+    session_forget: Script,
     pub(super) node_beat: Script,
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
@@ -146,6 +147,7 @@ impl Scripts {
             session_set: Script::new(include_str!("lua/session_set.lua")),
             session_end: Script::new(include_str!("lua/session_end.lua")),
             session_take: Script::new(include_str!("lua/session_take.lua")),
+            session_forget: Script::new(include_str!("lua/session_forget.lua")),
             node_beat: Script::new(include_str!("lua/node_beat.lua")),
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
@@ -672,7 +674,8 @@ pub fn grace_entry(code: RoomCode, token: &SessionToken, deadline: u64) -> Strin
     format!("{code}|{}|{deadline}", token.hex())
 }
 
-/// A held seat's grace period ended: its member leaves for good, unless it resumed.
+/// A held seat's grace period ended: its member leaves for good, unless it resumed, and its
+/// session ends with the seat (in a second script: the session's key has another hash tag).
 pub async fn expire(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
@@ -680,11 +683,19 @@ pub async fn expire(
     token: &SessionToken,
     deadline: u64,
 ) -> RedisResult<()> {
-    let _: Value = on_room(&scripts.room_expire, code)
+    let expired: String = on_room(&scripts.room_expire, code)
         .arg(token)
         .arg(deadline)
         .invoke_async(redis)
         .await?;
+    if expired != "NOOP" {
+        let _: i64 = scripts
+            .session_forget
+            .key(keys::session(token))
+            .arg(code.as_str())
+            .invoke_async(redis)
+            .await?;
+    }
     Ok(())
 }
 
