@@ -949,3 +949,34 @@ fn a_session_ends_with_its_expired_seat() {
         ]);
     });
 }
+
+/// Regression: a connection that dropped while holding its session but not the seat (its
+/// resume had taken the session over, and the seat's step had not run) kept its session in
+/// memory, for ever (memory's sessions have no TTL), while Redis ended it. Both end it now: a
+/// session is kept only for a seat held for it.
+#[test]
+fn a_drop_ends_the_session_unless_a_seat_is_held_for_it() {
+    with_redis(
+        "a_drop_ends_the_session_unless_a_seat_is_held_for_it",
+        || {
+            replay(&[
+                Transition::Create {
+                    member: 1,
+                    room: 0,
+                    encrypted: false,
+                },
+                Transition::Take { member: 1, node: 0 },
+                Transition::Drop {
+                    member: 1,
+                    stale: false,
+                    grace: false,
+                },
+                Transition::Resume {
+                    member: 1,
+                    node: 0,
+                    last_id: 0,
+                },
+            ]);
+        },
+    );
+}

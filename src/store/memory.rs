@@ -313,6 +313,9 @@ impl MemoryStore {
             return self.end_session(&token, conn);
         };
         if let Err(outcome) = self.check_seat(code, &token, conn) {
+            // No seat is held for this connection, so neither is its session: it ends, if it
+            // is still this connection's, rather than outlive it with nothing to resume.
+            self.end_session(&token, conn);
             return outcome;
         }
         if grace.is_zero() {
