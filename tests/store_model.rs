@@ -123,9 +123,10 @@ enum Transition {
         member: usize,
         stale: bool,
     },
-    /// The node is found dead: its seats are reaped.
+    /// The node is found dead: its seats are reaped, held for the grace period or (`--resume-grace 0s`) given up.
     NodeDeath {
         node: usize,
+        grace: bool,
     },
     Range {
         room: usize,
@@ -185,7 +186,8 @@ impl ReferenceStateMachine for Steps {
             ),
             2 => (member.clone(), any::<bool>())
                 .prop_map(|(member, stale)| Transition::Expire { member, stale }),
-            1 => node.prop_map(|node| Transition::NodeDeath { node }),
+            1 => (node, any::<bool>())
+                .prop_map(|(node, grace)| Transition::NodeDeath { node, grace }),
             1 => (room, 0..6u64, proptest::option::of(0..6u64))
                 .prop_map(|(room, after, upto)| Transition::Range { room, after, upto }),
         ]
@@ -534,7 +536,10 @@ impl Stores {
                 };
                 self.each(redis, deadline(memory), deadline(in_redis));
             }
-            Transition::NodeDeath { node } => self.reap(redis, NODES[node]),
+            Transition::NodeDeath { node, grace } => {
+                let grace = if grace { GRACE } else { Duration::ZERO };
+                self.reap(redis, NODES[node], grace);
+            }
             Transition::Range { room, after, upto } => {
                 let code = code(room);
                 self.both(redis, Step::Range { code, after, upto });
@@ -565,36 +570,44 @@ impl Stores {
     /// Node `dead` is found dead, and its seats reaped: in Redis by `room_reap.lua`, room by
     /// room as the watch does; in memory, a single node that cannot see another die, by the
     /// same rule written as steps: each seat that node held is dropped as its connection would
-    /// be (held for the grace period, or kept held if it was already).
-    fn reap(&mut self, redis: &mut RedisSide, dead: NodeId) {
+    /// be (held for the grace period, or given up without one), and a seat held already stays
+    /// as it is.
+    fn reap(&mut self, redis: &mut RedisSide, dead: NodeId, grace: Duration) {
         for code in ROOMS.map(|code| RoomCode::parse(code).expect("a valid code")) {
-            let seats: Vec<(SessionToken, Conn)> = self
+            let seats: Vec<(SessionToken, Conn, Option<u64>)> = self
                 .memory
                 .room(code)
                 .map(|room| {
                     room.seats()
                         .filter(|seat| seat.conn.node == dead)
-                        .map(|seat| (seat.token, seat.conn))
+                        .map(|seat| (seat.token, seat.conn, seat.held_until.map(|d| d.get())))
                         .collect()
                 })
                 .unwrap_or_default();
             let mut notices = Vec::new();
             let mut memory_held = Vec::new();
-            for (token, conn) in seats {
+            for (token, conn, held_until) in seats {
+                // A seat held already keeps its deadline, whatever the grace period of the node
+                // that reaps (a drop without grace would give it up).
+                if let Some(deadline) = held_until {
+                    memory_held.push((token, deadline));
+                    continue;
+                }
                 let step = Step::Drop {
                     room: Some(code),
                     token,
                     conn,
-                    grace: GRACE,
+                    grace,
                 };
                 match self.memory.apply(step, &mut notices) {
                     Outcome::Held { deadline } => memory_held.push((token, deadline)),
-                    other => panic!("a reaped seat is held, not {other:?}"),
+                    Outcome::Done => memory_held.push((token, 0)),
+                    other => panic!("a reaped seat is held or given up, not {other:?}"),
                 }
             }
             let at = &mut redis.at;
             let (redis_held, redis_notices) = redis.runtime.block_on(async {
-                let held = scripts::reap_room(&at.scripts, &mut at.redis, code, dead, GRACE)
+                let held = scripts::reap_room(&at.scripts, &mut at.redis, code, dead, grace)
                     .await
                     .expect("Redis reaps the room");
                 (held, at.events_so_far().await)
@@ -846,7 +859,10 @@ fn a_held_seat_is_held_once() {
                 room: 0,
                 encrypted: false,
             },
-            Transition::NodeDeath { node: 1 },
+            Transition::NodeDeath {
+                node: 1,
+                grace: true,
+            },
             Transition::Drop {
                 member: 1,
                 stale: false,
@@ -909,7 +925,10 @@ fn a_held_seat_s_connection_speaks_no_more() {
                 room: 1,
                 encrypted: false,
             },
-            Transition::NodeDeath { node: 1 },
+            Transition::NodeDeath {
+                node: 1,
+                grace: true,
+            },
             Transition::Chat {
                 member: 1,
                 stale: false,
@@ -979,4 +998,30 @@ fn a_drop_ends_the_session_unless_a_seat_is_held_for_it() {
             ]);
         },
     );
+}
+
+/// Regression: a node reaped without a grace period (`--resume-grace 0s`) gave its members'
+/// seats up, but their sessions' keys lived on in Redis for up to an hour, so a resume was
+/// `Taken` into a room without its seat; memory ends a session with a seat given up. Both
+/// end it now (`forget_session`, called by the reaper for each seat given up).
+#[test]
+fn a_seat_given_up_by_a_reap_ends_its_session() {
+    with_redis("a_seat_given_up_by_a_reap_ends_its_session", || {
+        replay(&[
+            Transition::Create {
+                member: 1,
+                room: 0,
+                encrypted: false,
+            },
+            Transition::NodeDeath {
+                node: 1,
+                grace: false,
+            },
+            Transition::Resume {
+                member: 1,
+                node: 0,
+                last_id: 0,
+            },
+        ]);
+    });
 }

@@ -192,11 +192,15 @@ impl Watch {
                 else {
                     continue;
                 };
-                if deadline > 0
-                    && let Some(token) = SessionToken::parse(token)
-                {
+                let Some(token) = SessionToken::parse(token) else {
+                    continue;
+                };
+                if deadline > 0 {
                     scripts::file_grace(&self.scripts, redis, code, &token, deadline, self.grace)
                         .await?;
+                } else {
+                    // Given up (no grace period): its session goes with the seat, as in memory.
+                    scripts::forget_session(&self.scripts, redis, code, &token).await?;
                 }
             }
         }

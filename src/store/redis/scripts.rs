@@ -689,21 +689,34 @@ pub async fn expire(
         .invoke_async(redis)
         .await?;
     if expired != "NOOP" {
-        let _: i64 = scripts
-            .session_forget
-            .key(keys::session(token))
-            .arg(code.as_str())
-            .invoke_async(redis)
-            .await?;
+        forget_session(scripts, redis, code, token).await?;
     }
     Ok(())
 }
 
+/// The member with `token` left room `code` for good without its connection (a grace period
+/// ended, or its node was reaped without one): its session ends, unless it has moved on to
+/// another room.
+pub async fn forget_session(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    code: RoomCode,
+    token: &SessionToken,
+) -> RedisResult<()> {
+    let _: i64 = scripts
+        .session_forget
+        .key(keys::session(token))
+        .arg(code.as_str())
+        .invoke_async(redis)
+        .await?;
+    Ok(())
+}
+
 /// For the tests only (`testing`): reaps room `code` of the dead node `dead` with
-/// `room_reap.lua`, as the watch does for each room of a node it found dead, and returns the
-/// seats it holds (or gave up, deadline 0) with their deadlines. The node's listing, claim and
-/// grace entries are the watch's, and not done here: `tests/store_model.rs` checks what a reap
-/// does to a room against the in-memory store.
+/// `room_reap.lua`, and ends the sessions of the seats it gave up, as the watch does for each
+/// room of a node it found dead; returns the seats it holds (or gave up, deadline 0) with
+/// their deadlines. The node's listing, claim and grace entries are the watch's, and not done
+/// here: `tests/store_model.rs` checks what a reap does to a room against the in-memory store.
 #[cfg(feature = "testing")]
 pub async fn reap_room(
     scripts: &Scripts,
@@ -724,6 +737,9 @@ pub async fn reap_room(
         let token = SessionToken::parse(&token)
             .ok_or_else(|| unexpected("a stored session that is not valid"))?;
         seats.push((token, reply.number()?));
+    }
+    for (token, _) in seats.iter().filter(|(_, deadline)| *deadline == 0) {
+        forget_session(scripts, redis, code, token).await?;
     }
     Ok(seats)
 }
