@@ -131,7 +131,7 @@ impl MemoryStore {
                     .is_some_and(|seat| seat.held_until.map(NonZeroU64::get) == Some(deadline));
                 if due {
                     self.remove_member(code, &token, LeaveReason::Disconnected, notices);
-                    self.sessions.remove(&token);
+                    self.forget_session(code, &token);
                 }
                 Outcome::Done
             }
@@ -320,7 +320,7 @@ impl MemoryStore {
         }
         if grace.is_zero() {
             self.remove_member(code, &token, LeaveReason::Disconnected, notices);
-            self.end_session(&token, conn);
+            self.forget_session(code, &token);
             return Outcome::Done;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -346,6 +346,20 @@ impl MemoryStore {
             RoomEvent::Disconnected { seq, token, name },
         ));
         Outcome::Held { deadline }
+    }
+
+    /// The member with `token` left room `code` for good without a word from its connection (a
+    /// drop without grace, a grace period's end): its session ends with the seat, whichever
+    /// connection holds it, unless it has moved on to another room. As `forget_session` in
+    /// Redis.
+    fn forget_session(&mut self, code: RoomCode, token: &SessionToken) {
+        if self
+            .sessions
+            .get(token)
+            .is_some_and(|record| record.room == Some(code))
+        {
+            self.sessions.remove(token);
+        }
     }
 
     /// Ends the session `token` if `conn` still holds it (`Done`); `Moved` if it is gone or

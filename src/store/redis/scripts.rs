@@ -432,7 +432,12 @@ pub async fn run(
                         session_ttl = grace + GRACE_MARGIN;
                         Outcome::Held { deadline }
                     }
-                    "LEFT" | "DELETED" => Outcome::Done,
+                    "LEFT" | "DELETED" => {
+                        // Given up: the session goes with the seat, whichever connection holds
+                        // it now.
+                        forget_session(scripts, redis, code, &token).await?;
+                        Outcome::Done
+                    }
                     other => seat_error(other),
                 });
             }
