@@ -1131,3 +1131,32 @@ fn a_seat_given_up_takes_its_session_along() {
         ]);
     });
 }
+
+/// Regression: a member that left its room from its old connection while a new one was taking
+/// its session over was out of the room in memory, but in Redis its session still named the
+/// room (only the connection holding it could change it), so the resume was `Taken` into a
+/// room without its seat and then `Expired`. In both the session is out of the room now, and
+/// the resume carries on outside any room.
+#[test]
+fn a_leave_takes_the_session_out_of_the_room() {
+    with_redis("a_leave_takes_the_session_out_of_the_room", || {
+        replay(&[
+            Transition::Join { member: 0, room: 0 },
+            Transition::Create {
+                member: 2,
+                room: 0,
+                encrypted: false,
+            },
+            Transition::Take { member: 2, node: 0 },
+            Transition::Leave {
+                member: 2,
+                stale: true,
+            },
+            Transition::Resume {
+                member: 2,
+                node: 0,
+                last_id: 0,
+            },
+        ]);
+    });
+}

@@ -108,7 +108,11 @@ impl MemoryStore {
                     return outcome;
                 }
                 self.remove_member(code, &token, LeaveReason::Left, notices);
-                if let Some(record) = self.sessions.get_mut(&token) {
+                // Out of the room, whichever connection holds the session now (a resume may
+                // have taken it over, its seat's step not yet run).
+                if let Some(record) = self.sessions.get_mut(&token)
+                    && record.room == Some(code)
+                {
                     record.room = None;
                 }
                 Outcome::Done

@@ -117,6 +117,7 @@ pub struct Scripts {
     session_end: Script,
     session_take: Script,
     session_forget: Script,
+    session_leave: Script,
     pub(super) node_beat: Script,
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
@@ -148,6 +149,7 @@ impl Scripts {
             session_end: Script::new(include_str!("lua/session_end.lua")),
             session_take: Script::new(include_str!("lua/session_take.lua")),
             session_forget: Script::new(include_str!("lua/session_forget.lua")),
+            session_leave: Script::new(include_str!("lua/session_leave.lua")),
             node_beat: Script::new(include_str!("lua/node_beat.lua")),
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
@@ -399,7 +401,15 @@ pub async fn run(
                 .await?;
             match Reply::new(value)?.text()?.as_str() {
                 "LEFT" | "DELETED" => {
-                    set_session(scripts, redis, &token, conn, "r", "").await?;
+                    // Out of the room, whichever connection holds the session now.
+                    if !set_session(scripts, redis, &token, conn, "r", "").await? {
+                        let _: i64 = scripts
+                            .session_leave
+                            .key(keys::session(&token))
+                            .arg(code.as_str())
+                            .invoke_async(redis)
+                            .await?;
+                    }
                     Outcome::Done
                 }
                 other => seat_error(other),
