@@ -73,10 +73,12 @@ enum Transition {
         member: usize,
         room: usize,
         encrypted: bool,
+        stale: bool,
     },
     Join {
         member: usize,
         room: usize,
+        stale: bool,
     },
     /// A chat in the member's room, with `client_msg_id` `cm{n}` if `client_msg_id` is given.
     Chat {
@@ -86,6 +88,7 @@ enum Transition {
     },
     Read {
         member: usize,
+        stale: bool,
         up_to: u64,
     },
     Typing {
@@ -155,21 +158,25 @@ impl ReferenceStateMachine for Steps {
         prop_oneof![
             1 => (member.clone(), node.clone())
                 .prop_map(|(member, node)| Transition::Fresh { member, node }),
-            2 => (member.clone(), room.clone(), any::<bool>()).prop_map(
-                |(member, room, encrypted)| Transition::Create { member, room, encrypted }
+            2 => (member.clone(), room.clone(), any::<bool>(), any::<bool>()).prop_map(
+                |(member, room, encrypted, stale)| Transition::Create {
+                    member,
+                    room,
+                    encrypted,
+                    stale
+                }
             ),
-            3 => (member.clone(), room.clone())
-                .prop_map(|(member, room)| Transition::Join { member, room }),
+            3 => (member.clone(), room.clone(), any::<bool>())
+                .prop_map(|(member, room, stale)| Transition::Join { member, room, stale }),
             5 => (member.clone(), any::<bool>(), proptest::option::of(0..3u8)).prop_map(
                 |(member, stale, client_msg_id)| Transition::Chat {
                     member,
-                    // Mostly from the latest connection.
-                    stale: stale && client_msg_id.is_none(),
+                    stale,
                     client_msg_id
                 }
             ),
-            1 => (member.clone(), 0..6u64)
-                .prop_map(|(member, up_to)| Transition::Read { member, up_to }),
+            1 => (member.clone(), any::<bool>(), 0..6u64)
+                .prop_map(|(member, stale, up_to)| Transition::Read { member, stale, up_to }),
             1 => (member.clone(), any::<bool>())
                 .prop_map(|(member, stop)| Transition::Typing { member, stop }),
             1 => (member.clone(), any::<bool>())
@@ -414,8 +421,9 @@ impl Stores {
                 member,
                 room,
                 encrypted,
+                stale,
             } => {
-                if let Some(member) = self.outside_a_room(member) {
+                if let Some(member) = self.outside_a_room(member, stale) {
                     let code = code(room);
                     self.both(
                         redis,
@@ -427,8 +435,12 @@ impl Stores {
                     );
                 }
             }
-            Transition::Join { member, room } => {
-                if let Some(member) = self.outside_a_room(member) {
+            Transition::Join {
+                member,
+                room,
+                stale,
+            } => {
+                if let Some(member) = self.outside_a_room(member, stale) {
                     let code = code(room);
                     self.both(redis, Step::Join { code, member });
                 }
@@ -460,9 +472,13 @@ impl Stores {
                     },
                 );
             }
-            Transition::Read { member, up_to } => {
+            Transition::Read {
+                member,
+                stale,
+                up_to,
+            } => {
                 let person = &self.people[member];
-                let (token, conn) = (person.token, person.conn(false));
+                let (token, conn) = (person.token, person.conn(stale));
                 if let Some(code) = self.room_of(&token) {
                     self.both(
                         redis,
@@ -675,11 +691,12 @@ impl Stores {
 
     /// The member, as the actor lets it enter a room: named, on its latest connection, and in
     /// no room yet.
-    fn outside_a_room(&self, member: usize) -> Option<Member> {
+    fn outside_a_room(&self, member: usize, stale: bool) -> Option<Member> {
         let person = &self.people[member];
-        let conn = person.conn(false);
+        let conn = person.conn(stale);
         let (_, record) = self.memory.sessions().find(|(t, _)| **t == person.token)?;
-        (record.conn == conn && record.room.is_none() && record.name.is_some()).then(|| Member {
+        let holds = record.conn == conn || stale;
+        (holds && record.room.is_none() && record.name.is_some()).then(|| Member {
             token: person.token,
             conn,
             name: person.name.clone(),
@@ -860,6 +877,7 @@ fn a_drop_answers_what_it_did_to_the_seat_or_session() {
                 member: 0,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::Drop {
                 member: 0,
@@ -883,8 +901,13 @@ fn a_drop_acts_on_the_seat_before_the_session() {
                     member: 0,
                     room: 0,
                     encrypted: false,
+                    stale: false,
                 },
-                Transition::Join { member: 1, room: 0 },
+                Transition::Join {
+                    member: 1,
+                    room: 0,
+                    stale: false,
+                },
                 Transition::Take { member: 0, node: 0 },
                 Transition::Drop {
                     member: 0,
@@ -913,6 +936,7 @@ fn a_held_seat_is_held_once() {
                 member: 1,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::NodeDeath {
                 node: 1,
@@ -943,8 +967,13 @@ fn a_held_seat_s_connection_speaks_no_more() {
                 member: 0,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
-            Transition::Join { member: 3, room: 0 },
+            Transition::Join {
+                member: 3,
+                room: 0,
+                stale: false,
+            },
             Transition::Drop {
                 member: 3,
                 stale: false,
@@ -957,6 +986,7 @@ fn a_held_seat_s_connection_speaks_no_more() {
             },
             Transition::Read {
                 member: 3,
+                stale: false,
                 up_to: 0,
             },
             Transition::Leave {
@@ -979,6 +1009,7 @@ fn a_held_seat_s_connection_speaks_no_more() {
                 member: 1,
                 room: 1,
                 encrypted: false,
+                stale: false,
             },
             Transition::NodeDeath {
                 node: 1,
@@ -1005,6 +1036,7 @@ fn a_session_ends_with_its_expired_seat() {
                 member: 1,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::Drop {
                 member: 1,
@@ -1038,6 +1070,7 @@ fn a_drop_ends_the_session_unless_a_seat_is_held_for_it() {
                     member: 1,
                     room: 0,
                     encrypted: false,
+                    stale: false,
                 },
                 Transition::Take { member: 1, node: 0 },
                 Transition::Drop {
@@ -1067,6 +1100,7 @@ fn a_seat_given_up_by_a_reap_ends_its_session() {
                 member: 1,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::NodeDeath {
                 node: 1,
@@ -1099,6 +1133,7 @@ fn a_seat_given_up_takes_its_session_along() {
                 member: 1,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::Take { member: 1, node: 0 },
             Transition::NodeDeath {
@@ -1116,6 +1151,7 @@ fn a_seat_given_up_takes_its_session_along() {
                 member: 1,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::Take { member: 1, node: 0 },
             Transition::Drop {
@@ -1141,11 +1177,16 @@ fn a_seat_given_up_takes_its_session_along() {
 fn a_leave_takes_the_session_out_of_the_room() {
     with_redis("a_leave_takes_the_session_out_of_the_room", || {
         replay(&[
-            Transition::Join { member: 0, room: 0 },
+            Transition::Join {
+                member: 0,
+                room: 0,
+                stale: false,
+            },
             Transition::Create {
                 member: 2,
                 room: 0,
                 encrypted: false,
+                stale: false,
             },
             Transition::Take { member: 2, node: 0 },
             Transition::Leave {
@@ -1154,6 +1195,40 @@ fn a_leave_takes_the_session_out_of_the_room() {
             },
             Transition::Resume {
                 member: 2,
+                node: 0,
+                last_id: 0,
+            },
+        ]);
+    });
+}
+
+/// Regression: a connection whose session had just been resumed elsewhere (outside a room; it
+/// had not yet been told) joined a room. In memory the session followed it into the room,
+/// though it was the new connection's; in Redis it stayed the new connection's, outside any
+/// room. Both follow Redis's rule now: a create or a join moves the session into the room only
+/// while the connection holds it.
+#[test]
+fn a_session_enters_a_room_only_with_its_connection() {
+    with_redis("a_session_enters_a_room_only_with_its_connection", || {
+        replay(&[
+            Transition::Create {
+                member: 0,
+                room: 1,
+                encrypted: false,
+                stale: false,
+            },
+            Transition::Resume {
+                member: 3,
+                node: 0,
+                last_id: 0,
+            },
+            Transition::Join {
+                member: 3,
+                room: 1,
+                stale: true,
+            },
+            Transition::Resume {
+                member: 3,
                 node: 0,
                 last_id: 0,
             },

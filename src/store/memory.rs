@@ -183,7 +183,11 @@ impl MemoryStore {
         if self.rooms.contains_key(&code) {
             return Outcome::CodeTaken;
         }
-        if let Some(record) = self.sessions.get_mut(&member.token) {
+        // The session follows only while this connection holds it, as in Redis (`entered`):
+        // one that was resumed elsewhere meanwhile is that connection's, outside any room.
+        if let Some(record) = self.sessions.get_mut(&member.token)
+            && record.conn == member.conn
+        {
             record.room = Some(code);
         }
         self.rooms
@@ -206,10 +210,13 @@ impl MemoryStore {
         }
         let (host_name, host_connected) = (host.name.clone(), host.is_connected());
         let history = room.history().map(|chat| chat.frame.clone()).collect();
-        let (token, name) = (member.token, member.name.clone());
+        let (token, name, conn) = (member.token, member.name.clone(), member.conn);
         room.seat(member);
         let seq = room.next_event();
-        if let Some(record) = self.sessions.get_mut(&token) {
+        // As in `create`: only while this connection holds the session.
+        if let Some(record) = self.sessions.get_mut(&token)
+            && record.conn == conn
+        {
             record.room = Some(code);
         }
         notices.push(Notice::Room(code, RoomEvent::Joined { seq, token, name }));
