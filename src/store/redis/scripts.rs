@@ -401,15 +401,14 @@ pub async fn run(
                 .await?;
             match Reply::new(value)?.text()?.as_str() {
                 "LEFT" | "DELETED" => {
-                    // Out of the room, whichever connection holds the session now.
-                    if !set_session(scripts, redis, &token, conn, "r", "").await? {
-                        let _: i64 = scripts
-                            .session_leave
-                            .key(keys::session(&token))
-                            .arg(code.as_str())
-                            .invoke_async(redis)
-                            .await?;
-                    }
+                    // Out of the room, whichever connection holds the session now; a session
+                    // that is gone stays gone, as in memory.
+                    let _: i64 = scripts
+                        .session_leave
+                        .key(keys::session(&token))
+                        .arg(code.as_str())
+                        .invoke_async(redis)
+                        .await?;
                     Outcome::Done
                 }
                 other => seat_error(other),
