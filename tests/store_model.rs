@@ -395,11 +395,20 @@ impl Stores {
         (memory, in_redis)
     }
 
+    /// The room where the member has a seat, or else the one its session names: the room a
+    /// connection of the member would name in its steps.
     fn room_of(&self, token: &SessionToken) -> Option<RoomCode> {
-        self.memory
-            .sessions()
-            .find(|(t, _)| *t == token)
-            .and_then(|(_, record)| record.room)
+        let seated = self
+            .memory
+            .rooms()
+            .find(|room| room.seat_of(token).is_some())
+            .map(|room| room.code());
+        seated.or_else(|| {
+            self.memory
+                .sessions()
+                .find(|(t, _)| *t == token)
+                .and_then(|(_, record)| record.room)
+        })
     }
 
     fn fresh(&mut self, redis: &mut RedisSide, member: usize, node: usize) {
@@ -594,7 +603,7 @@ impl Stores {
                 let deadline = |deadline: u64| Step::Expire {
                     code,
                     token,
-                    deadline: deadline - back,
+                    deadline: deadline.saturating_sub(back),
                 };
                 self.each(redis, deadline(memory), deadline(in_redis));
             }
@@ -684,7 +693,9 @@ impl Stores {
                 "the stores reap {code} differently (left: memory, right: Redis)"
             );
             for ((token, memory), (_, in_redis)) in memory_held.into_iter().zip(redis_held) {
-                self.deadlines.insert((code, token), (memory, in_redis));
+                if memory > 0 {
+                    self.deadlines.insert((code, token), (memory, in_redis));
+                }
             }
         }
     }
@@ -1231,6 +1242,68 @@ fn a_session_enters_a_room_only_with_its_connection() {
                 member: 3,
                 node: 0,
                 last_id: 0,
+            },
+        ]);
+    });
+}
+
+/// Regression: a seat's resume named the room in the session in Redis (`entered`) but not in
+/// memory, which left that to the `TakeSession` before it; a seat taken by a connection that
+/// no longer held its session, then resumed by the one that did, was in the session's room in
+/// one store only. In both a create, a join and a resume name the room in the session while
+/// their connection holds it.
+#[test]
+fn a_resumed_seat_names_its_room_in_the_session() {
+    with_redis("a_resumed_seat_names_its_room_in_the_session", || {
+        replay(&[
+            Transition::Resume {
+                member: 1,
+                node: 0,
+                last_id: 0,
+            },
+            Transition::Create {
+                member: 1,
+                room: 0,
+                encrypted: false,
+                stale: true,
+            },
+            Transition::ResumeSeat {
+                member: 1,
+                last_id: 0,
+            },
+            Transition::Take { member: 1, node: 0 },
+        ]);
+    });
+}
+
+/// Regression: a leave in Redis wrote the session's room with `session_set`, which makes a
+/// missing session again (for a connection whose key ran out while it lived), so a session
+/// ended meanwhile (its new connection dropped) came back for the old one, where memory has
+/// none. A leave now only takes the room out of a session that still names it.
+#[test]
+fn a_leave_does_not_bring_an_ended_session_back() {
+    with_redis("a_leave_does_not_bring_an_ended_session_back", || {
+        replay(&[
+            Transition::Create {
+                member: 0,
+                room: 0,
+                encrypted: false,
+                stale: false,
+            },
+            Transition::Take { member: 0, node: 0 },
+            Transition::Drop {
+                member: 0,
+                stale: false,
+                grace: false,
+            },
+            Transition::Leave {
+                member: 0,
+                stale: true,
+            },
+            Transition::Drop {
+                member: 0,
+                stale: true,
+                grace: false,
             },
         ]);
     });

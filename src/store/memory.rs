@@ -448,7 +448,7 @@ impl MemoryStore {
             connected: peer.is_connected(),
             read_up_to: peer.read_up_to,
         });
-        Outcome::Resumed(Box::new(ResumedRoom {
+        let resumed = ResumedRoom {
             code,
             peer,
             missed,
@@ -456,7 +456,14 @@ impl MemoryStore {
             last_id: room.last_id(),
             event_seq: seq,
             encrypted: room.is_encrypted(),
-        }))
+        };
+        // As a create or a join: the session names the room while this connection holds it.
+        if let Some(record) = self.sessions.get_mut(&token)
+            && record.conn == conn
+        {
+            record.room = Some(code);
+        }
+        Outcome::Resumed(Box::new(resumed))
     }
 
     /// `Gone` if the member with `token` has no seat in room `code`, `Moved` if another
