@@ -838,8 +838,14 @@ fn both_stores_follow_one_rule_set() {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clear();
+        // 256 sequences of up to 99 steps take about 15 s in a debug build; a deeper search
+        // sets PROPTEST_CASES (2,000 found nothing more when these fixes were made).
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(256);
         let config = Config {
-            cases: 128,
+            cases,
             failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
                 "proptest-regressions",
             ))),
