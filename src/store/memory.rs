@@ -111,11 +111,15 @@ impl MemoryStore {
                 up_to,
             } => self.read(code, &token, conn, up_to, notices),
             Step::Leave { code, token, conn } => {
-                if let Err(outcome) = self.check_seat(code, &token, conn) {
+                if let Err(outcome) = self.check_live(code, &token, conn) {
                     return outcome;
                 }
                 self.remove_member(code, &token, LeaveReason::Left, notices);
-                if let Some(record) = self.sessions.get_mut(&token) {
+                // Out of the room, whichever connection holds the session now (a resume may
+                // have taken it over, its seat's step not yet run).
+                if let Some(record) = self.sessions.get_mut(&token)
+                    && record.room == Some(code)
+                {
                     record.room = None;
                 }
                 Outcome::Done
@@ -138,7 +142,7 @@ impl MemoryStore {
                     .is_some_and(|seat| seat.held_until.map(NonZeroU64::get) == Some(deadline));
                 if due {
                     self.remove_member(code, &token, LeaveReason::Disconnected, notices);
-                    self.sessions.remove(&token);
+                    self.forget_session(code, &token);
                 }
                 Outcome::Done
             }
@@ -192,7 +196,11 @@ impl MemoryStore {
         if self.rooms.contains_key(&code) {
             return Outcome::CodeTaken;
         }
-        if let Some(record) = self.sessions.get_mut(&member.token) {
+        // The session follows only while this connection holds it, as in Redis (`entered`):
+        // one that was resumed elsewhere meanwhile is that connection's, outside any room.
+        if let Some(record) = self.sessions.get_mut(&member.token)
+            && record.conn == member.conn
+        {
             record.room = Some(code);
         }
         self.rooms
@@ -218,10 +226,13 @@ impl MemoryStore {
         }
         let (host_name, host_connected) = (host.name.clone(), host.is_connected());
         let history = room.history().map(|chat| chat.frame.clone()).collect();
-        let (token, name) = (member.token, member.name.clone());
+        let (token, name, conn) = (member.token, member.name.clone(), member.conn);
         room.seat(member);
         let seq = room.next_event();
-        if let Some(record) = self.sessions.get_mut(&token) {
+        // As in `create`: only while this connection holds the session.
+        if let Some(record) = self.sessions.get_mut(&token)
+            && record.conn == conn
+        {
             record.room = Some(code);
         }
         notices.push(Notice::Room(code, RoomEvent::Joined { seq, token, name }));
@@ -245,7 +256,7 @@ impl MemoryStore {
         client_msg_id: Option<Box<str>>,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if let Err(outcome) = self.check_seat(code, token, conn) {
+        if let Err(outcome) = self.check_live(code, token, conn) {
             return outcome;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -285,7 +296,7 @@ impl MemoryStore {
         up_to: u64,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if let Err(outcome) = self.check_seat(code, token, conn) {
+        if let Err(outcome) = self.check_live(code, token, conn) {
             return outcome;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
@@ -322,28 +333,38 @@ impl MemoryStore {
         grace: Duration,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
-        if self.sessions.get(&token).is_none_or(|s| s.conn != conn) {
-            return Outcome::Moved;
-        }
+        // The seat first, and then the session, as in Redis: the seat's own connection decides
+        // what becomes of it. A seat whose connection ends while another connection is taking
+        // its session over (between `TakeSession` and `ResumeSeat`, apart in Redis) is held,
+        // not left to a connection that is gone.
         let Some(code) = room else {
-            self.sessions.remove(&token);
-            return Outcome::Done;
+            return self.end_session(&token, conn);
         };
         if let Err(outcome) = self.check_seat(code, &token, conn) {
+            // No seat is held for this connection, so neither is its session: it ends, if it
+            // is still this connection's, rather than outlive it with nothing to resume.
+            self.end_session(&token, conn);
             return outcome;
         }
         if grace.is_zero() {
             self.remove_member(code, &token, LeaveReason::Disconnected, notices);
-            self.sessions.remove(&token);
+            self.forget_session(code, &token);
             return Outcome::Done;
         }
         let Some(room) = self.rooms.get_mut(&code) else {
             return Outcome::Gone;
         };
-        let deadline = unix_millis().saturating_add(grace.as_millis() as u64);
         let Some(seat) = room.seat_of_mut(&token) else {
             return Outcome::Gone;
         };
+        // Held already (its node was reaped, or this is a retry): the deadline stands, and the
+        // room was told once.
+        if let Some(deadline) = seat.held_until {
+            return Outcome::Held {
+                deadline: deadline.get(),
+            };
+        }
+        let deadline = unix_millis().saturating_add(grace.as_millis() as u64);
         // Only a clock set to the first millisecond of 1970 with no grace could give zero.
         seat.held_until = Some(NonZeroU64::new(deadline).unwrap_or(NonZeroU64::MIN));
         let name = seat.name.clone();
@@ -353,6 +374,30 @@ impl MemoryStore {
             RoomEvent::Disconnected { seq, token, name },
         ));
         Outcome::Held { deadline }
+    }
+
+    /// The member with `token` left room `code` for good without a word from its connection (a
+    /// drop without grace, a grace period's end): its session ends with the seat, whichever
+    /// connection holds it, unless it has moved on to another room. As `forget_session` in
+    /// Redis.
+    fn forget_session(&mut self, code: RoomCode, token: &SessionToken) {
+        if self
+            .sessions
+            .get(token)
+            .is_some_and(|record| record.room == Some(code))
+        {
+            self.sessions.remove(token);
+        }
+    }
+
+    /// Ends the session `token` if `conn` still holds it (`Done`); `Moved` if it is gone or
+    /// another connection's.
+    fn end_session(&mut self, token: &SessionToken, conn: Conn) -> Outcome {
+        if self.sessions.get(token).is_none_or(|s| s.conn != conn) {
+            return Outcome::Moved;
+        }
+        self.sessions.remove(token);
+        Outcome::Done
     }
 
     fn take_session(
@@ -420,7 +465,7 @@ impl MemoryStore {
             connected: peer.is_connected(),
             read_up_to: peer.read_up_to,
         });
-        Outcome::Resumed(Box::new(ResumedRoom {
+        let resumed = ResumedRoom {
             code,
             peer,
             missed,
@@ -429,7 +474,14 @@ impl MemoryStore {
             event_seq: seq,
             encrypted: room.is_encrypted(),
             key_check: self.key_checks.get(&code).copied(),
-        }))
+        };
+        // As a create or a join: the session names the room while this connection holds it.
+        if let Some(record) = self.sessions.get_mut(&token)
+            && record.conn == conn
+        {
+            record.room = Some(code);
+        }
+        Outcome::Resumed(Box::new(resumed))
     }
 
     /// `Gone` if the member with `token` has no seat in room `code`, `Moved` if another
@@ -439,6 +491,18 @@ impl MemoryStore {
             None => Err(Outcome::Gone),
             Some(seat) if seat.conn != conn => Err(Outcome::Moved),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// [`check_seat`](Self::check_seat), and `Gone` too if the seat is held: its connection
+    /// was given up for dead (dropped, or its node reaped while it was only cut off) and speaks
+    /// for the seat no more; it is to reconnect and resume. As `check_live` in Redis, for the
+    /// steps of a member that is there (chat, read, leave).
+    fn check_live(&self, code: RoomCode, token: &SessionToken, conn: Conn) -> Result<(), Outcome> {
+        self.check_seat(code, token, conn)?;
+        match self.rooms.get(&code).and_then(|room| room.seat_of(token)) {
+            Some(seat) if seat.is_connected() => Ok(()),
+            _ => Err(Outcome::Gone),
         }
     }
 

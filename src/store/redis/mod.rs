@@ -40,6 +40,12 @@ use bus::Bus;
 use link::Link;
 use scripts::{Scripts, keys};
 
+/// For the tests only (`testing`): reads a room event as the bus does, from what a script
+/// published on the room's channel, so that a test listening to Redis itself (`tests/
+/// store_model.rs`) sees the events a node would.
+#[cfg(feature = "testing")]
+pub use wire::decode as decode_event;
+
 /// How many events may wait for the actor. Outcomes wait for room; pub/sub events that find it
 /// full are dropped, and repaired from Redis (see [`bus`]).
 const EVENT_QUEUE: usize = 8192;

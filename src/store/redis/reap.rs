@@ -202,9 +202,14 @@ impl Reaper {
                         .ok()
                         .and_then(SessionToken::parse)
                     && let Ok(deadline) = u64::try_from(*deadline)
-                    && deadline > 0
                 {
-                    held.push((code, token, deadline));
+                    if deadline > 0 {
+                        held.push((code, token, deadline));
+                    } else {
+                        // Given up (no grace period): its session goes with the seat, as in
+                        // memory. Only with `--resume-grace 0s`, so one call each is fine.
+                        scripts::forget_session(&self.scripts, redis, code, &token).await?;
+                    }
                 }
             }
         }

@@ -125,6 +125,8 @@ pub struct Scripts {
     session_set: Script,
     session_end: Script,
     session_take: Script,
+    session_forget: Script,
+    session_leave: Script,
     pub(super) node_beat: Script,
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
@@ -156,6 +158,8 @@ impl Scripts {
             session_set: Script::new(include_str!("lua/session_set.lua")),
             session_end: Script::new(include_str!("lua/session_end.lua")),
             session_take: Script::new(include_str!("lua/session_take.lua")),
+            session_forget: Script::new(include_str!("lua/session_forget.lua")),
+            session_leave: Script::new(include_str!("lua/session_leave.lua")),
             node_beat: Script::new(include_str!("lua/node_beat.lua")),
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
@@ -447,7 +451,14 @@ pub async fn run(
             match Reply::new(value)?.text()?.as_str() {
                 "LEFT" | "DELETED" => {
                     failpoint::reached("leave:left");
-                    set_session(scripts, redis, &token, conn, "r", "").await?;
+                    // Out of the room, whichever connection holds the session now; a session
+                    // that is gone stays gone, as in memory.
+                    let _: i64 = scripts
+                        .session_leave
+                        .key(keys::session(&token))
+                        .arg(code.as_str())
+                        .invoke_async(redis)
+                        .await?;
                     Outcome::Done
                 }
                 other => seat_error(other),
@@ -461,7 +472,9 @@ pub async fn run(
         } => {
             // The seat first: a held seat's grace period is filed for whichever node sweeps it
             // (this one may be restarting), and the session lives as long as the seat may.
+            // In a room the outcome is the seat's, outside one the session's, as in memory.
             let mut session_ttl = Duration::ZERO;
+            let mut outcome = None;
             if let Some(code) = room {
                 let value: Value = on_room(&scripts.room_drop, code)
                     .arg(token)
@@ -471,22 +484,36 @@ pub async fn run(
                     .invoke_async(redis)
                     .await?;
                 let mut reply = Reply::new(value)?;
-                if reply.text()? == "HELD" {
-                    let deadline = reply.number()?;
-                    failpoint::reached("drop:held");
-                    file_grace(scripts, redis, code, &token, deadline, grace).await?;
-                    failpoint::reached("drop:filed");
-                    session_ttl = grace + GRACE_MARGIN;
-                }
+                outcome = Some(match reply.text()?.as_str() {
+                    "HELD" => {
+                        let deadline = reply.number()?;
+                        failpoint::reached("drop:held");
+                        file_grace(scripts, redis, code, &token, deadline, grace).await?;
+                        failpoint::reached("drop:filed");
+                        session_ttl = grace + GRACE_MARGIN;
+                        Outcome::Held { deadline }
+                    }
+                    "LEFT" | "DELETED" => {
+                        // Given up: the session goes with the seat, whichever connection holds
+                        // it now.
+                        forget_session(scripts, redis, code, &token).await?;
+                        Outcome::Done
+                    }
+                    other => seat_error(other),
+                });
             }
-            let _: i64 = scripts
+            let ended: i64 = scripts
                 .session_end
                 .key(keys::session(&token))
                 .arg(conn.encode())
                 .arg(millis(session_ttl))
                 .invoke_async(redis)
                 .await?;
-            Outcome::Done
+            outcome.unwrap_or(if ended == 1 {
+                Outcome::Done
+            } else {
+                Outcome::Moved
+            })
         }
         Step::Expire {
             code,
@@ -771,7 +798,8 @@ pub fn grace_entry(code: RoomCode, token: &SessionToken, deadline: u64) -> Strin
     format!("{code}|{}|{deadline}", token.hex())
 }
 
-/// A held seat's grace period ended: its member leaves for good, unless it resumed.
+/// A held seat's grace period ended: its member leaves for good, unless it resumed, and its
+/// session ends with the seat (in a second script: the session's key has another hash tag).
 pub async fn expire(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
@@ -779,10 +807,63 @@ pub async fn expire(
     token: &SessionToken,
     deadline: u64,
 ) -> RedisResult<()> {
-    let _: Value = on_room(&scripts.room_expire, code)
+    let expired: String = on_room(&scripts.room_expire, code)
         .arg(token)
         .arg(deadline)
         .invoke_async(redis)
         .await?;
+    if expired != "NOOP" {
+        forget_session(scripts, redis, code, token).await?;
+    }
     Ok(())
+}
+
+/// The member with `token` left room `code` for good without its connection (a grace period
+/// ended, or its node was reaped without one): its session ends, unless it has moved on to
+/// another room.
+pub async fn forget_session(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    code: RoomCode,
+    token: &SessionToken,
+) -> RedisResult<()> {
+    let _: i64 = scripts
+        .session_forget
+        .key(keys::session(token))
+        .arg(code.as_str())
+        .invoke_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// For the tests only (`testing`): reaps room `code` of the dead node `dead` with
+/// `room_reap.lua`, and ends the sessions of the seats it gave up, as the watch does for each
+/// room of a node it found dead; returns the seats it holds (or gave up, deadline 0) with
+/// their deadlines. The node's listing, claim and grace entries are the watch's, and not done
+/// here: `tests/store_model.rs` checks what a reap does to a room against the in-memory store.
+#[cfg(feature = "testing")]
+pub async fn reap_room(
+    scripts: &Scripts,
+    redis: &mut MultiplexedConnection,
+    code: RoomCode,
+    dead: crate::store::NodeId,
+    grace: Duration,
+) -> RedisResult<Vec<(SessionToken, u64)>> {
+    let held: Vec<Value> = on_room(&scripts.room_reap, code)
+        .arg(dead.to_string())
+        .arg(millis(grace))
+        .arg(millis(grace + GRACE_MARGIN))
+        .invoke_async(redis)
+        .await?;
+    let mut reply = Reply::new(Value::Array(held))?;
+    let mut seats = Vec::new();
+    while let Ok(token) = reply.text() {
+        let token = SessionToken::parse(&token)
+            .ok_or_else(|| unexpected("a stored session that is not valid"))?;
+        seats.push((token, reply.number()?));
+    }
+    for (token, _) in seats.iter().filter(|(_, deadline)| *deadline == 0) {
+        forget_session(scripts, redis, code, token).await?;
+    }
+    Ok(seats)
 }
