@@ -15,7 +15,7 @@
 //! deadline the store gave (or a stale one), so the test never sleeps.
 //!
 //! Each store is driven directly: `MemoryStore::apply`, and for Redis the scripts each step
-//! runs (`scripts::run`, as a node's step task does) and the room's pub/sub channel, heard by a
+//! runs (`steps::run`, as a node's step task does) and the room's pub/sub channel, heard by a
 //! subscription of the test's own (`decode_event`, as the bus does). After each step a marker is
 //! published on a channel of the test's, and the events are read up to it: Redis delivers a
 //! subscriber's messages in the order they were published, so every event of the step has
@@ -36,6 +36,7 @@ use redis::aio::{MultiplexedConnection, PubSubStream};
 use chat_server::envelope::KeyCheck;
 use chat_server::metrics::Metrics;
 use chat_server::store::redis::scripts::{self, Scripts, keys};
+use chat_server::store::redis::steps;
 use chat_server::store::redis::{Floors, decode_event};
 use chat_server::store::{
     ChatTail, Conn, Member, MemoryStore, NodeId, Notice, Outcome, RoomEvent, Step,
@@ -278,7 +279,7 @@ impl RedisSide {
         self.runtime.block_on(async {
             // No floors: the model never rolls Redis back (tests/multinode.rs does).
             let (outcome, mut notices) =
-                scripts::run(&at.scripts, &mut at.redis, step, Floors::default())
+                steps::run(&at.scripts, &mut at.redis, step, Floors::default())
                     .await
                     .expect("Redis runs the step");
             notices.extend(at.events_so_far().await);

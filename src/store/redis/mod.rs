@@ -20,6 +20,7 @@ mod link;
 mod node;
 mod reap;
 pub mod scripts;
+pub mod steps;
 mod sweep;
 mod wire;
 
@@ -371,7 +372,7 @@ impl Shared {
         let started = Instant::now();
         let ran = tokio::time::timeout(
             link::ANSWER_TIMEOUT,
-            scripts::run(&self.scripts, &mut redis, step, floors),
+            steps::run(&self.scripts, &mut redis, step, floors),
         )
         .await;
         self.metrics

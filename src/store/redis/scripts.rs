@@ -8,9 +8,11 @@
 //! nothing behind should the node die between two of them: the room listed before a seat is
 //! taken, the session written after (see docs/architecture.md, and `failpoint.rs`).
 //!
-//! The file runs past 400 lines because [`run`] is one `match` of every step: each arm lists
-//! its script's keys and arguments and reads its reply, and a reader checking a script against
-//! its caller finds both in one place, in the order of `Step`.
+//! How each step runs these scripts, one named function per step, is `steps.rs`; what is here
+//! is shared by it and by the node's own work (beats, reaping, sweeping): the scripts, the keys,
+//! reading a script's reply, and the small steps several of them take (a session's field, the
+//! node's list of rooms, a grace period filed or ended). It runs past 400 lines with the
+//! keys' layout and the reading of replies, which every caller shares.
 
 use std::time::Duration;
 
@@ -21,13 +23,8 @@ use redis::{
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Floors, failpoint, wire};
 use crate::envelope::KeyCheck;
-use crate::error::ErrorCode;
-use crate::room::Room;
-use crate::store::{
-    Conn, Joined, Notice, Outcome, Peer, ResumedRoom, RoomState, SeatState, Step, Taken,
-};
+use crate::store::Conn;
 use crate::types::{RoomCode, SessionToken, Username};
 
 /// How long a room lives without being touched. A node touches the rooms of its connected
@@ -109,31 +106,31 @@ pub mod keys {
 /// Every script, compiled once (its SHA1 computed) when the store starts.
 #[derive(Debug)]
 pub struct Scripts {
-    room_create: Script,
-    room_join: Script,
-    room_chat: Script,
-    room_read: Script,
-    room_leave: Script,
-    room_drop: Script,
+    pub(super) room_create: Script,
+    pub(super) room_join: Script,
+    pub(super) room_chat: Script,
+    pub(super) room_read: Script,
+    pub(super) room_leave: Script,
+    pub(super) room_drop: Script,
     pub(super) room_expire: Script,
-    room_resume: Script,
+    pub(super) room_resume: Script,
     pub(super) room_reap: Script,
-    room_range: Script,
-    room_state: Script,
+    pub(super) room_range: Script,
+    pub(super) room_state: Script,
     pub(super) room_touch: Script,
-    session_open: Script,
-    session_set: Script,
-    session_end: Script,
-    session_take: Script,
-    session_forget: Script,
-    session_leave: Script,
+    pub(super) session_open: Script,
+    pub(super) session_set: Script,
+    pub(super) session_end: Script,
+    pub(super) session_take: Script,
+    pub(super) session_forget: Script,
+    pub(super) session_leave: Script,
     pub(super) node_beat: Script,
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
     pub(super) node_forget: Script,
     pub(super) node_lease: Script,
-    node_room: Script,
-    grace_add: Script,
+    pub(super) node_room: Script,
+    pub(super) grace_add: Script,
     pub(super) grace_claim: Script,
 }
 
@@ -190,7 +187,7 @@ impl ToRedisArgs for SessionToken {
 
 /// A run of one of a room's scripts, given the room's three keys (its hash, its log, its
 /// channel) in the order every such script takes them.
-fn on_room(script: &Script, code: RoomCode) -> ScriptInvocation<'_> {
+pub(super) fn on_room(script: &Script, code: RoomCode) -> ScriptInvocation<'_> {
     let mut invocation = script.prepare_invoke();
     invocation
         .key(keys::room(code))
@@ -206,15 +203,15 @@ pub fn millis(duration: Duration) -> u64 {
 
 /// A reply that is not what its script returns: Redis answered, but not with this step's
 /// answer (a script of another version, say).
-fn unexpected(what: &'static str) -> redis::RedisError {
+pub(super) fn unexpected(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
 }
 
 /// A script's reply, read item by item.
-struct Reply(std::vec::IntoIter<Value>);
+pub(super) struct Reply(std::vec::IntoIter<Value>);
 
 impl Reply {
-    fn new(value: Value) -> RedisResult<Self> {
+    pub(super) fn new(value: Value) -> RedisResult<Self> {
         match value {
             Value::Array(items) => Ok(Reply(items.into_iter())),
             _ => Err(unexpected(
@@ -223,7 +220,7 @@ impl Reply {
         }
     }
 
-    fn text(&mut self) -> RedisResult<String> {
+    pub(super) fn text(&mut self) -> RedisResult<String> {
         match self.0.next() {
             Some(Value::BulkString(bytes)) => {
                 String::from_utf8(bytes).map_err(|_| unexpected("a reply that is not UTF-8"))
@@ -234,7 +231,7 @@ impl Reply {
         }
     }
 
-    fn number(&mut self) -> RedisResult<u64> {
+    pub(super) fn number(&mut self) -> RedisResult<u64> {
         match self.0.next() {
             Some(Value::Int(n)) => u64::try_from(n).map_err(|_| unexpected("a negative count")),
             Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
@@ -245,16 +242,16 @@ impl Reply {
         }
     }
 
-    fn flag(&mut self) -> RedisResult<bool> {
+    pub(super) fn flag(&mut self) -> RedisResult<bool> {
         Ok(self.number()? != 0)
     }
 
-    fn name(&mut self) -> RedisResult<Username> {
+    pub(super) fn name(&mut self) -> RedisResult<Username> {
         Username::parse(&self.text()?).map_err(|_| unexpected("a stored name that is not valid"))
     }
 
     /// A room's key check, written as `''` when it has none.
-    fn key_check(&mut self) -> RedisResult<Option<KeyCheck>> {
+    pub(super) fn key_check(&mut self) -> RedisResult<Option<KeyCheck>> {
         match self.text()?.as_str() {
             "" => Ok(None),
             text => KeyCheck::parse(text)
@@ -264,7 +261,7 @@ impl Reply {
     }
 
     /// The rest of the reply, as frames.
-    fn frames(self) -> RedisResult<Vec<Utf8Bytes>> {
+    pub(super) fn frames(self) -> RedisResult<Vec<Utf8Bytes>> {
         self.0
             .map(|value| match value {
                 Value::BulkString(bytes) => Utf8Bytes::try_from(bytes)
@@ -275,412 +272,8 @@ impl Reply {
     }
 }
 
-/// Runs `step` in Redis: its scripts, in order, and what they say becomes an outcome, and the
-/// notices for the actor (a connection to close). The events of rooms come over pub/sub.
-pub async fn run(
-    scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
-    step: Step,
-    floors: Floors,
-) -> RedisResult<(Outcome, Vec<Notice>)> {
-    let mut notices = Vec::new();
-    let outcome = match step {
-        Step::Open { token, conn } => {
-            let _: i64 = scripts
-                .session_open
-                .key(keys::session(&token))
-                .arg(conn.encode())
-                .arg(conn.node.to_string())
-                .arg(millis(SESSION_TTL))
-                .invoke_async(redis)
-                .await?;
-            Outcome::Done
-        }
-        Step::Name { token, conn, name } => {
-            if set_session(scripts, redis, &token, conn, "n", name.as_str()).await? {
-                Outcome::Done
-            } else {
-                Outcome::Moved
-            }
-        }
-        Step::Create {
-            code,
-            member,
-            encrypted,
-            key_check,
-        } => {
-            list_room(scripts, redis, code, member.conn).await?;
-            failpoint::reached("create:listed");
-            let created: i64 = scripts
-                .room_create
-                .key(keys::room(code))
-                .arg(member.token)
-                .arg(member.name.as_str())
-                .arg(member.conn.encode())
-                .arg(member.conn.node.to_string())
-                .arg(u8::from(encrypted))
-                .arg(millis(ROOM_TTL))
-                .arg(key_check.as_ref().map_or("", KeyCheck::as_str))
-                .invoke_async(redis)
-                .await?;
-            if created == 0 {
-                Outcome::CodeTaken
-            } else {
-                failpoint::reached("create:seated");
-                set_session(
-                    scripts,
-                    redis,
-                    &member.token,
-                    member.conn,
-                    "r",
-                    code.as_str(),
-                )
-                .await?;
-                Outcome::Created
-            }
-        }
-        Step::Join { code, member } => {
-            list_room(scripts, redis, code, member.conn).await?;
-            failpoint::reached("join:listed");
-            let value: Value = on_room(&scripts.room_join, code)
-                .arg(member.token)
-                .arg(member.name.as_str())
-                .arg(member.conn.encode())
-                .arg(member.conn.node.to_string())
-                .arg(millis(ROOM_TTL))
-                .arg(Room::HISTORY_LEN)
-                .invoke_async(redis)
-                .await?;
-            let mut reply = Reply::new(value)?;
-            match reply.text()?.as_str() {
-                "OK" => {
-                    let host = reply.name()?;
-                    let host_connected = reply.flag()?;
-                    let last_id = reply.number()?;
-                    let event_seq = reply.number()?;
-                    let encrypted = reply.flag()?;
-                    let key_check = reply.key_check()?;
-                    let history = reply.frames()?;
-                    failpoint::reached("join:seated");
-                    set_session(
-                        scripts,
-                        redis,
-                        &member.token,
-                        member.conn,
-                        "r",
-                        code.as_str(),
-                    )
-                    .await?;
-                    Outcome::Joined(Box::new(Joined {
-                        host,
-                        host_connected,
-                        history,
-                        last_id,
-                        event_seq,
-                        encrypted,
-                        key_check,
-                    }))
-                }
-                "ROOM_FULL" => Outcome::Refused(ErrorCode::RoomFull),
-                "USERNAME_TAKEN" => Outcome::Refused(ErrorCode::UsernameTaken),
-                _ => Outcome::Refused(ErrorCode::RoomNotFound),
-            }
-        }
-        Step::Chat {
-            code,
-            token,
-            conn,
-            tail,
-            client_msg_id,
-        } => {
-            let value: Value = on_room(&scripts.room_chat, code)
-                .arg(token)
-                .arg(conn.encode())
-                .arg(tail.0)
-                .arg(client_msg_id.as_deref().unwrap_or(""))
-                .arg(Room::MAX_STORED)
-                .arg(Room::MAX_STORED_BYTES)
-                .arg(floors.chat)
-                .invoke_async(redis)
-                .await?;
-            let mut reply = Reply::new(value)?;
-            match reply.text()?.as_str() {
-                "OK" => Outcome::Accepted {
-                    id: reply.number()?,
-                },
-                "DUP" => {
-                    let frame = reply.text()?;
-                    Outcome::Duplicate {
-                        frame: (!frame.is_empty()).then(|| Utf8Bytes::from(frame)),
-                    }
-                }
-                other => seat_error(other),
-            }
-        }
-        Step::Read {
-            code,
-            token,
-            conn,
-            up_to,
-        } => {
-            let value: Value = scripts
-                .room_read
-                .key(keys::room(code))
-                .key(keys::channel(code))
-                .arg(token)
-                .arg(conn.encode())
-                .arg(up_to)
-                .invoke_async(redis)
-                .await?;
-            let mut reply = Reply::new(value)?;
-            match reply.text()?.as_str() {
-                "OK" => Outcome::Done,
-                "IGNORED" => Outcome::Ignored,
-                "FUTURE" => Outcome::Future {
-                    last_id: reply.number()?,
-                },
-                other => seat_error(other),
-            }
-        }
-        Step::Leave { code, token, conn } => {
-            let value: Value = on_room(&scripts.room_leave, code)
-                .arg(token)
-                .arg(conn.encode())
-                .invoke_async(redis)
-                .await?;
-            match Reply::new(value)?.text()?.as_str() {
-                "LEFT" | "DELETED" => {
-                    failpoint::reached("leave:left");
-                    // Out of the room, whichever connection holds the session now; a session
-                    // that is gone stays gone, as in memory.
-                    let _: i64 = scripts
-                        .session_leave
-                        .key(keys::session(&token))
-                        .arg(code.as_str())
-                        .invoke_async(redis)
-                        .await?;
-                    Outcome::Done
-                }
-                other => seat_error(other),
-            }
-        }
-        Step::Drop {
-            room,
-            token,
-            conn,
-            grace,
-        } => {
-            // The seat first: a held seat's grace period is filed for whichever node sweeps it
-            // (this one may be restarting), and the session lives as long as the seat may.
-            // In a room the outcome is the seat's, outside one the session's, as in memory.
-            let mut session_ttl = Duration::ZERO;
-            let mut outcome = None;
-            if let Some(code) = room {
-                let value: Value = on_room(&scripts.room_drop, code)
-                    .arg(token)
-                    .arg(conn.encode())
-                    .arg(millis(grace))
-                    .arg(millis(grace + GRACE_MARGIN))
-                    .invoke_async(redis)
-                    .await?;
-                let mut reply = Reply::new(value)?;
-                outcome = Some(match reply.text()?.as_str() {
-                    "HELD" => {
-                        let deadline = reply.number()?;
-                        failpoint::reached("drop:held");
-                        file_grace(scripts, redis, code, &token, deadline, grace).await?;
-                        failpoint::reached("drop:filed");
-                        session_ttl = grace + GRACE_MARGIN;
-                        Outcome::Held { deadline }
-                    }
-                    "LEFT" | "DELETED" => {
-                        // Given up: the session goes with the seat, whichever connection holds
-                        // it now.
-                        forget_session(scripts, redis, code, &token).await?;
-                        Outcome::Done
-                    }
-                    other => seat_error(other),
-                });
-            }
-            let ended: i64 = scripts
-                .session_end
-                .key(keys::session(&token))
-                .arg(conn.encode())
-                .arg(millis(session_ttl))
-                .invoke_async(redis)
-                .await?;
-            outcome.unwrap_or(if ended == 1 {
-                Outcome::Done
-            } else {
-                Outcome::Moved
-            })
-        }
-        Step::Expire {
-            code,
-            token,
-            deadline,
-        } => {
-            expire(scripts, redis, code, &token, deadline).await?;
-            Outcome::Done
-        }
-        Step::TakeSession { token, conn } => {
-            let value: Value = scripts
-                .session_take
-                .key(keys::session(&token))
-                .arg(conn.encode())
-                .arg(conn.node.to_string())
-                .arg(millis(SESSION_TTL))
-                .invoke_async(redis)
-                .await?;
-            if value == Value::Nil {
-                Outcome::Expired
-            } else {
-                let mut reply = Reply::new(value)?;
-                let name = reply.name()?;
-                let room = RoomCode::parse(&reply.text()?).ok();
-                let previous = Conn::decode(&reply.text()?)
-                    .ok_or_else(|| unexpected("a stored connection that is not valid"))?;
-                if room.is_none() {
-                    // Outside a room a session lives only as long as its connection: that
-                    // connection is still open, and is to be closed.
-                    notices.push(Notice::Kick(previous));
-                }
-                Outcome::Taken(Box::new(Taken {
-                    name,
-                    room,
-                    previous,
-                }))
-            }
-        }
-        Step::ResumeSeat {
-            code,
-            token,
-            conn,
-            last_id,
-        } => {
-            list_room(scripts, redis, code, conn).await?;
-            failpoint::reached("resume:listed");
-            let value: Value = on_room(&scripts.room_resume, code)
-                .arg(token)
-                .arg(conn.encode())
-                .arg(conn.node.to_string())
-                .arg(last_id)
-                .arg(millis(ROOM_TTL))
-                .invoke_async(redis)
-                .await?;
-            let mut reply = Reply::new(value)?;
-            if reply.text()? != "OK" {
-                return Ok((Outcome::Expired, notices));
-            }
-            let _name = reply.text()?;
-            let peer_name = reply.text()?;
-            let peer_connected = reply.flag()?;
-            let peer_read = reply.number()?;
-            let last = reply.number()?;
-            let event_seq = reply.number()?;
-            let encrypted = reply.flag()?;
-            let key_check = reply.key_check()?;
-            let previous = reply.text()?;
-            let _previous_node = reply.text()?;
-            let lost = reply.number()?;
-            let missed = reply.frames()?;
-            if let Some(previous) = Conn::decode(&previous) {
-                // Still open: another device or tab, or a connection not yet known to be dead.
-                notices.push(Notice::Kick(previous));
-            }
-            failpoint::reached("resume:seated");
-            set_session(scripts, redis, &token, conn, "r", code.as_str()).await?;
-            let peer = Username::parse(&peer_name).ok().map(|name| Peer {
-                name,
-                connected: peer_connected,
-                read_up_to: peer_read,
-            });
-            Outcome::Resumed(Box::new(ResumedRoom {
-                code,
-                peer,
-                missed,
-                lost,
-                last_id: last,
-                event_seq,
-                encrypted,
-                key_check,
-            }))
-        }
-        Step::Range { code, after, upto } => {
-            let value: Value = scripts
-                .room_range
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .arg(after)
-                .arg(upto.map_or(-1, |upto| i64::try_from(upto).unwrap_or(i64::MAX)))
-                .invoke_async(redis)
-                .await?;
-            let mut items = match value {
-                Value::Array(items) => items,
-                _ => return Err(unexpected("a range that is not a list")),
-            };
-            if items.first() == Some(&Value::Int(-1)) {
-                Outcome::Frames(None)
-            } else {
-                let rest = items.split_off(1.min(items.len()));
-                let last = Reply::new(Value::Array(items))?.number()?;
-                Outcome::Frames(Some((last, Reply::new(Value::Array(rest))?.frames()?)))
-            }
-        }
-        Step::State { code } => {
-            let value: Value = scripts
-                .room_state
-                .key(keys::room(code))
-                .key(keys::log(code))
-                .arg(floors.chat)
-                .arg(floors.event)
-                .invoke_async(redis)
-                .await?;
-            let mut reply = Reply::new(value)?;
-            let Ok(event_seq) = reply.number() else {
-                return Ok((Outcome::State(None), notices));
-            };
-            let last_id = reply.number()?;
-            let mut seats = Vec::new();
-            while let Ok(token) = reply.text() {
-                seats.push(SeatState {
-                    token: SessionToken::parse(&token)
-                        .ok_or_else(|| unexpected("a stored session that is not valid"))?,
-                    name: reply.name()?,
-                    held: reply.flag()?,
-                    read_up_to: reply.number()?,
-                });
-            }
-            Outcome::State(Some(RoomState {
-                event_seq,
-                last_id,
-                seats,
-            }))
-        }
-        Step::Publish { code, event } => {
-            let payload = wire::encode(&event);
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(keys::channel(code))
-                .arg(payload)
-                .query_async(redis)
-                .await?;
-            Outcome::Done
-        }
-    };
-    Ok((outcome, notices))
-}
-
-/// `GONE` or `MOVED`, as the scripts of a seated member answer them.
-fn seat_error(reply: &str) -> Outcome {
-    if reply == "MOVED" {
-        Outcome::Moved
-    } else {
-        Outcome::Gone
-    }
-}
-
 /// Sets a field of the session `token`, while `conn` holds it. Returns whether it did.
-async fn set_session(
+pub(super) async fn set_session(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     token: &SessionToken,
@@ -706,7 +299,7 @@ async fn set_session(
 /// here), so that a node that dies between the two leaves no seat that nobody would reap; a
 /// room listed for a seat that was then refused costs a reap nothing, and is unlisted when the
 /// node has nobody there.
-async fn list_room(
+pub(super) async fn list_room(
     scripts: &Scripts,
     redis: &mut MultiplexedConnection,
     code: RoomCode,
