@@ -589,6 +589,82 @@ async fn the_handshake_gives_one_safety_number_and_a_swapped_hello_gives_none() 
     .await;
 }
 
+/// The handshake's curve: two pages whose browser has X25519 both offer it after P-256 and agree
+/// with it; a page whose browser lacks it (WebCrypto's X25519 made to fail before the page's
+/// scripts run) offers P-256 alone, and the other page meets it there. Either way both pages
+/// show one safety number and seal what follows under a session key. Each hello's offer is read
+/// here with the room key, as docs/protocol.md lays it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_uses_x25519_where_both_pages_have_it_and_p256_otherwise() {
+    if !browser_available("the_handshake_uses_x25519_where_both_pages_have_it_and_p256_otherwise") {
+        return;
+    }
+    let _turn = one_browser_test_at_a_time().await;
+    let server = TestServer::start().await;
+    let relay = HostileRelay::start(server.addr).await;
+    let driver = ChromeDriver::start().await;
+    let alice = Page::open(&driver, "Alice", LAPTOP).await;
+    let bob = Page::open(&driver, "Bob", PHONE).await;
+    let dave = Page::open(&driver, "Dave", LAPTOP).await;
+    let erin = Page::open(&driver, "Erin", PHONE).await;
+    // Dave's browser, as an older one: no X25519 in WebCrypto.
+    driver
+        .before_page_scripts(
+            &dave,
+            "const generate = crypto.subtle.generateKey.bind(crypto.subtle);
+             crypto.subtle.generateKey = (algorithm, ...rest) =>
+               (algorithm && algorithm.name === 'X25519')
+                 ? Promise.reject(new DOMException('no X25519 here', 'NotSupportedError'))
+                 : generate(algorithm, ...rest);",
+        )
+        .await;
+    closing_pages_after(&[&alice, &bob, &dave, &erin], async {
+        // P-256's tag and point after the 8-byte run of the peer seen; then X25519's, or not.
+        let offer = |person: &str, code: &str, key: &str| {
+            let room_key = e2e::room_key_v2(key, code);
+            relay
+                .sent_by(person)
+                .iter()
+                .filter_map(|frame| frame["content"].as_str())
+                .filter_map(|envelope| e2e::open_v2(&room_key, code, person, envelope))
+                .find(|opened| opened.kind_of_body == e2e::TYPE_HELLO)
+                .map(|hello| hello.body[8..].to_vec())
+                .unwrap_or_else(|| panic!("{person} sent a hello"))
+        };
+        for (first, second, both_x25519) in [(&alice, &bob, true), (&dave, &erin, false)] {
+            let (code, key) = encrypted_pair(&relay, first, second).await;
+            for (page, has_x25519) in [(first, both_x25519), (second, true)] {
+                let offer = offer(page.name, &code, &key);
+                assert_eq!((offer[0], offer.len() >= 66), (0x01, true), "P-256 first");
+                if has_x25519 {
+                    assert_eq!(
+                        (offer.len(), offer[66]),
+                        (99, 0x02),
+                        "{}: X25519",
+                        page.name
+                    );
+                } else {
+                    assert_eq!(offer.len(), 66, "{}: P-256 alone", page.name);
+                }
+            }
+            assert_eq!(
+                first.safety_number().await,
+                second.safety_number().await,
+                "one safety number on both pages"
+            );
+            first.send_message("After the handshake").await;
+            second
+                .wait_for_message(first.name, "After the handshake")
+                .await;
+            let envelope = last_chat_content(&relay, first.name);
+            let (kind, _) = e2e::header_v2(&envelope).expect("a v2 envelope");
+            assert_eq!(kind, e2e::KIND_SESSION, "sealed under the session key");
+            relay.assert_never_sent("After the handshake");
+        }
+    })
+    .await;
+}
+
 /// The test vectors of docs/protocol.md: the key check of the fixed link key, and the exact
 /// envelope of a fixed text sealed with a fixed run id, sequence number and IV, come out the
 /// same from the page's own e2e.js (in the browser), from `common::e2e` (written from the

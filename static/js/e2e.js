@@ -16,9 +16,9 @@
 //   cannot repeat, reorder or withhold a message unnoticed;
 // - the plaintext is padded with zeros to a multiple of 64 bytes, so an envelope tells the
 //   length of a message only to 64 bytes;
-// - once both people are present, each page sends a *hello* (an ephemeral ECDH P-256 public
-//   key, sealed under the room key, so the server can neither forge nor swap one), and later
-//   messages are sealed under *session keys* derived from the key agreement: a link that
+// - once both people are present, each page sends a *hello* (ephemeral public keys: P-256,
+//   and X25519 where the browser has it; sealed under the room key, so the server can neither
+//   forge nor swap one), and later messages are sealed under *session keys* derived from the key agreement: a link that
 //   leaks later does not open them (forward secrecy). Both pages show a *safety number*
 //   derived from the handshake.
 //
@@ -56,10 +56,14 @@ const BODY_OFFSET = 7;
 export const KIND = { room: 0x00, session: 0x01 };
 /** The types of a plaintext: a message's text, or a hello of the handshake. */
 export const TYPE = { text: 0x01, hello: 0x02 };
-/** The curve byte of a hello: P-256, the only one this page speaks. */
+/** The curve bytes of a hello: P-256, which every page offers, and X25519, which a page offers
+ * after it where its browser has it; two pages that both offer X25519 agree with it. */
 const CURVE_P256 = 0x01;
+const CURVE_X25519 = 0x02;
 /** Bytes of an uncompressed P-256 point (0x04 ‖ X ‖ Y). */
 const P256_POINT_BYTES = 65;
+/** Bytes of an X25519 public key. */
+const X25519_KEY_BYTES = 32;
 /** Where this tab keeps what it holds for a room: this prefix, what it is, and the room code. */
 const STORAGE_PREFIX = 'chat.';
 
@@ -368,45 +372,82 @@ function unpad(plain) {
 // ---------------------------------------------------------------------------------------
 
 /**
- * This run's ephemeral ECDH P-256 key pair in room `code`: made once, kept in sessionStorage
- * (as JWK) so a reload keeps it, dropped with the room. Returns `{ privateKey, publicRaw }`.
- * (Extractable only so that the tab can keep it across a reload; it never leaves the tab.)
+ * This run's ephemeral key pairs in room `code`: P-256, and X25519 where the browser has it.
+ * Made once, kept in sessionStorage (as JWK) so a reload keeps them, dropped with the room.
+ * Returns `{ privateKey, x25519, publicRaw }`: the P-256 private key, the X25519 one (or null),
+ * and the *offer* a hello carries, 0x01 ‖ the P-256 point [‖ 0x02 ‖ the X25519 key].
+ * (Extractable only so that the tab can keep them across a reload; they never leave the tab.)
  */
 export async function ephemeralFor(code) {
   const stored = kept('eph', code);
   if (stored) {
     try {
-      const jwk = JSON.parse(stored);
-      const privateKey = await crypto.subtle.importKey(
-        'jwk', jwk, { name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
-      const publicKey = await crypto.subtle.importKey(
-        'jwk', { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, ext: true },
-        { name: 'ECDH', namedCurve: 'P-256' }, true, []);
-      const publicRaw = new Uint8Array(await crypto.subtle.exportKey('raw', publicKey));
-      return { privateKey, publicRaw };
+      return await importEphemeral(JSON.parse(stored));
     } catch {
-      // Unreadable: make a new one below (the peer will get a new hello).
+      // Unreadable: make new ones below (the peer will get a new hello).
     }
   }
-  const pair = await crypto.subtle.generateKey(
+  const p256 = await crypto.subtle.generateKey(
     { name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
-  keep('eph', code, JSON.stringify(await crypto.subtle.exportKey('jwk', pair.privateKey)));
-  const publicRaw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
-  return { privateKey: pair.privateKey, publicRaw };
-}
-
-/** A hello's body: the peer run last seen (or zeros), the curve, this run's public key. */
-export function helloBody(peerRun, publicRaw) {
-  return concat(peerRun || new Uint8Array(RUN_BYTES), Uint8Array.of(CURVE_P256), publicRaw);
-}
-
-/** The fields of a hello's body, `{ seenRun, publicRaw }`, or null if it is not one we know. */
-export function readHello(body) {
-  if (body.length < RUN_BYTES + 1 + P256_POINT_BYTES || body[RUN_BYTES] !== CURVE_P256) return null;
-  return {
-    seenRun: body.slice(0, RUN_BYTES),
-    publicRaw: body.slice(RUN_BYTES + 1, RUN_BYTES + 1 + P256_POINT_BYTES),
+  // X25519 is in WebCrypto since Chromium 133, Firefox 130 and Safari 17; elsewhere P-256 alone.
+  const x25519 = await crypto.subtle
+    .generateKey({ name: 'X25519' }, true, ['deriveBits'])
+    .catch(() => null);
+  const jwks = {
+    p256: await crypto.subtle.exportKey('jwk', p256.privateKey),
+    x25519: x25519 ? await crypto.subtle.exportKey('jwk', x25519.privateKey) : null,
   };
+  keep('eph', code, JSON.stringify(jwks));
+  return importEphemeral(jwks);
+}
+
+/** The key pairs of `ephemeralFor` from their private JWKs (each holds its public part). */
+async function importEphemeral(jwks) {
+  const p256 = { name: 'ECDH', namedCurve: 'P-256' };
+  const privateKey = await crypto.subtle.importKey('jwk', jwks.p256, p256, true, ['deriveBits']);
+  const { kty, crv, x, y } = jwks.p256;
+  const p256Public = await crypto.subtle.importKey('jwk', { kty, crv, x, y, ext: true }, p256, true, []);
+  let publicRaw = concat(Uint8Array.of(CURVE_P256), await rawKey(p256Public));
+  let x25519 = null;
+  if (jwks.x25519) {
+    const { kty: okp, crv: curve, x: point } = jwks.x25519;
+    x25519 = await crypto.subtle.importKey('jwk', jwks.x25519, { name: 'X25519' }, true, ['deriveBits']);
+    const x25519Public = await crypto.subtle.importKey(
+      'jwk', { kty: okp, crv: curve, x: point, ext: true }, { name: 'X25519' }, true, []);
+    publicRaw = concat(publicRaw, Uint8Array.of(CURVE_X25519), await rawKey(x25519Public));
+  }
+  return { privateKey, x25519, publicRaw };
+}
+
+async function rawKey(publicKey) {
+  return new Uint8Array(await crypto.subtle.exportKey('raw', publicKey));
+}
+
+/** A hello's body: the peer run last seen (or zeros), then this run's offer (its public keys). */
+export function helloBody(peerRun, publicRaw) {
+  return concat(peerRun || new Uint8Array(RUN_BYTES), publicRaw);
+}
+
+/**
+ * The fields of a hello's body, `{ seenRun, publicRaw }` (`publicRaw`: the sender's offer), or
+ * null if it is not one we know: the offer must be P-256's point, then X25519's key or nothing.
+ */
+export function readHello(body) {
+  const offer = body.slice(RUN_BYTES);
+  if (readOffer(offer) === null) return null;
+  return { seenRun: body.slice(0, RUN_BYTES), publicRaw: offer };
+}
+
+/** An offer's public keys, `{ p256, x25519 }` (`x25519` null if not offered), or null. */
+function readOffer(offer) {
+  const p256End = 1 + P256_POINT_BYTES;
+  if (offer.length < p256End || offer[0] !== CURVE_P256) return null;
+  const p256 = offer.slice(1, p256End);
+  if (offer.length === p256End) return { p256, x25519: null };
+  if (offer.length === p256End + 1 + X25519_KEY_BYTES && offer[p256End] === CURVE_X25519) {
+    return { p256, x25519: offer.slice(p256End + 1) };
+  }
+  return null;
 }
 
 /** Keeps the hello last opened from the peer in room `code` (run and public key), for a reload. */
@@ -424,18 +465,28 @@ export function peerHelloFor(code) {
 
 /**
  * The session between this run (`myRun`, its ephemeral `mine`) and the peer's run `peerRun`
- * with public key `peerPublicRaw`, in room `code`: `{ sendKey, receiveKey, safetyNumber }`.
- * Throws if the peer's key does not import (not a point of the curve).
+ * with offer `peerPublicRaw`, in room `code`: `{ sendKey, receiveKey, safetyNumber }`. X25519
+ * when both offered it, else P-256. Throws if the peer's key does not import (not a point of
+ * the curve) or the agreement fails (X25519's all-zero result from a small-order key).
  */
 export async function session(code, myRun, mine, peerRun, peerPublicRaw) {
-  const peerPublic = await crypto.subtle.importKey(
-    'raw', peerPublicRaw, { name: 'ECDH', namedCurve: 'P-256' }, false, []);
-  const shared = await crypto.subtle.deriveBits(
-    { name: 'ECDH', public: peerPublic }, mine.privateKey, 256);
-  const records = [
-    concat(myRun, Uint8Array.of(CURVE_P256), mine.publicRaw),
-    concat(peerRun, Uint8Array.of(CURVE_P256), peerPublicRaw),
-  ];
+  const theirs = readOffer(peerPublicRaw);
+  if (theirs === null) throw new Error('not an offer of public keys');
+  let shared;
+  if (mine.x25519 && theirs.x25519) {
+    const peerPublic = await crypto.subtle.importKey(
+      'raw', theirs.x25519, { name: 'X25519' }, false, []);
+    shared = await crypto.subtle.deriveBits({ name: 'X25519', public: peerPublic }, mine.x25519, 256);
+  } else {
+    const peerPublic = await crypto.subtle.importKey(
+      'raw', theirs.p256, { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+    shared = await crypto.subtle.deriveBits(
+      { name: 'ECDH', public: peerPublic }, mine.privateKey, 256);
+  }
+  // Each record is a run and its whole offer, whichever curve was used: a hello is sealed
+  // under the room key, so nobody without the link can strip an offer to force P-256, and
+  // the transcript (so the keys and the safety number) covers everything both offered.
+  const records = [concat(myRun, mine.publicRaw), concat(peerRun, peerPublicRaw)];
   if (compareBytes(myRun, peerRun) > 0) records.reverse();
   const transcript = concat(utf8(`${HANDSHAKE_LABEL}\u0000${code}\u0000`), ...records);
   const salt = new Uint8Array(await crypto.subtle.digest('SHA-256', transcript));
