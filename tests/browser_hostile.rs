@@ -235,7 +235,9 @@ async fn a_reply_naming_another_room_fails_closed() {
 /// Alice writes in her encrypted room and closes her page (the server holds her seat). Bob
 /// opens her invite link cut short, as a chat app might cut it: his page finds out at join, by
 /// the room's key check, before it shows anything: `failed`, "This link does not open this
-/// room", no message (not even as "could not be verified"), and no lock.
+/// room", no message (not even as "could not be verified"), and no lock. His page gives the
+/// seat back at once: Carol, with the whole link, gets in while Bob's page still says why he
+/// did not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_short_link_is_told_at_join_with_the_creator_offline() {
     if !browser_available("a_cut_short_link_is_told_at_join_with_the_creator_offline") {
@@ -247,7 +249,8 @@ async fn a_cut_short_link_is_told_at_join_with_the_creator_offline() {
     let driver = ChromeDriver::start().await;
     let alice = Page::open(&driver, "Alice", LAPTOP).await;
     let bob = Page::open(&driver, "Bob", PHONE).await;
-    closing_pages_after(&[&alice, &bob], async {
+    let carol = Page::open(&driver, "Carol", PHONE).await;
+    closing_pages_after(&[&alice, &bob, &carol], async {
         alice.goto(&relay.url()).await;
         alice.choose_name().await;
         let code = alice.create_encrypted_room().await;
@@ -275,6 +278,16 @@ async fn a_cut_short_link_is_told_at_join_with_the_creator_offline() {
         assert!(!bob.displayed("#room-lock").await, "no lock");
         let body = bob.body_text().await;
         assert!(!body.contains("could not be verified"), "{body}");
+
+        carol.goto(&invite).await;
+        carol.choose_name_only().await;
+        carol
+            .wait_for_text("#room-code", &code, "Carol is in the room")
+            .await;
+        carol.wait_for_e2e("verified").await;
+        assert_eq!(bob.e2e().await, "failed");
+        bob.wait_for_text("#e2e-failed", WRONG_LINK, "Bob's page still says why")
+            .await;
         relay.assert_never_sent("Said before the link was cut");
     })
     .await;

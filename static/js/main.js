@@ -168,6 +168,11 @@ const state = {
   peerRun: null,
   /** Whether our messages go under the session with `peerRun` (see `sealKeyFor`). */
   sessionReady: false,
+  /**
+   * Whether this page gave its seat in the (failed) room back already: opened from a wrong
+   * link, it leaves on the server at once, so the person with the whole link can come in.
+   */
+  seatGivenBack: false,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -599,6 +604,7 @@ function onRoomLeft(message) {
   }
   state.request = null;
   if (state.roomCode !== code) return; // Already left on our side (a failed room).
+  if (state.seatGivenBack) return; // A wrong link's seat, given back: the page still says why.
   leaveRoomLocally();
   views.showLobbyNote(`You left room ${code}.`);
   views.showView('lobby');
@@ -748,12 +754,26 @@ function failRoom(code, why) {
   views.showSafetyNumber(null);
   updateRoomBar();
   views.showView('room');
+  if (why === 'link') giveSeatBack(code);
+}
+
+/**
+ * Opened from a wrong link, the page cannot take part in the room, and its seat would keep the
+ * person with the whole link out (the room is for two): it gives the seat back at once (only
+ * `leave_room` passes a failed room's gate). The page stays where it is, saying why, until its
+ * person leaves: the answer, `room_left`, changes nothing on it.
+ */
+function giveSeatBack(code) {
+  if (sendRequest({ type: 'leave_room' }, 'room', { type: 'leave_room', code, encrypted: false })) {
+    state.seatGivenBack = true;
+  }
 }
 
 /** Leaves the room on our side: the conversation, the key and all that belonged to it go. */
 function leaveRoomLocally() {
   if (state.roomCode) e2e.forgetRoom(state.roomCode);
   state.roomCode = null;
+  state.seatGivenBack = false;
   state.peer = null;
   storeRoom(null);
   useRoomKey(null, false);
@@ -1348,7 +1368,10 @@ function onLeaveClick() {
   state.readTimer = null;
   const code = state.roomCode;
   const failed = state.e2e === 'failed';
-  sendRequest({ type: 'leave_room' }, 'room', { type: 'leave_room', code, encrypted: false });
+  // A wrong link's page gave its seat back already (`giveSeatBack`): nothing to ask.
+  if (!state.seatGivenBack) {
+    sendRequest({ type: 'leave_room' }, 'room', { type: 'leave_room', code, encrypted: false });
+  }
   if (failed) {
     leaveRoomLocally();
     views.showLobbyNote(`You left room ${code}. Start again with a new room and a new link.`);
