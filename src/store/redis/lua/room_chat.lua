@@ -7,7 +7,6 @@ local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
 local err, recent, count = check_live(room, tok, ARGV[2], 'k', 'kn')
 if err then return {err} end
-raise_chat(room, log, tonumber(ARGV[7]))
 -- The sender's recent client_msg_ids are one string of entries "\n<id>\t<message id>", the id
 -- with its backslashes, newlines and tabs escaped: a plain search for "\n<id>\t" can only
 -- match a whole entry. (Decoding and encoding them as JSON cost Redis more than the rest of
@@ -23,6 +22,15 @@ if cm ~= '' then
   end
 end
 local id = redis.call('HINCRBY', room, 'last', 1)
+local floor = tonumber(ARGV[7])
+if id <= floor then
+  -- Redis went back behind ids the sender's node has told (see raise_chat): the increment is
+  -- undone, the room raised above them, and the id drawn again. Checked on the id itself, so
+  -- that a chat in a room that did not go back costs no extra call.
+  redis.call('HSET', room, 'last', id - 1)
+  raise_chat(room, log, floor)
+  id = redis.call('HINCRBY', room, 'last', 1)
+end
 local frame = '{"type":"chat","id":' .. id .. ARGV[3]
 local length = redis.call('RPUSH', log, frame)
 -- A new log lives as long as its room; later, the room's TTL is extended with it.
