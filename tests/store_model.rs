@@ -273,17 +273,33 @@ fn redis_side() -> std::sync::MutexGuard<'static, Option<RedisSide>> {
 }
 
 impl RedisSide {
-    /// Runs `step`'s scripts, and reads the events they published.
+    /// Runs `step`'s scripts, and reads the events they published. No floors: the model never
+    /// rolls Redis back (tests/multinode.rs does, and [`RedisSide::apply_with`] here).
     fn apply(&mut self, step: Step) -> (Outcome, Vec<Notice>) {
+        self.apply_with(step, Floors::default())
+    }
+
+    /// Runs `step`'s scripts as a node that has told the step's room up to `floors`.
+    fn apply_with(&mut self, step: Step, floors: Floors) -> (Outcome, Vec<Notice>) {
         let at = &mut self.at;
         self.runtime.block_on(async {
-            // No floors: the model never rolls Redis back (tests/multinode.rs does).
-            let (outcome, mut notices) =
-                steps::run(&at.scripts, &mut at.redis, step, Floors::default())
-                    .await
-                    .expect("Redis runs the step");
+            let (outcome, mut notices) = steps::run(&at.scripts, &mut at.redis, step, floors)
+                .await
+                .expect("Redis runs the step");
             notices.extend(at.events_so_far().await);
             (outcome, notices)
+        })
+    }
+
+    /// Runs a plain Redis command.
+    fn command(&mut self, args: &[&str]) -> redis::Value {
+        let at = &mut self.at;
+        self.runtime.block_on(async {
+            redis::cmd(args[0])
+                .arg(&args[1..])
+                .query_async(&mut at.redis)
+                .await
+                .expect("Redis runs the command")
         })
     }
 }
@@ -1325,4 +1341,65 @@ fn a_leave_does_not_bring_an_ended_session_back() {
             },
         ]);
     });
+}
+
+/// Redis went back behind ids a node has told (a restart from an older snapshot: here the
+/// room's counter set back from 3 to 1): a chat from that node draws the id above them, 4,
+/// never 2 or 3 again; the log starts again after the gap and the room says that everything up
+/// to 3 is lost. The next chat, from a room that did not go back, is 5 with no raise.
+#[test]
+fn a_chat_after_redis_went_back_draws_an_id_above_what_its_node_told() {
+    with_redis(
+        "a_chat_after_redis_went_back_draws_an_id_above_what_its_node_told",
+        || {
+            let mut side = redis_side();
+            let side = side.as_mut().expect("the Redis side");
+            let (code, token, conn) = (code(0), SessionToken::random(), new_conn(0));
+            let name = Username::parse("ada").expect("a valid name");
+            side.apply(Step::Open { token, conn });
+            let member = Member { token, conn, name };
+            let create = Step::Create {
+                code,
+                member,
+                encrypted: false,
+                key_check: None,
+            };
+            assert!(matches!(side.apply(create).0, Outcome::Created));
+            let chat = |n: u32| Step::Chat {
+                code,
+                token,
+                conn,
+                tail: ChatTail(format!(
+                    ",\"from\":\"ada\",\"content\":\"m{n}\",\"timestamp\":1764000000000}}"
+                )),
+                client_msg_id: None,
+            };
+            for n in 1..=3 {
+                side.apply(chat(n));
+            }
+            let room = keys::room(code);
+            side.command(&["HSET", &room, "last", "1"]);
+            let told = |chat| Floors { chat, event: 0 };
+            let (outcome, _) = side.apply_with(chat(4), told(3));
+            assert!(
+                matches!(outcome, Outcome::Accepted { id: 4 }),
+                "{outcome:?}"
+            );
+            let lost = side.command(&["HGET", &room, "lost"]);
+            assert_eq!(lost, redis::Value::BulkString(b"3".to_vec()));
+            let logged = side.command(&["LLEN", &keys::log(code)]);
+            assert_eq!(logged, redis::Value::Int(1), "the log starts after the gap");
+            let (outcome, _) = side.apply_with(chat(5), told(4));
+            assert!(
+                matches!(outcome, Outcome::Accepted { id: 5 }),
+                "{outcome:?}"
+            );
+            let logged = side.command(&["LLEN", &keys::log(code)]);
+            assert_eq!(
+                logged,
+                redis::Value::Int(2),
+                "no raise when Redis did not go back"
+            );
+        },
+    );
 }
