@@ -23,17 +23,20 @@ import qrcode from './vendor/qrcode-generator.js';
 const ERROR_CORRECTION = 'M';
 /** The blank margin around the code, in modules: the standard asks for 4. */
 const QUIET_ZONE_MODULES = 4;
-/** How long "Copied" (after a failed share) stays on the button. */
-const FLASH_MS = 2000;
-
 const SVG = 'http://www.w3.org/2000/svg';
 const $ = (id) => document.getElementById(id);
 
 /** The link the QR code shows, which Share hands on. */
 let link = '';
+/** How a button says something for a moment ("Copied"): views.js's, handed over with the link. */
+let flash = () => {};
 
-/** Draws `inviteLink` as a QR code in the invite panel and gets Share ready for it. */
-export function showInviteLink(inviteLink) {
+/**
+ * Draws `inviteLink` as a QR code in the invite panel and gets Share ready for it; `flashOn`
+ * is how the page shows a word on a button for a moment, views.js's own.
+ */
+export function showInviteLink(inviteLink, flashOn) {
+  flash = flashOn;
   if (inviteLink === link) return;
   link = inviteLink;
   $('invite-qr').replaceChildren(qrSvg(inviteLink));
@@ -100,14 +103,4 @@ async function onShareClick(event) {
       flash(button, 'Use Copy link');
     }
   }
-}
-
-/** Shows `text` on the button for a moment, then its label again. */
-function flash(button, text) {
-  if (!button.dataset.label) button.dataset.label = button.textContent;
-  button.textContent = text;
-  clearTimeout(button.flashTimer);
-  button.flashTimer = setTimeout(() => {
-    button.textContent = button.dataset.label;
-  }, FLASH_MS);
 }

@@ -257,7 +257,7 @@ export function showRoom(code, linkKey) {
   $('room-code').textContent = code;
   $('room-code-big').textContent = code;
   $('invite-link').value = inviteLink(code, linkKey);
-  showInviteLink($('invite-link').value); // Its QR code and Share button (invite.js).
+  showInviteLink($('invite-link').value, flash); // Its QR code and Share button (invite.js).
   $('invite-e2e-note').hidden = !linkKey;
   $('lobby-note').textContent = '';
   clearError('create');
