@@ -154,8 +154,7 @@ async fn create_room(
         return Ok(Outcome::CodeTaken);
     }
     failpoint::reached("create:seated");
-    let (token, conn) = (member.token, member.conn);
-    set_session(at.scripts, at.redis, &token, conn, "r", code.as_str()).await?;
+    name_the_room(at, member.token, member.conn, code).await?;
     Ok(Outcome::Created)
 }
 
@@ -190,8 +189,7 @@ async fn join_room(at: &mut At<'_>, code: RoomCode, member: Member) -> RedisResu
         history: reply.frames()?,
     };
     failpoint::reached("join:seated");
-    let (token, conn) = (member.token, member.conn);
-    set_session(at.scripts, at.redis, &token, conn, "r", code.as_str()).await?;
+    name_the_room(at, member.token, member.conn, code).await?;
     Ok(Outcome::Joined(Box::new(joined)))
 }
 
@@ -423,7 +421,7 @@ async fn resume_seat(
         notices.push(Notice::Kick(previous));
     }
     failpoint::reached("resume:seated");
-    set_session(at.scripts, at.redis, &token, conn, "r", code.as_str()).await?;
+    name_the_room(at, token, conn, code).await?;
     let peer = Username::parse(&peer_name).ok().map(|name| Peer {
         name,
         connected: peer_connected,
@@ -513,6 +511,19 @@ async fn publish(at: &mut At<'_>, code: RoomCode, event: &RoomEvent) -> RedisRes
         .query_async(at.redis)
         .await?;
     Ok(Outcome::Done)
+}
+
+/// After a seat was taken (create, join, resume): the session names room `code`, while `conn`
+/// holds it. Last of a step's scripts, so that a node dying before it leaves a seat the reaper
+/// finds, never a session naming a room it has no seat in.
+async fn name_the_room(
+    at: &mut At<'_>,
+    token: SessionToken,
+    conn: Conn,
+    code: RoomCode,
+) -> RedisResult<()> {
+    set_session(at.scripts, at.redis, &token, conn, "r", code.as_str()).await?;
+    Ok(())
 }
 
 /// `GONE` or `MOVED`, as the scripts of a seated member answer them.
