@@ -83,12 +83,12 @@ impl MemoryStore {
                 self.sessions.insert(token, Box::new(record));
                 Outcome::Done
             }
-            Step::Name { token, conn, name } => match self.sessions.get_mut(&token) {
-                Some(record) if record.conn == conn => {
+            Step::Name { token, conn, name } => match self.session_of(token, conn) {
+                Some(record) => {
                     record.name = Some(name);
                     Outcome::Done
                 }
-                _ => Outcome::Moved,
+                None => Outcome::Moved,
             },
             Step::Create {
                 code,
@@ -198,9 +198,7 @@ impl MemoryStore {
         }
         // The session follows only while this connection holds it, as in Redis (`entered`):
         // one that was resumed elsewhere meanwhile is that connection's, outside any room.
-        if let Some(record) = self.sessions.get_mut(&member.token)
-            && record.conn == member.conn
-        {
+        if let Some(record) = self.session_of(member.token, member.conn) {
             record.room = Some(code);
         }
         self.rooms
@@ -229,14 +227,8 @@ impl MemoryStore {
         let (token, name, conn) = (member.token, member.name.clone(), member.conn);
         room.seat(member);
         let seq = room.next_event();
-        // As in `create`: only while this connection holds the session.
-        if let Some(record) = self.sessions.get_mut(&token)
-            && record.conn == conn
-        {
-            record.room = Some(code);
-        }
         notices.push(Notice::Room(code, RoomEvent::Joined { seq, token, name }));
-        Outcome::Joined(Box::new(Joined {
+        let joined = Joined {
             host: host_name,
             host_connected,
             history,
@@ -244,7 +236,12 @@ impl MemoryStore {
             event_seq: seq,
             encrypted: room.is_encrypted(),
             key_check: self.key_checks.get(&code).copied(),
-        }))
+        };
+        // As in `create`: only while this connection holds the session.
+        if let Some(record) = self.session_of(token, conn) {
+            record.room = Some(code);
+        }
+        Outcome::Joined(Box::new(joined))
     }
 
     fn chat(
@@ -390,6 +387,21 @@ impl MemoryStore {
         }
     }
 
+    /// The session `token` for connection `conn` to change, as `session_set.lua` finds it:
+    /// `None` if another connection holds it; made again, with no name and no room, if it had
+    /// ended while `conn` lived on (a drop of a connection that had not yet taken its seat
+    /// back, whose resume then goes on), so that it ends with `conn` as in Redis.
+    fn session_of(&mut self, token: SessionToken, conn: Conn) -> Option<&mut SessionRecord> {
+        let record = self.sessions.entry(token).or_insert_with(|| {
+            Box::new(SessionRecord {
+                name: None,
+                room: None,
+                conn,
+            })
+        });
+        (record.conn == conn).then_some(&mut **record)
+    }
+
     /// Ends the session `token` if `conn` still holds it (`Done`); `Moved` if it is gone or
     /// another connection's.
     fn end_session(&mut self, token: &SessionToken, conn: Conn) -> Outcome {
@@ -476,9 +488,7 @@ impl MemoryStore {
             key_check: self.key_checks.get(&code).copied(),
         };
         // As a create or a join: the session names the room while this connection holds it.
-        if let Some(record) = self.sessions.get_mut(&token)
-            && record.conn == conn
-        {
+        if let Some(record) = self.session_of(token, conn) {
             record.room = Some(code);
         }
         Outcome::Resumed(Box::new(resumed))
