@@ -1090,6 +1090,118 @@ async fn redis_losing_writes_hands_out_no_id_twice() {
     host.expect("peer_reconnected").await;
 }
 
+/// Redis went back (a restart from an older snapshot: the room's counter from 10 to 5) while
+/// no node heard the room: both members had dropped, their seats held. Nobody could raise the
+/// room, so the first resume, on a node that never heard it, comes before any repair. The
+/// member's own `last_id` (10) is then the floor: its next message gets id 11, not 6, and the other member, resuming from 10, gets that message in
+/// `missed` rather than never. (Without the floor, the message took id 6 and the other member,
+/// who had seen an earlier 6, was never given it.)
+#[tokio::test]
+async fn a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor() {
+    let test = "a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor";
+    let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+        return;
+    };
+    let (mut host, mut guest, code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    let say = |n: usize| format!("message {n}");
+    for n in 1..=10 {
+        if n == 6 {
+            redis.command(&["SAVE"]).await;
+        }
+        host.chat(&say(n)).await;
+        host.expect("chat").await;
+        assert_eq!(guest.expect("chat").await["id"], n);
+    }
+    let (host_token, guest_token) = (host.session_token.clone(), guest.session_token.clone());
+    drop(host);
+    guest.expect("peer_disconnected").await;
+    drop(guest);
+    // Both seats held: neither node has a member in the room any more, so neither hears it.
+    let room = format!("chat:{{{code}}}:room");
+    loop {
+        let fields = redis.command(&["HKEYS", &room]).await.into_strings();
+        let held = fields.iter().filter(|field| field.ends_with(":h")).count();
+        if held == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.stop(); // What came after the SAVE is lost: the room's last id is 5 again.
+    redis.start_again().await;
+
+    let resume = |token: &str, last_id: u64| json!({"type": "resume", "session_token": token, "last_id": last_id});
+    let mut host = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = until_answered(&mut host, resume(&host_token, 10), "resumed").await;
+    assert_eq!(resumed["missed"], json!([]), "{resumed}");
+    let echo = send_until_accepted(&mut host, "after the restart").await;
+    assert_eq!(echo["id"], 11, "{echo}");
+
+    let mut guest = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = until_answered(&mut guest, resume(&guest_token, 10), "resumed").await;
+    let missed = chats(resumed["missed"].as_array().expect("missed"));
+    assert_eq!(
+        missed,
+        vec![(11, "ada".to_string(), "after the restart".to_string())],
+        "{resumed}"
+    );
+    assert_eq!(resumed["lost"], 0, "{resumed}");
+}
+
+/// A member's word for how far it has read is taken only in a room whose history may have
+/// gone back. In a room vouched for (made in this run of Redis), a resume from an id the room
+/// never reached, on a node that does not hear the room, changes nothing: the next message
+/// gets the next id, and a resume from the start still gets every message.
+#[tokio::test]
+async fn a_resume_from_beyond_the_last_id_does_not_raise_a_vouched_room() {
+    let test = "a_resume_from_beyond_the_last_id_does_not_raise_a_vouched_room";
+    let Some((_redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+        return;
+    };
+    let (mut host, mut guest, _code) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    for n in 1..=3 {
+        host.chat(&format!("message {n}")).await;
+        host.expect("chat").await;
+        guest.expect("chat").await;
+    }
+    let token = guest.session_token.clone();
+    drop(guest);
+    host.expect("peer_disconnected").await;
+    let resume =
+        |last_id: u64| json!({"type": "resume", "session_token": token, "last_id": last_id});
+    let mut liar = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = until_answered(&mut liar, resume(1_000_000), "resumed").await;
+    assert_eq!(resumed["lost"], 0, "{resumed}");
+    host.expect("peer_reconnected").await;
+    host.chat("message 4").await;
+    assert_eq!(host.expect("chat").await["id"], 4);
+    assert_eq!(liar.expect("chat").await["id"], 4);
+    drop(liar);
+    host.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
+    let resumed = until_answered(&mut back, resume(0), "resumed").await;
+    let ids: Vec<u64> = chats(resumed["missed"].as_array().expect("missed"))
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "{resumed}");
+}
+
+/// Sends `request` until the node answers it with `wanted` rather than `UNAVAILABLE` (it is
+/// reconnecting to Redis); returns that answer.
+async fn until_answered(client: &mut TestClient, request: Value, wanted: &str) -> Value {
+    loop {
+        client.send(request.clone()).await;
+        let answer = client.recv().await;
+        if answer["type"] == wanted {
+            return answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends `content` with a `client_msg_id` of its own, and again while the node answers
 /// `UNAVAILABLE` (it is reconnecting to Redis), as the web client does; returns the echo.
 async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {

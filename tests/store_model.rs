@@ -1412,6 +1412,93 @@ fn a_chat_after_redis_went_back_draws_an_id_above_what_its_node_told() {
     );
 }
 
+/// Redis went back behind event numbers a node has told (the room's counter set back to 0 each
+/// time): every step that tells the room an event (a read receipt, a drop held for its grace
+/// period, a resume, a leave, a join) numbers it above what the node told, never again from 1,
+/// so that no member's node takes a new event for one it has seen.
+#[test]
+fn each_event_after_redis_went_back_is_numbered_above_what_its_node_told() {
+    with_redis(
+        "each_event_after_redis_went_back_is_numbered_above_what_its_node_told",
+        || {
+            let mut side = redis_side();
+            let side = side.as_mut().expect("the Redis side");
+            let code = code(0);
+            let mut enter = |name: &str| {
+                let (token, conn) = (SessionToken::random(), new_conn(0));
+                side.apply(Step::Open { token, conn });
+                let name = Username::parse(name).expect("a valid name");
+                Member { token, conn, name }
+            };
+            let (host, guest, third) = (enter("ada"), enter("bob"), enter("cy"));
+            let create = Step::Create {
+                code,
+                member: host.clone(),
+                encrypted: false,
+                key_check: None,
+            };
+            assert!(matches!(side.apply(create).0, Outcome::Created));
+            let join = |member: &Member| Step::Join {
+                code,
+                member: member.clone(),
+            };
+            assert!(matches!(side.apply(join(&guest)).0, Outcome::Joined(_)));
+            let (token, conn) = (guest.token, guest.conn);
+            side.apply(Step::Chat {
+                code,
+                token,
+                conn,
+                tail: ChatTail(",\"from\":\"bob\",\"content\":\"hi\",\"timestamp\":1}".into()),
+                client_msg_id: None,
+            });
+            let resumed_on = new_conn(1);
+            let steps = [
+                Step::Read {
+                    code,
+                    token,
+                    conn,
+                    up_to: 1,
+                },
+                Step::Drop {
+                    room: Some(code),
+                    token,
+                    conn,
+                    grace: GRACE,
+                },
+                Step::ResumeSeat {
+                    code,
+                    token,
+                    conn: resumed_on,
+                    last_id: 1,
+                },
+                Step::Leave {
+                    code,
+                    token,
+                    conn: resumed_on,
+                },
+                join(&third),
+            ];
+            // The join of `guest` was event 1: the node has told it.
+            for (told, step) in (1..).zip(steps) {
+                side.command(&["HSET", &keys::room(code), "ev", "0"]);
+                let floors = Floors {
+                    chat: 1,
+                    event: told,
+                };
+                let (outcome, notices) = side.apply_with(step.clone(), floors);
+                let seqs: Vec<u64> = notices
+                    .iter()
+                    .filter_map(|notice| match notice {
+                        Notice::Room(_, event) => event.seq(),
+                        Notice::Kick(_) => None,
+                    })
+                    .collect();
+                assert_eq!(seqs, vec![told + 1], "{step:?} gave {outcome:?}");
+            }
+        },
+    );
+}
+
 /// Found by a random run of the property: a connection that had taken a session over
 /// (outside a room) and dropped before it took its seat back, whose resume then went on. Its
 /// drop ended the session; its seat's step made it again in Redis (`session_set.lua`, for a

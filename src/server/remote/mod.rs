@@ -113,8 +113,18 @@ impl ChatServer {
             _ => None,
         };
         let retry = step.is_bookkeeping().then(|| step.clone());
+        // How far this node has told the step's room, for every step of a room that hands
+        // out an id or an event number, or reads where the room stands.
         let floors = match &step {
-            Step::Chat { code, .. } | Step::State { code } => remote
+            Step::Chat { code, .. }
+            | Step::State { code }
+            | Step::Join { code, .. }
+            | Step::Read { code, .. }
+            | Step::Leave { code, .. }
+            | Step::Drop {
+                room: Some(code), ..
+            }
+            | Step::ResumeSeat { code, .. } => remote
                 .rooms
                 .get(code)
                 .map(HeardRoom::floors)

@@ -81,7 +81,8 @@ pub enum RedisEvent {
 }
 
 /// How far this node has told a room's members its chat ids and event numbers, sent with the
-/// room's steps that hand out ids (a chat) or read where the room stands (a repair): should
+/// room's steps that hand out ids or event numbers (a chat, a join, a read receipt, a leave, a
+/// drop, a resume) or read where the room stands (a repair): should
 /// Redis have lost writes it had acknowledged, and its counters gone back behind these, the
 /// script raises them first, so that no id is handed out twice (`raise_chat` in `prelude.lua`).
 #[derive(Debug, Clone, Copy, Default)]

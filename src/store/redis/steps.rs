@@ -58,7 +58,7 @@ pub async fn run(
             encrypted,
             key_check,
         } => create_room(at, code, member, encrypted, key_check).await?,
-        Step::Join { code, member } => join_room(at, code, member).await?,
+        Step::Join { code, member } => join_room(at, code, member, floors.event).await?,
         Step::Chat {
             code,
             token,
@@ -71,14 +71,16 @@ pub async fn run(
             token,
             conn,
             up_to,
-        } => read(at, code, token, conn, up_to).await?,
-        Step::Leave { code, token, conn } => leave_room(at, code, token, conn).await?,
+        } => read(at, code, token, conn, up_to, floors.event).await?,
+        Step::Leave { code, token, conn } => {
+            leave_room(at, code, token, conn, floors.event).await?
+        }
         Step::Drop {
             room,
             token,
             conn,
             grace,
-        } => drop_connection(at, room, token, conn, grace).await?,
+        } => drop_connection(at, room, token, conn, grace, floors.event).await?,
         Step::Expire {
             code,
             token,
@@ -93,7 +95,7 @@ pub async fn run(
             token,
             conn,
             last_id,
-        } => resume_seat(at, code, token, conn, last_id, &mut notices).await?,
+        } => resume_seat(at, code, token, conn, last_id, floors.event, &mut notices).await?,
         Step::Range { code, after, upto } => range(at, code, after, upto).await?,
         Step::State { code } => room_state(at, code, floors).await?,
         Step::Publish { code, event } => publish(at, code, &event).await?,
@@ -159,8 +161,14 @@ async fn create_room(
 }
 
 /// Seats `member` as the guest of room `code` (`room_join.lua`), listed first and named in its
-/// session after, with what a joiner sees.
-async fn join_room(at: &mut At<'_>, code: RoomCode, member: Member) -> RedisResult<Outcome> {
+/// session after, with what a joiner sees. `event_floor`: the last event number this node has
+/// told the room, should Redis have gone back behind it (`raise_events`).
+async fn join_room(
+    at: &mut At<'_>,
+    code: RoomCode,
+    member: Member,
+    event_floor: u64,
+) -> RedisResult<Outcome> {
     list_room(at.scripts, at.redis, code, member.conn).await?;
     failpoint::reached("join:listed");
     let value: Value = on_room(&at.scripts.room_join, code)
@@ -170,6 +178,7 @@ async fn join_room(at: &mut At<'_>, code: RoomCode, member: Member) -> RedisResu
         .arg(member.conn.node.to_string())
         .arg(millis(ROOM_TTL))
         .arg(Room::HISTORY_LEN)
+        .arg(event_floor)
         .invoke_async(at.redis)
         .await?;
     let mut reply = Reply::new(value)?;
@@ -230,13 +239,15 @@ async fn chat(
     })
 }
 
-/// The member has read up to `up_to` (`room_read.lua`).
+/// The member has read up to `up_to` (`room_read.lua`); the receipt's event number goes above
+/// `event_floor`, as in a join.
 async fn read(
     at: &mut At<'_>,
     code: RoomCode,
     token: SessionToken,
     conn: Conn,
     up_to: u64,
+    event_floor: u64,
 ) -> RedisResult<Outcome> {
     let value: Value = at
         .scripts
@@ -246,6 +257,7 @@ async fn read(
         .arg(token)
         .arg(conn.encode())
         .arg(up_to)
+        .arg(event_floor)
         .invoke_async(at.redis)
         .await?;
     let mut reply = Reply::new(value)?;
@@ -259,16 +271,19 @@ async fn read(
     })
 }
 
-/// The member leaves room `code` (`room_leave.lua`), then its session no longer names it.
+/// The member leaves room `code` (`room_leave.lua`), then its session no longer names it. The
+/// event goes above `event_floor`, as in a join.
 async fn leave_room(
     at: &mut At<'_>,
     code: RoomCode,
     token: SessionToken,
     conn: Conn,
+    event_floor: u64,
 ) -> RedisResult<Outcome> {
     let value: Value = on_room(&at.scripts.room_leave, code)
         .arg(token)
         .arg(conn.encode())
+        .arg(event_floor)
         .invoke_async(at.redis)
         .await?;
     match Reply::new(value)?.text()?.as_str() {
@@ -293,13 +308,15 @@ async fn leave_room(
 /// (`room_drop.lua`: held for `grace`, its grace period filed for whichever node sweeps it,
 /// since this one may be restarting; or given up, and the session with it), then the session
 /// (`session_end.lua`), which lives as long as the seat may. In a room the outcome is the
-/// seat's, outside one the session's, as in memory.
+/// seat's, outside one the session's, as in memory. The room's event goes above `event_floor`,
+/// as in a join.
 async fn drop_connection(
     at: &mut At<'_>,
     room: Option<RoomCode>,
     token: SessionToken,
     conn: Conn,
     grace: Duration,
+    event_floor: u64,
 ) -> RedisResult<Outcome> {
     let mut session_ttl = Duration::ZERO;
     let mut outcome = None;
@@ -309,6 +326,7 @@ async fn drop_connection(
             .arg(conn.encode())
             .arg(millis(grace))
             .arg(millis(grace + GRACE_MARGIN))
+            .arg(event_floor)
             .invoke_async(at.redis)
             .await?;
         let mut reply = Reply::new(value)?;
@@ -381,13 +399,16 @@ async fn take_session(
 
 /// Moves the seat of session `token` in room `code` onto connection `conn` and replays what it
 /// missed after `last_id` (`room_resume.lua`): listed first, named in the session after; a
-/// connection that still held the seat is to be closed (a notice).
+/// connection that still held the seat is to be closed (a notice). The event goes above
+/// `event_floor`, as in a join; and in a room whose history may have gone back (Redis
+/// restarted or failed over since a node vouched for it), `last_id` is the floor of its ids.
 async fn resume_seat(
     at: &mut At<'_>,
     code: RoomCode,
     token: SessionToken,
     conn: Conn,
     last_id: u64,
+    event_floor: u64,
     notices: &mut Vec<Notice>,
 ) -> RedisResult<Outcome> {
     list_room(at.scripts, at.redis, code, conn).await?;
@@ -398,6 +419,7 @@ async fn resume_seat(
         .arg(conn.node.to_string())
         .arg(last_id)
         .arg(millis(ROOM_TTL))
+        .arg(event_floor)
         .invoke_async(at.redis)
         .await?;
     let mut reply = Reply::new(value)?;

@@ -4,7 +4,9 @@
 -- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
 -- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
 -- h held until (absent while its connection is up), f first id it may be given, r read up to,
--- k its recent client_msg_ids (see room_chat.lua), kn how many.
+-- k its recent client_msg_ids (see room_chat.lua), kn how many. The room's own fields: last
+-- (its last chat id), lost (through which id its log has shed), vis (the first id a joiner
+-- sees), ev (its last event number), bytes, enc, kc (its key check), run (see vouch).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -60,10 +62,29 @@ local function raise_chat(room, log, floor)
   redis.call('HSET', room, 'last', floor, 'lost', floor, 'bytes', 0)
 end
 
--- The same for event numbers: they go above `floor`, the last one a node has told.
+-- The same for event numbers: they go above `floor`, the last one a node has told. A node that
+-- does not hear the room has told nothing (floor 0), and costs nothing here.
 local function raise_events(room, floor)
+  if floor == 0 then return end
   local ev = tonumber(redis.call('HGET', room, 'ev'))
   if ev and floor > ev then redis.call('HSET', room, 'ev', floor) end
+end
+
+-- Which redis-server process this is (its `run_id`): a restart or a failover makes a new one.
+local function this_run()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+
+-- A room's counters are vouched for in this run of Redis (field `run`) once a node that hears
+-- it has raised them to what it told (a repair, `room_state.lua`), or the room was made in
+-- this run. Until then its history may have gone back, and a member's word for how far it has
+-- read is the best floor there is (`room_resume.lua`); once vouched for, it is not needed.
+local function vouch(room)
+  redis.call('HSET', room, 'run', this_run())
+end
+
+local function vouched(room)
+  return redis.call('HGET', room, 'run') == this_run()
 end
 
 -- Gives `key` at least `ms` more to live.

@@ -7,5 +7,6 @@ redis.call('HSET', room, 'last', 0, 'vis', 1, 'lost', 0, 'ev', 0, 'bytes', 0, 'e
   'm1', tok, f(tok, 'n'), ARGV[2], f(tok, 'c'), ARGV[3], f(tok, 'o'), ARGV[4], f(tok, 'f'), 1,
   f(tok, 'r'), 0)
 if ARGV[7] ~= '' then redis.call('HSET', room, 'kc', ARGV[7]) end
+vouch(room)
 redis.call('PEXPIRE', room, ARGV[6])
 return 1

@@ -1,5 +1,5 @@
 -- Seats a guest under the two-member cap and the name rule, and gives it the history a joiner
--- sees. KEYS room log ch; ARGV tok name conn node ttl history_len
+-- sees. KEYS room log ch; ARGV tok name conn node ttl history_len event_floor
 --   -> {'OK', host name, host connected (0|1), last, ev, encrypted, key_check or '',
 --       history frames...}
 --    | {'ROOM_NOT_FOUND'} | {'ROOM_FULL'} | {'USERNAME_TAKEN'}
@@ -10,6 +10,7 @@ if not a then return {'ROOM_NOT_FOUND'} end
 if b then return {'ROOM_FULL'} end
 local host = redis.call('HMGET', room, f(a, 'n'), f(a, 'h'))
 if host[1] == name then return {'USERNAME_TAKEN'} end
+raise_events(room, tonumber(ARGV[7]))
 local last = tonumber(redis.call('HGET', room, 'last'))
 local vis = tonumber(redis.call('HGET', room, 'vis'))
 redis.call('HSET', room, 'm2', tok, f(tok, 'n'), name, f(tok, 'c'), ARGV[3], f(tok, 'o'), ARGV[4],

@@ -1,5 +1,5 @@
 -- A read receipt: receipts only move forward.
--- KEYS room ch; ARGV tok conn up_to -> {'OK'} | {'IGNORED'} | {'FUTURE', last} | {'GONE'} | {'MOVED'}
+-- KEYS room ch; ARGV tok conn up_to event_floor -> {'OK'} | {'IGNORED'} | {'FUTURE', last} | {'GONE'} | {'MOVED'}
 local room, ch, tok = KEYS[1], KEYS[2], ARGV[1]
 local err = check_live(room, tok, ARGV[2])
 if err then return {err} end
@@ -7,5 +7,6 @@ local up, last = tonumber(ARGV[3]), tonumber(redis.call('HGET', room, 'last'))
 if up > last then return {'FUTURE', last} end
 if up <= tonumber(redis.call('HGET', room, f(tok, 'r')) or '0') then return {'IGNORED'} end
 redis.call('HSET', room, f(tok, 'r'), up)
+raise_events(room, tonumber(ARGV[4]))
 event(room, ch, 'read', tok, redis.call('HGET', room, f(tok, 'n')), {up_to = up})
 return {'OK'}
