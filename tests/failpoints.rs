@@ -37,11 +37,7 @@ async fn start(
     let steady = Node::start(&args);
     let doomed = Node::start_with_env(&args, &[("CHAT_TEST_DIE_AT", point)]);
     for node in [&steady, &doomed] {
-        let deadline = Instant::now() + PATIENCE;
-        while node.healthz().await != 200 {
-            assert!(Instant::now() < deadline, "the node reaches Redis");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        healthy(node).await;
     }
     Some((turn, redis, steady, doomed))
 }
@@ -187,16 +183,7 @@ async fn dying_after_a_leave() {
     guest.expect_end().await;
     assert_eq!(host.expect("peer_left").await["username"], "bob");
     // Once the node is reaped (its beats run out of the live set), still nothing more.
-    let deadline = Instant::now() + 2 * PATIENCE;
-    while redis
-        .command(&["ZCARD", "chat:{nodes}:live"])
-        .await
-        .into_integer()
-        > 1
-    {
-        assert!(Instant::now() < deadline, "the dead node is reaped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    only_live_nodes(&redis, 1).await;
     host.expect_nothing_pending().await;
     everything_runs_out(&redis).await;
 }
@@ -233,4 +220,96 @@ async fn dying_before_a_create_seated_its_host() {
     host.expect_end().await;
     no_room_left(&redis).await;
     everything_runs_out(&redis).await;
+}
+
+/// The node dies after it listed a room for a resume and before it moved the seat: the seat
+/// stays where it was (held, its member having dropped), so the grace period ends as if the
+/// resume had never come: the peer is told `peer_left` once, and nothing else, not even when
+/// the dead node is reaped with the room in its list.
+#[tokio::test]
+async fn dying_after_a_resume_listed_its_room() {
+    let Some((_turn, redis, steady, doomed)) =
+        start("dying_after_a_resume_listed_its_room", "resume:listed").await
+    else {
+        return;
+    };
+    let (mut host, guest, _code) = pair_at(&steady.ws_url(), &steady.ws_url(), "ada", "bob").await;
+    let token = guest.session_token.clone();
+    drop(guest);
+    host.expect("peer_disconnected").await;
+    let mut back = TestClient::connect(&doomed.ws_url()).await;
+    back.send(json!({"type": "resume", "session_token": token, "last_id": 0}))
+        .await;
+    back.expect_end().await;
+    assert_eq!(host.expect("peer_left").await["username"], "bob");
+    only_live_nodes(&redis, 1).await;
+    host.expect_nothing_pending().await;
+    everything_runs_out(&redis).await;
+}
+
+/// A node dies while it reaps another: it has held the dead node's seats and not yet filed
+/// their grace periods. Its lease on the reap runs out, and the next node to judge takes the
+/// reap over and files them: the seat held by the reaper that died is swept when its grace
+/// period ends, and its peer, resumed on that next node, is told `peer_left`. Nothing is left.
+///
+/// Which node reaps is made certain by the order of starts: the reaper and the node it reaps
+/// are the only two nodes when the first dies; the third starts afterwards.
+#[tokio::test]
+async fn dying_while_reaping_leaves_the_reap_to_the_next_node() {
+    let test = "dying_while_reaping_leaves_the_reap_to_the_next_node";
+    if !redis_available(test) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let redis = RedisServer::start().await;
+    let args = ["--redis", &redis.url(), "--resume-grace", GRACE];
+    let reaper = Node::start_with_env(&args, &[("CHAT_TEST_DIE_AT", "reap:held")]);
+    let mut victim = Node::start(&args);
+    for node in [&reaper, &victim] {
+        healthy(node).await;
+    }
+    let (mut host, _guest, _code) = pair_at(&reaper.ws_url(), &victim.ws_url(), "ada", "bob").await;
+    let token = host.session_token.clone();
+    victim.sigkill();
+    // The reaper holds bob's seat, and dies before it files the grace period.
+    host.expect_end().await;
+
+    let next = Node::start(&args);
+    healthy(&next).await;
+    let mut host = TestClient::connect(&next.ws_url()).await;
+    host.send(json!({"type": "resume", "session_token": token, "last_id": 0}))
+        .await;
+    let resumed = host.expect("resumed").await;
+    assert_eq!(resumed["peer"], "bob", "{resumed}");
+    assert_eq!(resumed["peer_connected"], false, "{resumed}");
+    // The next node reaps the reaper, and then, once the reaper's lease has run out, the node
+    // the reaper had begun with.
+    only_live_nodes(&redis, 1).await;
+    assert_eq!(host.expect("peer_left").await["username"], "bob");
+    host.expect_nothing_pending().await;
+    everything_runs_out(&redis).await;
+}
+
+/// Waits until `node` answers `/healthz` with 200: it reaches Redis and its beats are recorded.
+async fn healthy(node: &Node) {
+    let deadline = Instant::now() + PATIENCE;
+    while node.healthz().await != 200 {
+        assert!(Instant::now() < deadline, "the node reaches Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `live` nodes are left in the live set: every dead node was reaped to the end
+/// (`node_forget.lua` takes it out once its rooms are done).
+async fn only_live_nodes(redis: &RedisServer, live: i64) {
+    let deadline = Instant::now() + 4 * PATIENCE;
+    while redis
+        .command(&["ZCARD", "chat:{nodes}:live"])
+        .await
+        .into_integer()
+        > live
+    {
+        assert!(Instant::now() < deadline, "the dead nodes are reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

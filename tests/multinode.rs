@@ -48,7 +48,8 @@ impl Setup {
         Setup::Memory(TestServer::with_config(config).await)
     }
 
-    /// `n` nodes on a Redis of their own, with `--resume-grace` [`GRACE`] and `args`; `None`
+    /// `n` nodes on a Redis of their own, with `--resume-grace` [`GRACE`] (unless `args` gives
+    /// another) and `args`; `None`
     /// where `redis-server` is missing (outside CI).
     async fn redis(test: &str, n: usize, args: &[&str]) -> Option<Self> {
         if !redis_available(test) {
@@ -56,7 +57,11 @@ impl Setup {
         }
         let turn = TURN.lock().await;
         let redis = RedisServer::start().await;
-        let mut all = vec!["--resume-grace", GRACE];
+        let mut all = if args.contains(&"--resume-grace") {
+            vec![]
+        } else {
+            vec!["--resume-grace", GRACE]
+        };
         all.extend_from_slice(args);
         let nodes = nodes(n, &redis.url(), &all);
         for node in &nodes {
@@ -1069,18 +1074,9 @@ async fn redis_losing_writes_hands_out_no_id_twice() {
     let token = guest.session_token.clone();
     drop(guest);
     host.expect("peer_disconnected").await;
-    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
-    let resumed = loop {
-        // Again while the node is still reconnecting to the restarted Redis.
-        back.send(json!({"type": "resume", "session_token": token, "last_id": 7}))
-            .await;
-        let answer = back.recv().await;
-        if answer["type"] == "resumed" {
-            break answer;
-        }
-        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Again while the node is still reconnecting to the restarted Redis.
+    let request = json!({"type": "resume", "session_token": token, "last_id": 7});
+    let (_back, resumed) = resume_until_answered(&nodes[2], request).await;
     assert_eq!(resumed["lost"], 3, "{resumed}");
     let missed: Vec<String> = chats(resumed["missed"].as_array().expect("missed"))
         .into_iter()
@@ -1099,7 +1095,11 @@ async fn redis_losing_writes_hands_out_no_id_twice() {
 #[tokio::test]
 async fn a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor() {
     let test = "a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor";
-    let Some((mut redis, nodes, _turn)) = three_nodes(test, &[]).await else {
+    // A grace period longer than the test: Redis comes back with both seats on their old
+    // connections, and should a node be slow to beat again after the restart and be reaped,
+    // the seats it held are still there to resume.
+    let Some((mut redis, nodes, _turn)) = three_nodes(test, &["--resume-grace", "60s"]).await
+    else {
         return;
     };
     let (mut host, mut guest, code) =
@@ -1129,16 +1129,28 @@ async fn a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor() {
     }
     redis.stop(); // What came after the SAVE is lost: the room's last id is 5 again.
     redis.start_again().await;
+    // Node 2 is back on both its connections (commands, and pub/sub: its control channel is
+    // subscribed again), so that the resumes below are not answered `UNAVAILABLE` half-way.
+    linked(&nodes[2]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while redis
+        .command(&["PUBSUB", "CHANNELS", "chat:{nodes}:ctl:*"])
+        .await
+        .into_strings()
+        .len()
+        < nodes.len()
+    {
+        assert!(Instant::now() < deadline, "the nodes listen again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let resume = |token: &str, last_id: u64| json!({"type": "resume", "session_token": token, "last_id": last_id});
-    let mut host = TestClient::connect(&nodes[2].ws_url()).await;
-    let resumed = until_answered(&mut host, resume(&host_token, 10), "resumed").await;
+    let (mut host, resumed) = resume_until_answered(&nodes[2], resume(&host_token, 10)).await;
     assert_eq!(resumed["missed"], json!([]), "{resumed}");
     let echo = send_until_accepted(&mut host, "after the restart").await;
     assert_eq!(echo["id"], 11, "{echo}");
 
-    let mut guest = TestClient::connect(&nodes[2].ws_url()).await;
-    let resumed = until_answered(&mut guest, resume(&guest_token, 10), "resumed").await;
+    let (_guest, resumed) = resume_until_answered(&nodes[2], resume(&guest_token, 10)).await;
     let missed = chats(resumed["missed"].as_array().expect("missed"));
     assert_eq!(
         missed,
@@ -1170,8 +1182,7 @@ async fn a_resume_from_beyond_the_last_id_does_not_raise_a_vouched_room() {
     host.expect("peer_disconnected").await;
     let resume =
         |last_id: u64| json!({"type": "resume", "session_token": token, "last_id": last_id});
-    let mut liar = TestClient::connect(&nodes[2].ws_url()).await;
-    let resumed = until_answered(&mut liar, resume(1_000_000), "resumed").await;
+    let (mut liar, resumed) = resume_until_answered(&nodes[2], resume(1_000_000)).await;
     assert_eq!(resumed["lost"], 0, "{resumed}");
     host.expect("peer_reconnected").await;
     host.chat("message 4").await;
@@ -1179,8 +1190,7 @@ async fn a_resume_from_beyond_the_last_id_does_not_raise_a_vouched_room() {
     assert_eq!(liar.expect("chat").await["id"], 4);
     drop(liar);
     host.expect("peer_disconnected").await;
-    let mut back = TestClient::connect(&nodes[2].ws_url()).await;
-    let resumed = until_answered(&mut back, resume(0), "resumed").await;
+    let (_back, resumed) = resume_until_answered(&nodes[2], resume(0)).await;
     let ids: Vec<u64> = chats(resumed["missed"].as_array().expect("missed"))
         .into_iter()
         .map(|(id, ..)| id)
@@ -1188,14 +1198,16 @@ async fn a_resume_from_beyond_the_last_id_does_not_raise_a_vouched_room() {
     assert_eq!(ids, vec![1, 2, 3, 4], "{resumed}");
 }
 
-/// Sends `request` until the node answers it with `wanted` rather than `UNAVAILABLE` (it is
-/// reconnecting to Redis); returns that answer.
-async fn until_answered(client: &mut TestClient, request: Value, wanted: &str) -> Value {
+/// Sends the `resume` `request` on a new connection to `node` until the node answers
+/// `resumed` rather than `UNAVAILABLE` (it is reconnecting to Redis), each time on a new
+/// connection, as the web client does; returns the connection that resumed, and its answer.
+async fn resume_until_answered(node: &Node, request: Value) -> (TestClient, Value) {
     loop {
+        let mut client = TestClient::connect(&node.ws_url()).await;
         client.send(request.clone()).await;
         let answer = client.recv().await;
-        if answer["type"] == wanted {
-            return answer;
+        if answer["type"] == "resumed" {
+            return (client, answer);
         }
         assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
         tokio::time::sleep(Duration::from_millis(100)).await;
