@@ -338,9 +338,15 @@ impl MemoryStore {
             return self.end_session(&token, conn);
         };
         if let Err(outcome) = self.check_seat(code, &token, conn) {
-            // No seat is held for this connection, so neither is its session: it ends, if it
-            // is still this connection's, rather than outlive it with nothing to resume.
-            self.end_session(&token, conn);
+            // The seat is another connection's: this one had taken the session over for a
+            // resume whose seat's step did not run (answered `UNAVAILABLE`). The session is
+            // kept, as the seat is, so that the member can resume again; in Redis for the grace
+            // period, here until the seat goes (`forget_session`). Without a grace period, or
+            // with no seat at all, it ends, if it is still this connection's, rather than
+            // outlive the seat with nothing to resume.
+            if !(matches!(outcome, Outcome::Moved) && !grace.is_zero()) {
+                self.end_session(&token, conn);
+            }
             return outcome;
         }
         if grace.is_zero() {

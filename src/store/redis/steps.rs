@@ -344,6 +344,16 @@ async fn drop_connection(
                 forget_session(at.scripts, at.redis, code, &token).await?;
                 Outcome::Done
             }
+            "MOVED" => {
+                // The seat is another connection's: this one had taken the session over for a
+                // resume whose seat's step did not run (answered `UNAVAILABLE`). The session
+                // lives as long as a held seat's, so that the member can resume again; without
+                // a grace period it ends.
+                if !grace.is_zero() {
+                    session_ttl = grace + GRACE_MARGIN;
+                }
+                Outcome::Moved
+            }
             other => seat_error(other),
         });
     }
