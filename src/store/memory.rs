@@ -344,7 +344,8 @@ impl MemoryStore {
             // period, here until the seat goes (`forget_session`). Without a grace period, or
             // with no seat at all, it ends, if it is still this connection's, rather than
             // outlive the seat with nothing to resume.
-            if !(matches!(outcome, Outcome::Moved) && !grace.is_zero()) {
+            let kept_for_a_resume = matches!(outcome, Outcome::Moved) && !grace.is_zero();
+            if !kept_for_a_resume {
                 self.end_session(&token, conn);
             }
             return outcome;
