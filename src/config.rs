@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
+
+use crate::store::redis::Target;
 use tokio_rustls::rustls::ServerConfig;
 
 /// What an operator can tune, from the command line or `CHAT_…` environment variables.
@@ -120,11 +122,12 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// Share rooms with other nodes through the Redis server at this URL, such as
-    /// redis://127.0.0.1:6379/: rooms, messages and sessions live in Redis, and the nodes tell
-    /// each other what happens in a room through Redis pub/sub (docs/scaling.md). Without it,
-    /// everything is kept in this process's memory.
-    #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL", value_parser = redis_url)]
-    pub redis: Option<redis::Client>,
+    /// redis://127.0.0.1:6379/, or through a Redis Cluster: several seed URLs, comma-separated,
+    /// or one URL whose server is a cluster node. Rooms, messages and sessions live in Redis,
+    /// and the nodes tell each other what happens in a room through Redis pub/sub
+    /// (docs/scaling.md). Without it, everything is kept in this process's memory.
+    #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL[,URL...]", value_parser = Target::parse)]
+    pub redis: Option<Target>,
 
     /// The TLS settings loaded from `tls_cert` and `tls_key` ([`crate::tls::server_config`]):
     /// when set, every connection is TLS, serving `wss://` and `https://` on the one port.
@@ -183,11 +186,6 @@ fn period(text: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(duration)
-}
-
-/// Parses a Redis URL (`redis://[user:password@]host[:port][/db]`).
-fn redis_url(text: &str) -> Result<redis::Client, String> {
-    redis::Client::open(text).map_err(|err| err.to_string())
 }
 
 /// Parses an amount of memory: a number of bytes, or a number followed by KiB, MiB or GiB.

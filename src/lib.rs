@@ -101,6 +101,11 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
     stop_actor: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let mut config = config;
+    if let Some(target) = config.redis.take() {
+        // One URL may name a node of a Redis Cluster: asked once, here.
+        config.redis = Some(target.resolve(store::redis::ANSWER_TIMEOUT).await);
+    }
     let metrics = Arc::new(Metrics::new());
     let (server, handle) = ChatServer::new(&config, Arc::clone(&metrics));
     // The actor runs until the last handle is dropped: the one in `app`, and the clones held by

@@ -31,13 +31,13 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRng, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
-use redis::aio::{MultiplexedConnection, PubSubStream};
+use redis::aio::PubSubStream;
 
 use chat_server::envelope::KeyCheck;
 use chat_server::metrics::Metrics;
 use chat_server::store::redis::scripts::{self, Scripts, keys};
 use chat_server::store::redis::steps;
-use chat_server::store::redis::{Floors, decode_event};
+use chat_server::store::redis::{Commands, Floors, decode_event};
 use chat_server::store::{
     ChatTail, Conn, Member, MemoryStore, NodeId, Notice, Outcome, RoomEvent, Step,
 };
@@ -258,7 +258,7 @@ struct RedisSide {
 
 /// What [`RedisSide`] runs steps with.
 struct RedisAt {
-    redis: MultiplexedConnection,
+    redis: Commands,
     scripts: Scripts,
     events: PubSubStream,
     fences: u64,
@@ -822,10 +822,12 @@ fn with_redis(test: &str, body: impl FnOnce()) {
     let server = runtime.block_on(RedisServer::start());
     let side = runtime.block_on(async {
         let client = redis::Client::open(server.url()).expect("a Redis URL");
-        let redis = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to Redis");
+        let redis = Commands::One(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to Redis"),
+        );
         let mut pubsub = client.get_async_pubsub().await.expect("a subscription");
         pubsub.psubscribe("chat:*").await.expect("subscribe");
         (redis, pubsub.into_on_message())

@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 use super::RedisEvent;
+use super::target::{Commands, Target};
 use crate::metrics::Metrics;
 
 /// How long a step may wait for its answer before it counts as failed.
@@ -30,9 +29,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The link, shared by every step and the supervisor.
 #[derive(Debug)]
 pub struct Link {
-    client: redis::Client,
+    target: Target,
     /// The connection while the link is up.
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<Commands>>,
     /// Whether the node can serve, for `/healthz`: cleared here when the link goes down, set by
     /// the beats (`node.rs`) when a beat is recorded while the link is up.
     serving: Arc<AtomicBool>,
@@ -41,9 +40,9 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(client: redis::Client, serving: Arc<AtomicBool>) -> Self {
+    pub fn new(target: Target, serving: Arc<AtomicBool>) -> Self {
         Link {
-            client,
+            target,
             current: Mutex::new(None),
             serving,
             trouble: Notify::new(),
@@ -51,7 +50,7 @@ impl Link {
     }
 
     /// The connection, if the link is up. A clone shares the one socket.
-    pub fn connection(&self) -> Option<MultiplexedConnection> {
+    pub fn connection(&self) -> Option<Commands> {
         self.current.lock().ok()?.clone()
     }
 
@@ -60,7 +59,7 @@ impl Link {
         self.trouble.notify_one();
     }
 
-    fn set(&self, connection: Option<MultiplexedConnection>) {
+    fn set(&self, connection: Option<Commands>) {
         if connection.is_none() {
             self.serving.store(false, Ordering::Relaxed);
         }
@@ -76,15 +75,9 @@ impl Link {
         events: mpsc::Sender<RedisEvent>,
         metrics: Arc<Metrics>,
     ) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(ANSWER_TIMEOUT))
-            .set_response_timeout(Some(ANSWER_TIMEOUT));
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let connected = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await;
+            let connected = self.target.connect(ANSWER_TIMEOUT).await;
             let mut connection = match connected {
                 Ok(connection) => connection,
                 Err(err) => {

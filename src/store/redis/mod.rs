@@ -22,6 +22,7 @@ mod reap;
 pub mod scripts;
 pub mod steps;
 mod sweep;
+mod target;
 mod wire;
 
 use std::collections::VecDeque;
@@ -38,8 +39,10 @@ use super::{Conn, NodeId, Notice, Outcome, RoomEvent, Step};
 use crate::metrics::Metrics;
 use crate::types::{ClientId, RoomCode, SessionToken};
 use bus::Bus;
+pub use link::ANSWER_TIMEOUT;
 use link::Link;
 use scripts::{Scripts, keys};
+pub use target::{Commands, Target};
 
 /// For the tests only (`testing`): reads a room event as the bus does, from what a script
 /// published on the room's channel, so that a test listening to Redis itself (`tests/
@@ -155,19 +158,24 @@ impl RedisStore {
     /// store and where its events arrive. Nothing is connected yet: the link connects in the
     /// background, and keeps trying while Redis is away.
     pub fn start(
-        client: redis::Client,
+        target: Target,
         node: NodeId,
         grace: Duration,
         metrics: Arc<Metrics>,
     ) -> (RedisStore, mpsc::Receiver<RedisEvent>) {
         let (events, received) = mpsc::channel(EVENT_QUEUE);
         let up = Arc::new(AtomicBool::new(false));
-        let link = Arc::new(Link::new(client.clone(), Arc::clone(&up)));
+        let link = Arc::new(Link::new(target.clone(), Arc::clone(&up)));
         let scripts = Arc::new(Scripts::new());
-        let bus = bus::start(client.clone(), node, events.clone(), Arc::clone(&metrics));
+        let bus = bus::start(
+            target.pubsub().clone(),
+            node,
+            events.clone(),
+            Arc::clone(&metrics),
+        );
         tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
         let watch = node::Watch {
-            client,
+            target,
             live: Arc::clone(&up),
             link: Arc::clone(&link),
             scripts: Arc::clone(&scripts),
@@ -337,14 +345,19 @@ impl RedisStore {
                     break; // The link failed: the next touch will do.
                 }
             }
-            let mut pipe = redis::pipe();
-            for token in &sessions {
-                pipe.cmd("PEXPIRE")
-                    .arg(keys::session(token))
-                    .arg(scripts::millis(scripts::SESSION_TTL))
-                    .ignore();
+            let renewals = sessions
+                .iter()
+                .map(|token| {
+                    let mut renew = redis::cmd("PEXPIRE");
+                    renew
+                        .arg(keys::session(token))
+                        .arg(scripts::millis(scripts::SESSION_TTL));
+                    renew
+                })
+                .collect();
+            if let Err(err) = redis.each(renewals).await {
+                warn!(cause = %err, "could not renew the sessions' keys: the next touch will");
             }
-            let _: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
         });
     }
 }

@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult};
+use redis::RedisResult;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::warn;
@@ -40,6 +39,7 @@ use super::link::Link;
 use super::reap::Reaper;
 use super::scripts::{self, Scripts, keys, millis};
 use super::sweep::Sweeper;
+use super::target::{Commands, Target};
 use crate::metrics::Metrics;
 use crate::store::NodeId;
 
@@ -80,7 +80,7 @@ impl Standing {
 /// What keeps the watch, as the store starts it.
 pub struct Watch {
     /// For the beats' own connection.
-    pub client: redis::Client,
+    pub target: Target,
     /// Whether the node counts itself alive, for `/healthz`.
     pub live: Arc<AtomicBool>,
     pub link: Arc<Link>,
@@ -114,7 +114,7 @@ impl Watch {
         };
         let beats = Beats {
             link: Arc::clone(&self.link),
-            client: self.client,
+            target: self.target,
             live: self.live,
             scripts: self.scripts,
             bus: self.bus,
@@ -132,8 +132,8 @@ impl Watch {
 struct Beats {
     /// The link that steps share: the node serves only while it is up.
     link: Arc<Link>,
-    /// Beats go over a connection of their own, made from this client.
-    client: redis::Client,
+    /// Beats go over a connection of their own, to this Redis.
+    target: Target,
     /// Whether the node can serve, for `/healthz`: set when a beat is recorded while the link
     /// is up, cleared when one is missed (and by the link when it goes down).
     live: Arc<AtomicBool>,
@@ -217,17 +217,11 @@ impl Beats {
 
     /// Records a beat, on the beats' connection (made first if there is none). `Ok(false)`:
     /// the node was found dead meanwhile.
-    async fn beat(&self, connection: &mut Option<MultiplexedConnection>) -> RedisResult<bool> {
+    async fn beat(&self, connection: &mut Option<Commands>) -> RedisResult<bool> {
         let redis = match connection {
             Some(redis) => redis,
             None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(BEAT_EVERY))
-                    .set_response_timeout(Some(BEAT_EVERY));
-                let redis = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
+                let redis = self.target.connect(BEAT_EVERY).await?;
                 // A new connection may reach a Redis that restarted, whose beats are all old:
                 // the node judges no one until its own have been recorded for DEAD_AFTER.
                 self.standing

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use super::target::Commands;
 use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -82,11 +82,7 @@ impl Reaper {
     }
 
     /// Reaps every node but `me` that has been silent for [`DEAD_AFTER`].
-    async fn reap_the_dead(
-        &self,
-        redis: &mut MultiplexedConnection,
-        me: NodeId,
-    ) -> RedisResult<()> {
+    async fn reap_the_dead(&self, redis: &mut Commands, me: NodeId) -> RedisResult<()> {
         let dead: Vec<String> = self
             .scripts
             .node_dead
@@ -106,12 +102,7 @@ impl Reaper {
     }
 
     /// Reaps one dead node, unless another node is doing it.
-    async fn reap(
-        &self,
-        redis: &mut MultiplexedConnection,
-        me: NodeId,
-        dead: NodeId,
-    ) -> RedisResult<()> {
+    async fn reap(&self, redis: &mut Commands, me: NodeId, dead: NodeId) -> RedisResult<()> {
         let rooms: Option<Vec<String>> = self
             .scripts
             .node_claim
@@ -172,7 +163,7 @@ impl Reaper {
     /// entries are filed again, in case an earlier reaper died before it filed them.
     async fn hold_seats(
         &self,
-        redis: &mut MultiplexedConnection,
+        redis: &mut Commands,
         dead: NodeId,
         rooms: &[RoomCode],
     ) -> RedisResult<Vec<Held>> {
@@ -220,31 +211,27 @@ impl Reaper {
     /// alive for its connection (an hour) would otherwise outlive the room by that much, the
     /// dead node being gone to shorten it. `PEXPIRE … LT` only ever shortens; a resume gives
     /// the session its full life back. One round trip for the batch.
-    async fn shorten_sessions(
-        &self,
-        redis: &mut MultiplexedConnection,
-        held: &[Held],
-    ) -> RedisResult<()> {
+    async fn shorten_sessions(&self, redis: &mut Commands, held: &[Held]) -> RedisResult<()> {
         if held.is_empty() {
             return Ok(());
         }
         let keep = millis(self.grace + scripts::GRACE_MARGIN);
-        let mut pipe = redis::pipe();
-        for (_, token, _) in held {
-            pipe.cmd("PEXPIRE")
-                .arg(keys::session(token))
-                .arg(keep)
-                .arg("LT")
-                .ignore();
-        }
-        pipe.query_async::<()>(redis).await
+        let shortened = held
+            .iter()
+            .map(|(_, token, _)| {
+                let mut shorten = redis::cmd("PEXPIRE");
+                shorten.arg(keys::session(token)).arg(keep).arg("LT");
+                shorten
+            })
+            .collect();
+        redis.each(shortened).await.map(drop)
     }
 
     /// Renews this node's lease on reaping `dead`. `false`: it ran out, and another node holds
     /// it now.
     async fn renew_lease(
         &self,
-        redis: &mut MultiplexedConnection,
+        redis: &mut Commands,
         me: NodeId,
         dead: NodeId,
     ) -> RedisResult<bool> {

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use super::target::Commands;
 use redis::{
     Cmd, ErrorKind, RedisResult, RedisWrite, Script, ScriptInvocation, ServerErrorKind,
     ToRedisArgs, Value,
@@ -275,7 +275,7 @@ impl Reply {
 /// Sets a field of the session `token`, while `conn` holds it. Returns whether it did.
 pub(super) async fn set_session(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     token: &SessionToken,
     conn: Conn,
     field: &str,
@@ -301,7 +301,7 @@ pub(super) async fn set_session(
 /// node has nobody there.
 pub(super) async fn list_room(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     code: RoomCode,
     conn: Conn,
 ) -> RedisResult<()> {
@@ -320,7 +320,7 @@ pub(super) async fn list_room(
 /// Files a held seat's deadline in the shared list that every node sweeps.
 pub async fn file_grace(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     code: RoomCode,
     token: &SessionToken,
     deadline: u64,
@@ -333,7 +333,7 @@ pub async fn file_grace(
 /// them.
 pub async fn file_graces(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     held: &[(RoomCode, SessionToken, u64)],
     grace: Duration,
 ) -> RedisResult<()> {
@@ -360,27 +360,24 @@ pub fn batched(script: &Script, keys: &[String]) -> Cmd {
     cmd
 }
 
-/// Sends `calls` of `script` (made by [`batched`]) in one pipeline, and returns their replies
-/// in order. Each call is atomic by itself, in its own room; only the round trip is shared,
+/// Sends `calls` of `script` (made by [`batched`]) in one pipeline (on a cluster, each to its
+/// room's shard, all at once: [`Commands::each`]), and returns their replies in order. Each
+/// call is atomic by itself, in its own room; only the round trip is shared,
 /// so a batch of rooms costs Redis what the rooms cost one by one, and the caller one await.
 /// A Redis that does not know the script (it restarted) is given it, and the batch sent again:
 /// the batched steps may run twice, so they must be idempotent.
 pub async fn run_batch(
     script: &Script,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     calls: Vec<Cmd>,
 ) -> RedisResult<Vec<Value>> {
     if calls.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for call in calls {
-        pipe.add_command(call);
-    }
-    match pipe.query_async(redis).await {
+    match redis.each(calls.clone()).await {
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(redis).await?;
-            pipe.query_async(redis).await
+            redis.each(calls).await
         }
         replies => replies,
     }
@@ -395,7 +392,7 @@ pub fn grace_entry(code: RoomCode, token: &SessionToken, deadline: u64) -> Strin
 /// session ends with the seat (in a second script: the session's key has another hash tag).
 pub async fn expire(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     code: RoomCode,
     token: &SessionToken,
     deadline: u64,
@@ -416,7 +413,7 @@ pub async fn expire(
 /// another room.
 pub async fn forget_session(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     code: RoomCode,
     token: &SessionToken,
 ) -> RedisResult<()> {
@@ -437,7 +434,7 @@ pub async fn forget_session(
 #[cfg(feature = "testing")]
 pub async fn reap_room(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     code: RoomCode,
     dead: crate::store::NodeId,
     grace: Duration,

@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use super::target::Commands;
 use redis::RedisResult;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::scripts::{
@@ -35,7 +35,7 @@ use crate::types::{RoomCode, SessionToken, Username};
 /// Where a step runs: the loaded scripts, and the connection to Redis.
 pub(super) struct At<'a> {
     pub scripts: &'a Scripts,
-    pub redis: &'a mut MultiplexedConnection,
+    pub redis: &'a mut Commands,
 }
 
 /// Runs `step` in Redis: its scripts, in order, and what they say becomes an outcome, and the
@@ -43,7 +43,7 @@ pub(super) struct At<'a> {
 /// `floors` is how far this node has told the step's room (see [`Floors`]).
 pub async fn run(
     scripts: &Scripts,
-    redis: &mut MultiplexedConnection,
+    redis: &mut Commands,
     step: Step,
     floors: Floors,
 ) -> RedisResult<(Outcome, Vec<Notice>)> {

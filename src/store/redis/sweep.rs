@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::target::Commands;
 use redis::RedisResult;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::warn;
@@ -70,7 +70,7 @@ impl Sweeper {
 
     /// Ends one batch of the grace periods that are due. Returns whether the batch was full,
     /// so that more may be due.
-    async fn sweep(&self, redis: &mut MultiplexedConnection) -> RedisResult<bool> {
+    async fn sweep(&self, redis: &mut Commands) -> RedisResult<bool> {
         let due: Vec<String> = self
             .scripts
             .grace_claim
