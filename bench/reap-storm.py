@@ -252,7 +252,7 @@ def main():
               f"(used_memory {redis_after / 2**20:.0f} MiB), setup CPU "
               f"{cpu_after_setup[3] - cpu_setup[3]:.1f} s")
 
-        lists = redis_cli(redis_port, "--raw", "KEYS", "chat:{nodes}:rooms:*").split()
+        lists = redis_cli(redis_port, "--raw", "KEYS", "chat:{node:*}:rooms").split()
         on_node1 = sum(1 for n in range(args.rooms) if 0 in placement(n, args.spread))
         dead_list = next(key for key in lists
                          if int(redis_cli(redis_port, "SCARD", key)) == on_node1)

@@ -1134,7 +1134,7 @@ async fn a_resume_no_node_could_raise_takes_the_members_last_id_as_the_floor() {
     linked(&nodes[2]).await;
     let deadline = Instant::now() + PATIENCE;
     while redis
-        .command(&["PUBSUB", "CHANNELS", "chat:{nodes}:ctl:*"])
+        .command(&["PUBSUB", "CHANNELS", "chat:{node:*}:ctl"])
         .await
         .into_strings()
         .len()

@@ -123,7 +123,7 @@ async fn a_node_dying_with_thousands_of_rooms_takes_no_other_down() {
 
     // The dead node's list is the one with every host's room.
     let mut dead_list = None;
-    for list in redis.keys("chat:{nodes}:rooms:*").await {
+    for list in redis.keys("chat:{node:*}:rooms").await {
         if redis.command(&["SCARD", &list]).await.into_integer() == ROOMS as i64 {
             dead_list = Some(list);
         }

@@ -27,7 +27,7 @@ mod wire;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use foldhash::HashMap as FastMap;
@@ -133,6 +133,9 @@ impl Lane {
 #[derive(Debug)]
 struct Shared {
     link: Arc<Link>,
+    /// Whether this node's beats are recorded (the `/healthz` flag): a member enters a room
+    /// only on a node the others watch, whose rooms they would reap should it die.
+    live: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
     bus: Bus,
     events: mpsc::Sender<RedisEvent>,
@@ -188,6 +191,7 @@ impl RedisStore {
         watch.start();
         let shared = Arc::new(Shared {
             link,
+            live: Arc::clone(&up),
             scripts,
             bus,
             events,
@@ -371,8 +375,13 @@ impl Shared {
             }
             _ => None,
         };
-        // A member enters a room only once this node hears the room, so that it misses none
-        // of what happens there after it entered.
+        // A member enters a room only on a node whose beats are recorded (its room list is one
+        // the others would reap), and once this node hears the room, so that it misses none of
+        // what happens there after it entered.
+        if entering.is_some() && !self.live.load(Ordering::Relaxed) {
+            self.metrics.redis.errors.increment(1);
+            return (Outcome::Unavailable, Vec::new());
+        }
         if let Some(code) = entering
             && !self.bus.subscribe(code).await
         {

@@ -230,19 +230,29 @@ impl Beats {
             }
         };
         let node = self.node();
+        // Two scripts, since a node's own keys and the live set are in different slots.
         let alive: i64 = self
+            .scripts
+            .node_alive
+            .key(keys::node_rooms(node))
+            .key(keys::node_dead(node))
+            .arg(millis(scripts::ROOM_TTL))
+            .invoke_async(redis)
+            .await?;
+        if alive == 0 {
+            return Ok(false);
+        }
+        let _: i64 = self
             .scripts
             .node_beat
             .key(keys::LIVE)
-            .key(keys::node_rooms(node))
-            .key(keys::node_dead(node))
             .key(keys::SINCE)
             .arg(node.to_string())
             .arg(millis(scripts::ROOM_TTL))
             .arg(millis(BEAT_GAP))
             .invoke_async(redis)
             .await?;
-        Ok(alive == 1)
+        Ok(true)
     }
 
     /// A beat sent at `sent` was recorded.

@@ -106,11 +106,9 @@ impl Reaper {
         let rooms: Option<Vec<String>> = self
             .scripts
             .node_claim
-            .key(keys::LIVE)
             .key(keys::node_rooms(dead))
             .key(keys::node_dead(dead))
             .key(keys::node_reaper(dead))
-            .arg(dead.to_string())
             .arg(millis(REAP_LEASE))
             .arg(millis(FENCE_FOR))
             .arg(me.to_string())
@@ -146,9 +144,14 @@ impl Reaper {
         let _: i64 = self
             .scripts
             .node_forget
-            .key(keys::LIVE)
             .key(keys::node_rooms(dead))
             .key(keys::node_reaper(dead))
+            .invoke_async(redis)
+            .await?;
+        let _: i64 = self
+            .scripts
+            .node_unlist
+            .key(keys::LIVE)
             .key(keys::SINCE)
             .arg(dead.to_string())
             .invoke_async(redis)

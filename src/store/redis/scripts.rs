@@ -79,27 +79,44 @@ pub mod keys {
     /// only once its own beats have been recorded for long enough.
     pub const SINCE: &str = "chat:{nodes}:since";
 
-    /// Held seats' deadlines, for whichever node sweeps them first (a sorted set).
-    pub const GRACE: &str = "chat:{nodes}:grace";
+    /// How many sorted sets the held seats' deadlines are spread over, each in a slot of its
+    /// own, so that on a Redis Cluster no one shard files and sweeps every grace period.
+    pub const GRACE_BUCKETS: usize = 8;
 
-    /// The rooms where a node has members (a set).
+    /// Held seats' deadlines, for whichever node sweeps them first (a sorted set): bucket
+    /// `bucket` of [`GRACE_BUCKETS`].
+    pub fn grace(bucket: usize) -> String {
+        format!("chat:{{grace:{bucket}}}")
+    }
+
+    /// The bucket of the grace periods of room `code`: always the same for a room.
+    pub fn grace_bucket(code: RoomCode) -> usize {
+        let hash = code.as_str().bytes().fold(0usize, |hash, byte| {
+            hash.wrapping_mul(31).wrapping_add(byte.into())
+        });
+        hash % GRACE_BUCKETS
+    }
+
+    /// The rooms where a node has members (a set). A node's keys share a hash tag of their
+    /// own (`{node:ID}`): on a Redis Cluster each node's bookkeeping sits in its own slot, and
+    /// the scripts that claim a dead node touch that slot only.
     pub fn node_rooms(node: NodeId) -> String {
-        format!("chat:{{nodes}}:rooms:{node}")
+        format!("chat:{{node:{node}}}:rooms")
     }
 
     /// Set when a node was found dead: should it come back, it must not carry on.
     pub fn node_dead(node: NodeId) -> String {
-        format!("chat:{{nodes}}:dead:{node}")
+        format!("chat:{{node:{node}}}:dead")
     }
 
     /// Held by the node that reaps a dead node.
     pub fn node_reaper(node: NodeId) -> String {
-        format!("chat:{{nodes}}:reap:{node}")
+        format!("chat:{{node:{node}}}:reap")
     }
 
     /// Where other nodes tell a node to close one of its connections (a pub/sub channel).
     pub fn node_control(node: NodeId) -> String {
-        format!("chat:{{nodes}}:ctl:{node}")
+        format!("chat:{{node:{node}}}:ctl")
     }
 }
 
@@ -124,10 +141,12 @@ pub struct Scripts {
     pub(super) session_take: Script,
     pub(super) session_forget: Script,
     pub(super) session_leave: Script,
+    pub(super) node_alive: Script,
     pub(super) node_beat: Script,
     pub(super) node_dead: Script,
     pub(super) node_claim: Script,
     pub(super) node_forget: Script,
+    pub(super) node_unlist: Script,
     pub(super) node_lease: Script,
     pub(super) node_room: Script,
     pub(super) grace_add: Script,
@@ -157,10 +176,12 @@ impl Scripts {
             session_take: Script::new(include_str!("lua/session_take.lua")),
             session_forget: Script::new(include_str!("lua/session_forget.lua")),
             session_leave: Script::new(include_str!("lua/session_leave.lua")),
+            node_alive: Script::new(include_str!("lua/node_alive.lua")),
             node_beat: Script::new(include_str!("lua/node_beat.lua")),
             node_dead: Script::new(include_str!("lua/node_dead.lua")),
             node_claim: Script::new(include_str!("lua/node_claim.lua")),
             node_forget: Script::new(include_str!("lua/node_forget.lua")),
+            node_unlist: Script::new(include_str!("lua/node_unlist.lua")),
             node_lease: Script::new(include_str!("lua/node_lease.lua")),
             node_room: Script::new(include_str!("lua/node_room.lua")),
             grace_add: Script::new(include_str!("lua/grace_add.lua")),
@@ -307,9 +328,7 @@ pub(super) async fn list_room(
 ) -> RedisResult<()> {
     let _: i64 = scripts
         .node_room
-        .key(keys::LIVE)
         .key(keys::node_rooms(conn.node))
-        .arg(conn.node.to_string())
         .arg(code.as_str())
         .arg(millis(ROOM_TTL))
         .invoke_async(redis)
@@ -329,25 +348,26 @@ pub async fn file_grace(
     file_graces(scripts, redis, &[(code, *token, deadline)], grace).await
 }
 
-/// Files many held seats' deadlines (`room, token, deadline`) in one call, as a reap holds
-/// them.
+/// Files many held seats' deadlines (`room, token, deadline`), as a reap holds them: one call
+/// per grace bucket they fall in ([`keys::grace_bucket`]), sent together.
 pub async fn file_graces(
     scripts: &Scripts,
     redis: &mut Commands,
     held: &[(RoomCode, SessionToken, u64)],
     grace: Duration,
 ) -> RedisResult<()> {
-    if held.is_empty() {
-        return Ok(());
-    }
-    let mut invocation = scripts.grace_add.key(keys::GRACE);
-    invocation.arg(millis(grace + GRACE_MARGIN));
+    let mut buckets: Vec<Option<Cmd>> = vec![None; keys::GRACE_BUCKETS];
     for (code, token, deadline) in held {
-        invocation
-            .arg(deadline)
-            .arg(grace_entry(*code, token, *deadline));
+        let bucket = keys::grace_bucket(*code);
+        let call = buckets[bucket].get_or_insert_with(|| {
+            let mut call = batched(&scripts.grace_add, &[keys::grace(bucket)]);
+            call.arg(millis(grace + GRACE_MARGIN));
+            call
+        });
+        call.arg(deadline).arg(grace_entry(*code, token, *deadline));
     }
-    let _: i64 = invocation.invoke_async(redis).await?;
+    let calls = buckets.into_iter().flatten().collect();
+    run_batch(&scripts.grace_add, redis, calls).await?;
     Ok(())
 }
 

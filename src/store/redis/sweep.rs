@@ -55,26 +55,28 @@ impl Sweeper {
             let Some(mut redis) = self.link.connection() else {
                 continue;
             };
-            loop {
-                match self.sweep(&mut redis).await {
-                    Ok(true) => tokio::time::sleep(SWEEP_PACE).await,
-                    Ok(false) => break,
-                    Err(err) => {
-                        warn!(cause = %err, "could not sweep grace periods");
-                        break;
+            for bucket in 0..keys::GRACE_BUCKETS {
+                loop {
+                    match self.sweep(&mut redis, bucket).await {
+                        Ok(true) => tokio::time::sleep(SWEEP_PACE).await,
+                        Ok(false) => break,
+                        Err(err) => {
+                            warn!(cause = %err, "could not sweep grace periods");
+                            break;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Ends one batch of the grace periods that are due. Returns whether the batch was full,
-    /// so that more may be due.
-    async fn sweep(&self, redis: &mut Commands) -> RedisResult<bool> {
+    /// Ends one batch of the grace periods that are due in `bucket`. Returns whether the batch
+    /// was full, so that more may be due.
+    async fn sweep(&self, redis: &mut Commands, bucket: usize) -> RedisResult<bool> {
         let due: Vec<String> = self
             .scripts
             .grace_claim
-            .key(keys::GRACE)
+            .key(keys::grace(bucket))
             .arg(millis(SWEEP_LEASE))
             .arg(SWEEP_BATCH)
             .invoke_async(redis)
@@ -96,7 +98,7 @@ impl Sweeper {
             .collect();
         scripts::run_batch(&self.scripts.room_expire, redis, calls).await?;
         let _: i64 = redis::cmd("ZREM")
-            .arg(keys::GRACE)
+            .arg(keys::grace(bucket))
             .arg(&due)
             .query_async(redis)
             .await?;

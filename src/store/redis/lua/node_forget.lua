@@ -1,5 +1,5 @@
--- A dead node's rooms are reaped: it is no longer listed. KEYS live rooms lock since; ARGV node
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+-- A dead node's rooms are reaped: its list and the reaper's claim go (its fence stays, should it
+-- come back). In the dead node's own slot; `node_unlist.lua` then takes it out of the live set.
+-- KEYS rooms lock
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1
