@@ -23,7 +23,7 @@ use super::RedisEvent;
 use super::failpoint;
 use super::link::Link;
 use super::node::{BEAT_EVERY, BEAT_GAP, DEAD_AFTER, Standing};
-use super::scripts::{self, Scripts, keys, millis};
+use super::scripts::{self, HeldSeat, Scripts, keys, millis};
 use crate::store::NodeId;
 use crate::types::{RoomCode, SessionToken};
 
@@ -54,9 +54,6 @@ pub struct Reaper {
     /// Closed once the actor has stopped, and the reaper with it.
     pub events: mpsc::Sender<RedisEvent>,
 }
-
-/// A seat that a reap holds for a resume, until `deadline` (Redis's time, in milliseconds).
-type Held = (RoomCode, SessionToken, u64);
 
 impl Reaper {
     /// Looks for dead nodes every [`BEAT_EVERY`], and reaps them.
@@ -169,7 +166,7 @@ impl Reaper {
         redis: &mut Commands,
         dead: NodeId,
         rooms: &[RoomCode],
-    ) -> RedisResult<Vec<Held>> {
+    ) -> RedisResult<Vec<HeldSeat>> {
         let dead_node = dead.to_string();
         let calls = rooms
             .iter()
@@ -190,15 +187,25 @@ impl Reaper {
             let Value::Array(seats) = reply else {
                 continue;
             };
-            for seat in seats.chunks(2) {
-                if let [Value::BulkString(token), Value::Int(deadline)] = seat
+            for seat in seats.chunks(3) {
+                if let [
+                    Value::BulkString(token),
+                    Value::Int(deadline),
+                    Value::Int(left),
+                ] = seat
                     && let Some(token) = std::str::from_utf8(token)
                         .ok()
                         .and_then(SessionToken::parse)
-                    && let Ok(deadline) = u64::try_from(*deadline)
+                    && let (Ok(deadline), Ok(left)) =
+                        (u64::try_from(*deadline), u64::try_from(*left))
                 {
                     if deadline > 0 {
-                        held.push((code, token, deadline));
+                        held.push(HeldSeat {
+                            code,
+                            token,
+                            deadline,
+                            left,
+                        });
                     } else {
                         // Given up (no grace period): its session goes with the seat, as in
                         // memory. Only with `--resume-grace 0s`, so one call each is fine.
@@ -214,16 +221,16 @@ impl Reaper {
     /// alive for its connection (an hour) would otherwise outlive the room by that much, the
     /// dead node being gone to shorten it. `PEXPIRE … LT` only ever shortens; a resume gives
     /// the session its full life back. One round trip for the batch.
-    async fn shorten_sessions(&self, redis: &mut Commands, held: &[Held]) -> RedisResult<()> {
+    async fn shorten_sessions(&self, redis: &mut Commands, held: &[HeldSeat]) -> RedisResult<()> {
         if held.is_empty() {
             return Ok(());
         }
         let keep = millis(self.grace + scripts::GRACE_MARGIN);
         let shortened = held
             .iter()
-            .map(|(_, token, _)| {
+            .map(|seat| {
                 let mut shorten = redis::cmd("PEXPIRE");
-                shorten.arg(keys::session(token)).arg(keep).arg("LT");
+                shorten.arg(keys::session(&seat.token)).arg(keep).arg("LT");
                 shorten
             })
             .collect();

@@ -336,35 +336,46 @@ pub(super) async fn list_room(
     Ok(())
 }
 
-/// Files a held seat's deadline in the shared list that every node sweeps.
+/// A seat held for a resume, as its room's script answered (`room_drop.lua`, `room_reap.lua`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldSeat {
+    pub code: RoomCode,
+    pub token: SessionToken,
+    /// When its grace period ends, by the clock of its room's shard; `0`: given up.
+    pub deadline: u64,
+    /// How many milliseconds it had left then, by that same clock.
+    pub left: u64,
+}
+
+/// Files a held seat's grace period in the shared buckets that every node sweeps.
 pub async fn file_grace(
     scripts: &Scripts,
     redis: &mut Commands,
-    code: RoomCode,
-    token: &SessionToken,
-    deadline: u64,
+    held: HeldSeat,
     grace: Duration,
 ) -> RedisResult<()> {
-    file_graces(scripts, redis, &[(code, *token, deadline)], grace).await
+    file_graces(scripts, redis, &[held], grace).await
 }
 
-/// Files many held seats' deadlines (`room, token, deadline`), as a reap holds them: one call
-/// per grace bucket they fall in ([`keys::grace_bucket`]), sent together.
+/// Files many held seats' grace periods, as a reap holds them: one call per grace bucket they
+/// fall in ([`keys::grace_bucket`]), sent together. Each is due when it has `left` no more by
+/// its bucket's clock, the clock that finds it due: one clock measures each grace period.
 pub async fn file_graces(
     scripts: &Scripts,
     redis: &mut Commands,
-    held: &[(RoomCode, SessionToken, u64)],
+    held: &[HeldSeat],
     grace: Duration,
 ) -> RedisResult<()> {
     let mut buckets: Vec<Option<Cmd>> = vec![None; keys::GRACE_BUCKETS];
-    for (code, token, deadline) in held {
-        let bucket = keys::grace_bucket(*code);
+    for seat in held {
+        let bucket = keys::grace_bucket(seat.code);
         let call = buckets[bucket].get_or_insert_with(|| {
             let mut call = batched(&scripts.grace_add, &[keys::grace(bucket)]);
             call.arg(millis(grace + GRACE_MARGIN));
             call
         });
-        call.arg(deadline).arg(grace_entry(*code, token, *deadline));
+        call.arg(seat.left)
+            .arg(grace_entry(seat.code, &seat.token, seat.deadline));
     }
     let calls = buckets.into_iter().flatten().collect();
     run_batch(&scripts.grace_add, redis, calls).await?;
@@ -449,7 +460,7 @@ pub async fn forget_session(
 /// For the tests only (`testing`): reaps room `code` of the dead node `dead` with
 /// `room_reap.lua`, and ends the sessions of the seats it gave up, as the watch does for each
 /// room of a node it found dead; returns the seats it holds (or gave up, deadline 0) with
-/// their deadlines. The node's listing, claim and grace entries are the watch's, and not done
+/// their deadlines (by the room's shard's clock). The node's listing, claim and grace entries are the watch's, and not done
 /// here: `tests/store_model.rs` checks what a reap does to a room against the in-memory store.
 #[cfg(feature = "testing")]
 pub async fn reap_room(
@@ -470,7 +481,9 @@ pub async fn reap_room(
     while let Ok(token) = reply.text() {
         let token = SessionToken::parse(&token)
             .ok_or_else(|| unexpected("a stored session that is not valid"))?;
-        seats.push((token, reply.number()?));
+        let deadline = reply.number()?;
+        let _left = reply.number()?;
+        seats.push((token, deadline));
     }
     for (token, _) in seats.iter().filter(|(_, deadline)| *deadline == 0) {
         forget_session(scripts, redis, code, token).await?;

@@ -19,8 +19,8 @@ use redis::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::scripts::{
-    GRACE_MARGIN, ROOM_TTL, Reply, SESSION_TTL, Scripts, expire, file_grace, forget_session, keys,
-    list_room, millis, on_room, set_session, unexpected,
+    GRACE_MARGIN, HeldSeat, ROOM_TTL, Reply, SESSION_TTL, Scripts, expire, file_grace,
+    forget_session, keys, list_room, millis, on_room, set_session, unexpected,
 };
 use super::{Floors, failpoint, wire};
 use crate::envelope::KeyCheck;
@@ -333,8 +333,14 @@ async fn drop_connection(
         outcome = Some(match reply.text()?.as_str() {
             "HELD" => {
                 let deadline = reply.number()?;
+                let held = HeldSeat {
+                    code,
+                    token,
+                    deadline,
+                    left: reply.number()?,
+                };
                 failpoint::reached("drop:held");
-                file_grace(at.scripts, at.redis, code, &token, deadline, grace).await?;
+                file_grace(at.scripts, at.redis, held, grace).await?;
                 failpoint::reached("drop:filed");
                 session_ttl = grace + GRACE_MARGIN;
                 Outcome::Held { deadline }
