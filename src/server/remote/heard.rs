@@ -46,6 +46,8 @@ pub(in crate::server) struct HeardRoom {
     queued: bool,
     /// Its last repair failed (Redis was away): it is tried again when the link is back.
     pub(super) failed: bool,
+    /// How many times the link had come back when its repair started (`Remote::link_returns`).
+    pub(super) repair_started_at: u64,
     /// Another repair is needed once this one is done.
     again: bool,
     /// During a repair: the room's state, read first, applied once its messages are in.
@@ -266,7 +268,7 @@ impl ChatServer {
 
     /// Puts room `code` in the queue of repairs, unless it is there already, or is being
     /// repaired, or nothing has been told there yet (the first entry sets where it stands).
-    fn queue_repair(&mut self, code: RoomCode) {
+    pub(super) fn queue_repair(&mut self, code: RoomCode) {
         let Some(room) = self.remote.rooms.get_mut(&code) else {
             return;
         };
@@ -280,7 +282,7 @@ impl ChatServer {
 
     /// Starts queued repairs while fewer than [`MAX_REPAIRS`] are in flight, and the link to
     /// Redis is not known to be down.
-    fn start_repairs(&mut self) {
+    pub(super) fn start_repairs(&mut self) {
         while self.remote.repairs_in_flight < MAX_REPAIRS && !self.remote.link_down {
             let Some(code) = self.remote.repair_queue.pop_front() else {
                 return;
@@ -293,6 +295,7 @@ impl ChatServer {
             }
             room.queued = false;
             room.repairing = true;
+            room.repair_started_at = self.remote.link_returns;
             self.remote.repairs_in_flight += 1;
             self.perform(Step::State { code }, Then::Repaired { code });
         }

@@ -64,6 +64,9 @@ pub(super) struct Remote {
     /// The link to Redis is known to be down: queued repairs wait for it to come back, rather
     /// than fail one after another.
     link_down: bool,
+    /// How many times the link has come back: a repair that fails after the link came back
+    /// since it started is tried again at once, rather than wait for a return already past.
+    link_returns: u64,
 }
 
 impl Remote {
@@ -197,6 +200,7 @@ impl ChatServer {
                 // Only the repairs that failed: events were lost only if the pub/sub connection
                 // was, and then the bus says so itself (`Resync`), once it listens again.
                 self.remote.link_down = false;
+                self.remote.link_returns += 1;
                 self.retry_bookkeeping();
                 self.repair_failed();
             }
@@ -296,12 +300,19 @@ impl ChatServer {
                 ..
             } => self.abandon_seat(client, code, token, self.resume_grace),
             Then::Repaired { code } | Then::Filled { code } => {
-                // Tried again once Redis is back (`RedisEvent::Link`).
+                // Tried again once Redis is back (`RedisEvent::Link`), or at once if it came
+                // back while this repair was in flight: that return is past.
+                let mut again = false;
                 if let Some(room) = self.remote.rooms.get_mut(&code) {
                     room.state = None;
                     room.failed = true;
+                    again = room.repair_started_at != self.remote.link_returns;
                 }
                 self.repair_ended(code);
+                if again {
+                    self.queue_repair(code);
+                    self.start_repairs();
+                }
             }
             _ => {}
         }
