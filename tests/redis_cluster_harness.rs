@@ -344,7 +344,8 @@ async fn failover_makes_the_replica_the_master_of_the_keys() {
 
 /// A master killed with SIGKILL is replaced by its replica once the others agree it failed:
 /// the cluster is ok again with three masters, the promoted one serving the keys written
-/// before (and new ones), with no replica of its own.
+/// before and taking new writes, with no replica of its own until the killed master is
+/// started again and rejoins as its replica, with the write it missed.
 #[tokio::test]
 async fn killed_master_is_replaced_by_its_replica() {
     if !redis_available("killed_master_is_replaced_by_its_replica") {
@@ -374,6 +375,20 @@ async fn killed_master_is_replaced_by_its_replica() {
         bulk("kept")
     );
     assert_eq!(cluster.command(promoted, &["SET", &key, "new"]).await, ok());
+
+    cluster.restart(master).await;
+    assert_eq!(cluster.replica_of(promoted).await, Some(master));
+    assert_eq!(cluster.master_of_slot(slot).await, promoted);
+    let mut reader = cluster.client(master).await;
+    assert_eq!(
+        reader.command(&["READONLY"]).await.expect("an answer"),
+        ok()
+    );
+    assert_eq!(
+        reader.command(&["GET", &key]).await.expect("an answer"),
+        bulk("new"),
+        "the returning master follows the promoted one"
+    );
 }
 
 /// A slot holding keys moves to another master in steps a test can act between. While it is

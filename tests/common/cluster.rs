@@ -79,7 +79,7 @@ struct ClusterNode {
     id: String,
     /// Its `--dir`, which holds its `nodes-PORT.conf`; removed with the node.
     dir: TempDir,
-    /// `None` once killed by [`RedisCluster::kill_master`].
+    /// `None` from [`RedisCluster::kill_master`] until [`RedisCluster::restart`].
     process: Option<Child>,
 }
 
@@ -97,22 +97,7 @@ impl ClusterNode {
         let dir = TempDir::new("chat-redis-cluster");
         for _ in 0..10 {
             let (port, bus_port) = (unclaimed_port(), unclaimed_port());
-            let config_file = format!("nodes-{port}.conf"); // In its `--dir`.
-            let bus_port_arg = bus_port.to_string();
-            let cluster_args = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus_port_arg,
-                "--cluster-config-file",
-                &config_file,
-                "--cluster-node-timeout",
-                NODE_TIMEOUT_MS,
-                // A replica's first sync starts at once instead of after five seconds.
-                "--repl-diskless-sync-delay",
-                "0",
-            ];
-            match launch_with(port, dir.path(), &cluster_args).await {
+            match Self::launch(port, bus_port, &dir).await {
                 Ok(process) => {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));
                     let id = match command(addr, &["CLUSTER", "MYID"]).await {
@@ -133,6 +118,28 @@ impl ClusterNode {
             }
         }
         panic!("redis-server found no free pair of ports in ten tries");
+    }
+
+    /// Starts `redis-server` in cluster mode on `port` and `bus_port`, with its state in
+    /// `dir`: a node that ran there before comes back as itself, with what it knew of the
+    /// cluster when it stopped.
+    async fn launch(port: u16, bus_port: u16, dir: &TempDir) -> Result<Child, StartError> {
+        let config_file = format!("nodes-{port}.conf"); // In its `--dir`.
+        let bus_port = bus_port.to_string();
+        let cluster_args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus_port,
+            "--cluster-config-file",
+            &config_file,
+            "--cluster-node-timeout",
+            NODE_TIMEOUT_MS,
+            // A replica's first sync starts at once instead of after five seconds.
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        launch_with(port, dir.path(), &cluster_args).await
     }
 
     /// Kills the process (SIGKILL) and waits until it is gone.
@@ -257,6 +264,11 @@ impl RedisCluster {
             .addr
     }
 
+    /// The master that owns the slot of `key`.
+    pub async fn master_of_key(&self, key: &str) -> SocketAddr {
+        self.master_of_slot(slot_of(key)).await
+    }
+
     /// Runs one command on the node at `addr`, on a new connection, and returns its reply
     /// (a redirection such as `MOVED` is an [`Reply::Error`] like any other).
     pub async fn command(&self, addr: SocketAddr, args: &[&str]) -> Reply {
@@ -320,7 +332,8 @@ impl RedisCluster {
     /// Kills the master at `addr` with SIGKILL, as a crash would, and returns once its replica
     /// has been promoted (the other masters vote it in after the node timeout) and the cluster
     /// has settled. Returns the promoted replica's address. What the master had not yet sent
-    /// to its replica is lost, as in production: use `WAIT` where a test needs it kept.
+    /// to its replica is lost, as in production: use `WAIT` where a test needs it kept. The
+    /// dead node can be brought back with [`RedisCluster::restart`].
     pub async fn kill_master(&mut self, addr: SocketAddr) -> SocketAddr {
         let view = self.view().await;
         let master = view.entry_at(addr);
@@ -346,6 +359,28 @@ impl RedisCluster {
         )
         .await;
         replica.addr
+    }
+
+    /// Starts the node at `addr` again after [`RedisCluster::kill_master`], on the same ports
+    /// and with the cluster state it had saved, as a supervisor would. It finds its slots
+    /// taken over and rejoins as a replica of the master that has them; returns once it is in
+    /// sync and the cluster has settled.
+    pub async fn restart(&mut self, addr: SocketAddr) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"));
+        assert!(!node.running(), "{addr} is running");
+        match ClusterNode::launch(node.port, node.bus_port, &node.dir).await {
+            Ok(process) => node.process = Some(process),
+            Err(StartError::PortTaken) => panic!(
+                "port {} or {} was taken while {addr} was down",
+                node.port, node.bus_port
+            ),
+            Err(StartError::Failed(log)) => panic!("{addr} did not start again:\n{log}"),
+        }
+        self.settle(&format!("{addr} rejoins the cluster")).await;
     }
 
     /// Starts moving `slot` from its master to the master at `to`: `to` is told it is
