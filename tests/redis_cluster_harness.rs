@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chat_server::types::RoomCode;
 use common::cluster::{RedisCluster, SLOTS, slot_of};
-use common::redis::{Reply, redis_available};
+use common::redis::{RedisClient, Reply, redis_available};
 
 fn ok() -> Reply {
     Reply::Status("OK".into())
@@ -38,6 +38,14 @@ fn room_code(n: u64) -> String {
             char::from(alphabet[digit])
         })
         .collect()
+}
+
+/// The next message pushed to `subscriber`.
+async fn next_push(subscriber: &mut RedisClient) -> Reply {
+    tokio::time::timeout(common::PATIENCE, subscriber.reply())
+        .await
+        .expect("a message within the patience period")
+        .expect("the subscriber's connection is open")
 }
 
 /// The key of room `code`'s hash, as the server names it.
@@ -262,12 +270,8 @@ async fn spublish_in_a_script_stays_in_its_shard_and_publish_goes_to_every_node(
         Reply::Integer(1),
         "one subscriber received it"
     );
-    let message = tokio::time::timeout(common::PATIENCE, subscriber.reply())
-        .await
-        .expect("the message within the patience period")
-        .expect("the subscriber's connection is open");
     assert_eq!(
-        message,
+        next_push(&mut subscriber).await,
         Reply::Array(Some(vec![bulk("smessage"), bulk(channel), bulk("hello")]))
     );
     let after = cluster.stats().await;
@@ -316,8 +320,8 @@ async fn spublish_in_a_script_stays_in_its_shard_and_publish_goes_to_every_node(
 }
 
 /// A manual failover (`CLUSTER FAILOVER` on a replica) leaves the cluster ok with the replica
-/// as the master of the slots: it serves the keys written before, the old master follows it
-/// and redirects to it.
+/// as the master of the slots: it serves the keys written before, the old master follows it,
+/// redirects to it, and has pushed `sunsubscribe` to its shard channels' subscribers.
 #[tokio::test]
 async fn failover_makes_the_replica_the_master_of_the_keys() {
     if !redis_available("failover_makes_the_replica_the_master_of_the_keys") {
@@ -329,8 +333,30 @@ async fn failover_makes_the_replica_the_master_of_the_keys() {
     let master = cluster.master_of_slot(slot).await;
     set_replicated(&cluster, master, &key, "kept").await;
     let replica = cluster.replica_of(master).await.expect("a replica");
+    let channel = "chat:{FA1L0V}:ch";
+    let mut subscriber = cluster.client(master).await;
+    assert_eq!(
+        subscriber
+            .command(&["SSUBSCRIBE", channel])
+            .await
+            .expect("an answer"),
+        Reply::Array(Some(vec![
+            bulk("ssubscribe"),
+            bulk(channel),
+            Reply::Integer(1)
+        ]))
+    );
 
     cluster.failover(replica).await;
+    assert_eq!(
+        next_push(&mut subscriber).await,
+        Reply::Array(Some(vec![
+            bulk("sunsubscribe"),
+            bulk(channel),
+            Reply::Integer(0)
+        ])),
+        "the demoted master drops its shard's subscribers"
+    );
 
     assert_eq!(cluster.master_of_slot(slot).await, replica);
     assert_eq!(cluster.command(replica, &["GET", &key]).await, bulk("kept"));
@@ -394,9 +420,12 @@ async fn killed_master_is_replaced_by_its_replica() {
 /// A slot holding keys moves to another master in steps a test can act between. While it is
 /// MIGRATING, the owner serves the keys it still holds, answers `ASK` for a missing one and
 /// `TRYAGAIN` to a script that declares both (as a script declaring a room's channel would
-/// get); once the keys are moved, it answers `ASK` for them too and the target serves them
-/// after `ASKING`. Once finished, the target owns the slot and every key, the old owner
-/// answers `MOVED`, and the cluster is ok. `migrate_slot` then moves it back in one go.
+/// get), and runs a room's step (its keys declared, its channel an argument) that `SPUBLISH`es
+/// to the slot's subscribers. Once the keys are moved, the owner answers `ASK` for them and for
+/// the step, and the target serves them after `ASKING`; a step run there publishes to no one,
+/// the subscribers being still on the owner. Once finished, the old owner pushes
+/// `sunsubscribe` to them and answers `MOVED`, the target owns the slot and every key, and
+/// the cluster is ok. `migrate_slot` then moves it back in one go.
 #[tokio::test]
 async fn migration_moves_a_slot_with_its_keys() {
     if !redis_available("migration_moves_a_slot_with_its_keys") {
@@ -422,6 +451,22 @@ async fn migration_moves_a_slot_with_its_keys() {
         assert_eq!(cluster.command(from, &["SET", key, key]).await, ok());
     }
 
+    let channel = format!("chat:{{{code}}}:ch");
+    let mut subscriber = cluster.client(from).await;
+    assert_eq!(
+        subscriber
+            .command(&["SSUBSCRIBE", &channel])
+            .await
+            .expect("an answer"),
+        Reply::Array(Some(vec![
+            bulk("ssubscribe"),
+            bulk(&channel),
+            Reply::Integer(1)
+        ]))
+    );
+    // A room's step: its keys declared, its channel an argument.
+    let step = "redis.call('GET', KEYS[1]) return redis.call('SPUBLISH', ARGV[1], ARGV[2])";
+
     let migration = cluster.begin_migration(slot, to).await;
     let ask = Reply::Error(format!("ASK {slot} {to}"));
     assert_eq!(
@@ -437,6 +482,17 @@ async fn migration_moves_a_slot_with_its_keys() {
         panic!("a script with a key not there yet is refused");
     };
     assert!(refusal.starts_with("TRYAGAIN"), "{refusal}");
+    assert_eq!(
+        cluster
+            .command(from, &["EVAL", step, "1", &keys[0], &channel, "during"])
+            .await,
+        Reply::Integer(1),
+        "a step whose keys are all still on the owner runs and publishes"
+    );
+    assert_eq!(
+        next_push(&mut subscriber).await,
+        Reply::Array(Some(vec![bulk("smessage"), bulk(&channel), bulk("during")]))
+    );
 
     assert_eq!(migration.move_keys().await, keys.len());
     assert_eq!(cluster.command(from, &["GET", &keys[0]]).await, ask);
@@ -446,8 +502,33 @@ async fn migration_moves_a_slot_with_its_keys() {
         asking.command(&["GET", &keys[0]]).await.expect("an answer"),
         bulk(&keys[0])
     );
+    assert_eq!(
+        cluster
+            .command(from, &["EVAL", step, "1", &keys[0], &channel, "moved"])
+            .await,
+        ask,
+        "the step is sent to the target"
+    );
+    assert_eq!(asking.command(&["ASKING"]).await.expect("an answer"), ok());
+    assert_eq!(
+        asking
+            .command(&["EVAL", step, "1", &keys[0], &channel, "unheard"])
+            .await
+            .expect("an answer"),
+        Reply::Integer(0),
+        "published on the target, where no one subscribes yet"
+    );
 
     migration.finish().await;
+    assert_eq!(
+        next_push(&mut subscriber).await,
+        Reply::Array(Some(vec![
+            bulk("sunsubscribe"),
+            bulk(&channel),
+            Reply::Integer(0)
+        ])),
+        "the old owner drops the slot's subscribers"
+    );
     assert_eq!(cluster.master_of_slot(slot).await, to);
     for key in &keys {
         assert_eq!(cluster.command(to, &["GET", key]).await, bulk(key));

@@ -217,7 +217,8 @@ impl RedisCluster {
         urls.join(",")
     }
 
-    /// The running masters, in the order of the slots they own (the owner of slot 0 first).
+    /// The running masters that own slots, in the order of their slots (the owner of slot 0
+    /// first).
     pub async fn masters(&self) -> Vec<SocketAddr> {
         let view = self.view().await;
         let mut masters: Vec<_> = view
@@ -230,8 +231,8 @@ impl RedisCluster {
         masters.into_iter().map(|(_, addr)| addr).collect()
     }
 
-    /// The running replicas, in the order of their masters in [`RedisCluster::masters`]; a
-    /// master whose replica took over from it after it was killed has none.
+    /// The running replicas, in the order of their masters in [`RedisCluster::masters`]. The
+    /// replica promoted in place of a killed master has none until that master is restarted.
     pub async fn replicas(&self) -> Vec<SocketAddr> {
         let mut replicas = Vec::new();
         for master in self.masters().await {
