@@ -244,11 +244,8 @@ impl RedisCluster {
     /// The running replica of `master`, if it has one.
     pub async fn replica_of(&self, master: SocketAddr) -> Option<SocketAddr> {
         let view = self.view().await;
-        let master_id = &view.entry_at(master).id;
-        view.0
-            .values()
-            .find(|entry| entry.master_id.as_ref() == Some(master_id) && !entry.failing)
-            .map(|entry| entry.addr)
+        view.replica_of(view.entry_at(master))
+            .map(|replica| replica.addr)
     }
 
     /// Every running node: masters and replicas.
@@ -323,9 +320,7 @@ impl RedisCluster {
         let id = self.node_at(replica).id.clone();
         expect_ok(replica, &["CLUSTER", "FAILOVER"]).await;
         self.settle_with(&format!("{replica} takes over as master"), |view| {
-            let entry = view.entry(&id);
-            (!entry.is_master || entry.slots.is_empty())
-                .then(|| format!("{replica} is not a master with slots yet"))
+            view.not_yet_master(&id)
         })
         .await;
     }
@@ -340,9 +335,7 @@ impl RedisCluster {
         let master = view.entry_at(addr);
         assert!(master.is_master, "{addr} is not a master");
         let replica = view
-            .0
-            .values()
-            .find(|entry| entry.master_id.as_ref() == Some(&master.id) && !entry.failing)
+            .replica_of(master)
             .unwrap_or_else(|| panic!("{addr} has no replica to take over"))
             .clone();
         self.nodes
@@ -352,11 +345,7 @@ impl RedisCluster {
             .kill();
         self.settle_with(
             &format!("{} takes over from the killed {addr}", replica.addr),
-            |view| {
-                let entry = view.entry(&replica.id);
-                (!entry.is_master || entry.slots.is_empty())
-                    .then(|| format!("{} is not a master with slots yet", replica.addr))
-            },
+            |view| view.not_yet_master(&replica.id),
         )
         .await;
         replica.addr
@@ -685,6 +674,20 @@ impl View {
             .values()
             .find(|entry| entry.addr == addr)
             .unwrap_or_else(|| panic!("{addr} is not in {self:?}"))
+    }
+
+    /// The running replica of `master`, if it has one.
+    fn replica_of(&self, master: &Entry) -> Option<&Entry> {
+        self.0
+            .values()
+            .find(|entry| entry.master_id.as_ref() == Some(&master.id) && !entry.failing)
+    }
+
+    /// Why the node `id` is not yet a master with slots, if it is not.
+    fn not_yet_master(&self, id: &str) -> Option<String> {
+        let entry = self.entry(id);
+        (!entry.is_master || entry.slots.is_empty())
+            .then(|| format!("{} is not yet a master with slots", entry.addr))
     }
 
     fn owner_of(&self, slot: u16) -> Option<&Entry> {
