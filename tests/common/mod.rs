@@ -428,6 +428,7 @@ impl TestClient {
     }
 }
 pub mod browser;
+pub mod cluster;
 pub mod e2e;
 pub mod redis;
 

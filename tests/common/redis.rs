@@ -91,7 +91,7 @@ pub struct RedisServer {
 }
 
 /// Why a `redis-server` did not come up.
-enum StartError {
+pub enum StartError {
     /// Another process holds the port: try another.
     PortTaken,
     /// Anything else, with what it logged.
@@ -216,11 +216,17 @@ impl Drop for RedisServer {
 /// Starts `redis-server` on `port` with `dir` as its directory and waits until it says that it
 /// accepts connections, or until it exits.
 async fn launch(port: u16, dir: &Path) -> Result<Child, StartError> {
+    launch_with(port, dir, &[]).await
+}
+
+/// [`launch`] with `extra_args` after the usual ones (the cluster's settings).
+pub async fn launch_with(port: u16, dir: &Path, extra_args: &[&str]) -> Result<Child, StartError> {
     let mut process = Command::new(REDIS_SERVER)
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
         .arg(dir)
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(extra_args)
         .args(["--logfile", ""]) // stdout
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -333,8 +339,9 @@ impl RedisClient {
         self.reply().await
     }
 
-    /// Reads one reply; an array's items are read by calling itself, hence the box.
-    fn reply(
+    /// Reads one reply (or a message pushed to a subscriber); an array's items are read by
+    /// calling itself, hence the box.
+    pub fn reply(
         &mut self,
     ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Reply>> + Send + '_>> {
         Box::pin(async move {
