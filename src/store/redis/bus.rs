@@ -78,14 +78,15 @@ impl Bus {
 /// left (or a new node id), given at the actor's pace, and the bus takes them even while Redis
 /// is away (answering `false` to a subscription at once).
 pub fn start(
-    client: redis::Client,
+    servers: Vec<redis::Client>,
     node: NodeId,
     events: mpsc::Sender<RedisEvent>,
     metrics: Arc<Metrics>,
 ) -> Bus {
     let (control, orders) = mpsc::unbounded_channel();
     let bus = Task {
-        client,
+        servers,
+        next: 0,
         node,
         rooms: HashSet::new(),
         orders,
@@ -98,7 +99,11 @@ pub fn start(
 }
 
 struct Task {
-    client: redis::Client,
+    /// Where it may listen: the one Redis, or each seed of a cluster (a plain `SUBSCRIBE` on
+    /// any node of a cluster hears every `PUBLISH`), tried in turn.
+    servers: Vec<redis::Client>,
+    /// The one to try next.
+    next: usize,
     node: NodeId,
     /// The rooms whose channels the node listens to, to subscribe again after a reconnect.
     rooms: HashSet<RoomCode>,
@@ -113,8 +118,10 @@ impl Task {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let connected =
-                tokio::time::timeout(ANSWER_TIMEOUT, self.client.get_async_pubsub()).await;
+            let server = &self.servers[self.next % self.servers.len()];
+            // The next attempt, after this connection is lost or refused, tries the next one.
+            self.next += 1;
+            let connected = tokio::time::timeout(ANSWER_TIMEOUT, server.get_async_pubsub()).await;
             match connected {
                 Ok(Ok(pubsub)) => {
                     backoff = Duration::from_millis(100);

@@ -170,12 +170,7 @@ impl RedisStore {
         let up = Arc::new(AtomicBool::new(false));
         let link = Arc::new(Link::new(target.clone(), Arc::clone(&up)));
         let scripts = Arc::new(Scripts::new());
-        let bus = bus::start(
-            target.pubsub().clone(),
-            node,
-            events.clone(),
-            Arc::clone(&metrics),
-        );
+        let bus = bus::start(target.pubsub(), node, events.clone(), Arc::clone(&metrics));
         tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
         let watch = node::Watch {
             target,

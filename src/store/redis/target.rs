@@ -25,7 +25,7 @@ pub enum Target {
     Cluster {
         /// Boxed: it is large, and a `Target` is mostly the one server.
         client: Box<ClusterClient>,
-        /// The seeds as given: the bus subscribes through the first that answers.
+        /// The seeds as given: the bus subscribes through one of them.
         seeds: Vec<redis::Client>,
     },
 }
@@ -123,12 +123,12 @@ impl Target {
         }
     }
 
-    /// The server the bus subscribes through: the one server, or a cluster's first seed (a
-    /// plain `SUBSCRIBE` on any node of a cluster hears every `PUBLISH`).
-    pub fn pubsub(&self) -> &redis::Client {
+    /// The servers the bus may subscribe through, in turn: the one server, or each seed of a
+    /// cluster (a plain `SUBSCRIBE` on any node of a cluster hears every `PUBLISH`).
+    pub fn pubsub(&self) -> Vec<redis::Client> {
         match self {
-            Target::One(client) => client,
-            Target::Cluster { seeds, .. } => &seeds[0],
+            Target::One(client) => vec![client.clone()],
+            Target::Cluster { seeds, .. } => seeds.clone(),
         }
     }
 }
