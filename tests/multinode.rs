@@ -423,6 +423,44 @@ async fn retry_ids_are_matched_whole(setup: &Setup) {
 }
 on_both_stores!(retry_ids_are_matched_whole);
 
+/// The sender's last 100 `client_msg_id`s are remembered, and no more: a repeat of the 100th
+/// last is answered with its original, while the 101st last (and older) is a new message, which
+/// the peer receives, and counts from then on. 111 messages, so that Redis has dropped old
+/// entries from its buckets of recent ids.
+async fn exactly_the_last_100_ids_are_remembered(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    let mut sent = Vec::new();
+    for n in 0..111 {
+        host.send(json!({"type": "chat", "content": "x", "client_msg_id": format!("n-{n}")}))
+            .await;
+        let chat = host.expect("chat").await;
+        assert_eq!(guest.expect("chat").await, chat);
+        sent.push(chat);
+    }
+    // n-11 is the 100th last: a repeat.
+    host.send(json!({"type": "chat", "content": "x", "client_msg_id": "n-11"}))
+        .await;
+    assert_eq!(host.expect("chat").await, sent[11], "the 100th last, again");
+    guest.expect_nothing_pending().await;
+    // n-10 is the 101st last, and n-0 older still: new messages, one after the other.
+    let mut next = sent[110]["id"].as_u64().expect("id");
+    for old in ["n-10", "n-0"] {
+        host.send(json!({"type": "chat", "content": "x", "client_msg_id": old}))
+            .await;
+        let again = host.expect("chat").await;
+        next += 1;
+        assert_eq!(again["id"].as_u64(), Some(next), "{old} is a new message");
+        assert_eq!(guest.expect("chat").await, again);
+        sent.push(again);
+    }
+    // Used again, an id counts from its new use.
+    host.send(json!({"type": "chat", "content": "x", "client_msg_id": "n-10"}))
+        .await;
+    assert_eq!(host.expect("chat").await, sent[111], "n-10's new message");
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(exactly_the_last_100_ids_are_remembered);
+
 /// The name rule and the cap: a joiner with the host's name is refused, and a third is refused.
 async fn names_and_the_cap(setup: &Setup) {
     let (_host, _guest, code) = setup.pair("ada", "bob").await;

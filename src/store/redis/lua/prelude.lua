@@ -4,7 +4,8 @@
 -- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
 -- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
 -- h held until (absent while its connection is up), f first id it may be given, r read up to,
--- k its recent client_msg_ids (see room_chat.lua), kn how many.
+-- kn how many messages it sent with a client_msg_id and k0..k7 the recent ones (see
+-- room_chat.lua).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -98,14 +99,18 @@ local function check_live(room, tok, conn, ...)
   return false, unpack(s, 5, 4 + #wanted)
 end
 
-local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k', 'kn'}
+-- Written out rather than built: the prelude runs before every script, every chat included.
+local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'kn',
+  'k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7'}
 
 -- Takes `tok` out of the room: the member who stays is told and becomes the host, or the room's
 -- keys go if nobody stays.
 local function remove_member(room, log, ch, tok, reason)
   local a, b = seats(room)
   local name = redis.call('HGET', room, f(tok, 'n'))
-  for _, x in ipairs(SEAT_FIELDS) do redis.call('HDEL', room, f(tok, x)) end
+  local fields = {}
+  for _, x in ipairs(SEAT_FIELDS) do fields[#fields + 1] = f(tok, x) end
+  redis.call('HDEL', room, unpack(fields))
   local rest
   if a == tok then rest = b else rest = a end
   if not rest then

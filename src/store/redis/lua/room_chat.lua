@@ -5,19 +5,36 @@
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
-local err, recent, count = check_live(room, tok, ARGV[2], 'k', 'kn')
+-- The sender's recent client_msg_ids: `kn` counts the messages it sent with one, and the n-th
+-- is an entry "\n<client_msg_id>\t<n>\t<message id>" at the end of one of eight bucket fields,
+-- k0..k7, chosen by a hash of the id. So a chat reads and rewrites one small bucket (a dozen
+-- entries, about 600 bytes with ids of 36 characters), never one string of all 100, and a
+-- repeat can only be in the bucket of its id. An entry is among the last 100 if its n is above
+-- kn - 100; older ones stay until their bucket is next written, which drops them (they are at
+-- its start: entries are appended in order). The id has its backslashes, newlines and tabs
+-- escaped, so that a plain search for "\n<id>\t" can only match a whole entry. (Decoding and
+-- encoding JSON cost Redis more than the rest of the script.)
+local KEEP = 100
+local err, sent, bucket, entry, field
+if cm == '' then
+  err = check_live(room, tok, ARGV[2])
+else
+  field = 'k' .. tonumber(string.sub(redis.sha1hex(cm), 1, 2), 16) % 8
+  err, sent, bucket = check_live(room, tok, ARGV[2], 'kn', field)
+end
 if err then return {err} end
--- The sender's recent client_msg_ids are one string of entries "\n<id>\t<message id>", the id
--- with its backslashes, newlines and tabs escaped: a plain search for "\n<id>\t" can only
--- match a whole entry. (Decoding and encoding them as JSON cost Redis more than the rest of
--- the script.)
-local entry
+sent = tonumber(sent) or 0
 if cm ~= '' then
+  bucket = bucket or ''
   entry = '\n' .. (cm:gsub('[\\\n\t]', {['\\'] = '\\\\', ['\n'] = '\\n', ['\t'] = '\\t'})) .. '\t'
-  local at = recent and string.find(recent, entry, 1, true)
-  if at then
-    local original = tonumber(string.match(recent, '^%d+', at + #entry))
+  -- At most one entry of the id: when an id too old to count is used again, writing it drops
+  -- the old entry, and every entry before it, older still.
+  local at = string.find(bucket, entry, 1, true)
+  local n, original
+  if at then n, original = string.match(bucket, '^(%d+)\t(%d+)', at + #entry) end
+  if n and tonumber(n) > sent - KEEP then
     local last = tonumber(redis.call('HGET', room, 'last'))
+    original = tonumber(original)
     return {'DUP', entries(log, last, original, original)[1] or ''}
   end
 end
@@ -45,12 +62,14 @@ while length > max_messages or bytes > max_bytes do
   length = length - 1
 end
 if entry then
-  recent, count = (recent or '') .. entry .. id, (tonumber(count) or 0) + 1
-  if count > 100 then
-    local second = string.find(recent, '\n', 2, true)
-    recent, count = string.sub(recent, second), count - 1
+  sent = sent + 1
+  -- The entries no longer among the last 100 go: they are the bucket's first.
+  local n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+  while n and n <= sent - KEEP do
+    bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
+    n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
   end
-  redis.call('HSET', room, f(tok, 'k'), recent, f(tok, 'kn'), count)
+  redis.call('HSET', room, f(tok, field), bucket .. entry .. sent .. '\t' .. id, f(tok, 'kn'), sent)
 end
 redis.call('PUBLISH', ch, 'C' .. id .. '|' .. tok .. '|' .. frame)
 return {'OK', id}
