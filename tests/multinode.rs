@@ -209,6 +209,56 @@ async fn typing_stops_before_what_ended_it(setup: &Setup) {
 }
 on_both_stores!(typing_stops_before_what_ended_it);
 
+/// A member who joins while the host is typing never hears `typing`, but is told
+/// `stop_typing` before the message the typing turned into, as any peer is.
+async fn a_joiner_hears_typing_end_before_the_message(setup: &Setup) {
+    let mut host = setup.named(0, "ada").await;
+    let code = host.create_room().await;
+    host.send(json!({"type": "typing"})).await;
+    let mut guest = setup.named(1, "bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    host.chat("typed while bob came").await;
+    assert_eq!(guest.expect("stop_typing").await["username"], "ada");
+    assert_eq!(
+        guest.expect("chat").await["content"],
+        "typed while bob came"
+    );
+    host.expect("chat").await;
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(a_joiner_hears_typing_end_before_the_message);
+
+/// A message that ends its sender's typing is one publish in Redis: the message itself tells
+/// the peer's node that the typing ended, with no `StopTyping` of its own.
+#[tokio::test]
+async fn a_typed_message_is_one_publish() {
+    let Some(Setup::Redis { redis, nodes, .. }) =
+        Setup::redis("a_typed_message_is_one_publish", 2, &[]).await
+    else {
+        return;
+    };
+    let (mut host, mut guest, _) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    host.send(json!({"type": "typing"})).await;
+    guest.expect("typing").await;
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+    host.chat("done typing").await;
+    assert_eq!(guest.expect("stop_typing").await["username"], "ada");
+    guest.expect("chat").await;
+    host.expect("chat").await;
+    let stats = match redis.command(&["INFO", "commandstats"]).await {
+        Reply::Bulk(Some(stats)) => stats,
+        other => panic!("INFO answers with a string, not {other:?}"),
+    };
+    let publishes = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map(|calls| calls.parse::<u64>().expect("a count"));
+    assert_eq!(publishes, Some(1), "{stats}");
+}
+
 /// A joiner gets the conversation so far; once a member leaves, the next joiner gets nothing
 /// of what was said before.
 async fn history_for_joiners_and_its_end(setup: &Setup) {

@@ -1,7 +1,10 @@
 -- Appends a message with the room's next id, within the room's bounds, and publishes it. A
 -- repeat of a client_msg_id among the sender's last 100 is not stored again.
--- `floor` is the last id the sender's node has told in this room (see raise_chat).
+-- `floor` is the last id the sender's node has told in this room (see raise_chat); `ends_typing`
+-- (1 or 0) whether the sender was typing until now: the message is then published as `S`
+-- rather than `C`, and the peer's node tells `stop_typing` before it (see wire.rs).
 -- KEYS room log ch; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes floor
+--   ends_typing
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
@@ -71,5 +74,7 @@ if entry then
   end
   redis.call('HSET', room, f(tok, field), bucket .. entry .. sent .. '\t' .. id, f(tok, 'kn'), sent)
 end
-redis.call('PUBLISH', ch, 'C' .. id .. '|' .. tok .. '|' .. frame)
+local kind = 'C'
+if ARGV[8] == '1' then kind = 'S' end
+redis.call('PUBLISH', ch, kind .. id .. '|' .. tok .. '|' .. frame)
 return {'OK', id}
