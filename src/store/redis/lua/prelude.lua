@@ -86,17 +86,23 @@ local function check(room, tok, conn)
 end
 
 -- `check`, and `GONE` too if the seat is held: its connection was given up for dead (its node
--- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the seat's
--- fields named in `...`, read in the same call (false where absent).
-local function check_live(room, tok, conn, ...)
-  local wanted = {...}
+-- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the room's
+-- fields named in `room_fields` and the seat's in `seat_fields`, read in the same call (false
+-- where absent).
+local function check_live_reading(room, tok, conn, room_fields, seat_fields)
   local fields = {'m1', 'm2', f(tok, 'c'), f(tok, 'h')}
-  for _, x in ipairs(wanted) do fields[#fields + 1] = f(tok, x) end
+  for _, x in ipairs(room_fields) do fields[#fields + 1] = x end
+  for _, x in ipairs(seat_fields) do fields[#fields + 1] = f(tok, x) end
   local s = redis.call('HMGET', room, unpack(fields))
   if s[1] ~= tok and s[2] ~= tok then return 'GONE' end
   if s[3] ~= conn then return 'MOVED' end
   if s[4] then return 'GONE' end
-  return false, unpack(s, 5, 4 + #wanted)
+  return false, unpack(s, 5, #fields)
+end
+
+-- `check_live_reading`, with the seat's fields named in `...`.
+local function check_live(room, tok, conn, ...)
+  return check_live_reading(room, tok, conn, {}, {...})
 end
 
 -- Written out rather than built: the prelude runs before every script, every chat included.

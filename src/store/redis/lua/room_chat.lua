@@ -6,6 +6,10 @@
 -- KEYS room log ch; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes floor
 --   ends_typing
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
+--
+-- Every chat runs this, so it makes few calls: one read of all it needs from the room's hash,
+-- the log's RPUSH, one write of the room's hash, the PUBLISH (and a trim's LPOPs). The script
+-- runs atomically, so reading a counter and writing it back is as safe as HINCRBY.
 local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
 local tok, cm = ARGV[1], ARGV[4]
 -- The sender's recent client_msg_ids: `kn` counts the messages it sent with one, and the n-th
@@ -18,15 +22,16 @@ local tok, cm = ARGV[1], ARGV[4]
 -- escaped, so that a plain search for "\n<id>\t" can only match a whole entry. (Decoding and
 -- encoding JSON cost Redis more than the rest of the script.)
 local KEEP = 100
-local err, sent, bucket, entry, field
+local err, last, bytes, sent, bucket, entry, field
 if cm == '' then
-  err = check_live(room, tok, ARGV[2])
+  err, last, bytes = check_live_reading(room, tok, ARGV[2], {'last', 'bytes'}, {})
 else
   field = 'k' .. tonumber(string.sub(redis.sha1hex(cm), 1, 2), 16) % 8
-  err, sent, bucket = check_live(room, tok, ARGV[2], 'kn', field)
+  err, last, bytes, sent, bucket =
+    check_live_reading(room, tok, ARGV[2], {'last', 'bytes'}, {'kn', field})
 end
 if err then return {err} end
-sent = tonumber(sent) or 0
+last, bytes, sent = tonumber(last), tonumber(bytes) or 0, tonumber(sent) or 0
 if cm ~= '' then
   bucket = bucket or ''
   entry = '\n' .. (cm:gsub('[\\\n\t]', {['\\'] = '\\\\', ['\n'] = '\\n', ['\t'] = '\\t'})) .. '\t'
@@ -36,33 +41,37 @@ if cm ~= '' then
   local n, original
   if at then n, original = string.match(bucket, '^(%d+)\t(%d+)', at + #entry) end
   if n and tonumber(n) > sent - KEEP then
-    local last = tonumber(redis.call('HGET', room, 'last'))
     original = tonumber(original)
     return {'DUP', entries(log, last, original, original)[1] or ''}
   end
 end
-local id = redis.call('HINCRBY', room, 'last', 1)
+local id = last + 1
 local floor = tonumber(ARGV[7])
 if id <= floor then
-  -- Redis went back behind ids the sender's node has told (see raise_chat): the increment is
-  -- undone, the room raised above them, and the id drawn again. Checked on the id itself, so
-  -- that a chat in a room that did not go back costs no extra call.
-  redis.call('HSET', room, 'last', id - 1)
+  -- Redis went back behind ids the sender's node has told (see raise_chat): the room is raised
+  -- above them (its log starts again, empty), and the id drawn above them. Checked on the id
+  -- itself, so that a chat in a room that did not go back costs no extra call.
   raise_chat(room, log, floor)
-  id = redis.call('HINCRBY', room, 'last', 1)
+  id, bytes = floor + 1, 0
 end
 local frame = '{"type":"chat","id":' .. id .. ARGV[3]
 local length = redis.call('RPUSH', log, frame)
 -- A new log lives as long as its room; later, the room's TTL is extended with it.
 if length == 1 then redis.call('PEXPIRE', log, math.max(redis.call('PTTL', room), 1)) end
-local bytes = redis.call('HINCRBY', room, 'bytes', #frame + 64)
+bytes = bytes + #frame + 64
 local max_messages, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+local lost
 while length > max_messages or bytes > max_bytes do
   local gone = redis.call('LPOP', log)
   if not gone then break end
-  bytes = redis.call('HINCRBY', room, 'bytes', -(#gone + 64))
-  redis.call('HSET', room, 'lost', id - length + 1)
+  bytes = bytes - (#gone + 64)
+  lost = id - length + 1
   length = length - 1
+end
+local writes = {'last', id, 'bytes', bytes}
+if lost then
+  writes[#writes + 1] = 'lost'
+  writes[#writes + 1] = lost
 end
 if entry then
   sent = sent + 1
@@ -72,8 +81,12 @@ if entry then
     bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
     n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
   end
-  redis.call('HSET', room, f(tok, field), bucket .. entry .. sent .. '\t' .. id, f(tok, 'kn'), sent)
+  writes[#writes + 1] = f(tok, field)
+  writes[#writes + 1] = bucket .. entry .. sent .. '\t' .. id
+  writes[#writes + 1] = f(tok, 'kn')
+  writes[#writes + 1] = sent
 end
+redis.call('HSET', room, unpack(writes))
 local kind = 'C'
 if ARGV[8] == '1' then kind = 'S' end
 redis.call('PUBLISH', ch, kind .. id .. '|' .. tok .. '|' .. frame)
