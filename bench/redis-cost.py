@@ -12,7 +12,8 @@ reached both members (so the figures do not depend on the machine's speed):
 
 Before each phase it resets Redis's statistics (CONFIG RESETSTAT); after it, it prints Redis's
 `INFO commandstats` per chat sent (calls and microseconds of each command), redis-server's CPU
-per chat (`used_cpu_user + used_cpu_sys`), and what each member received, as a check. At the end:
+per chat (`used_cpu_user + used_cpu_sys`), the room events each node received over pub/sub per
+chat and the gaps it repaired (its /metrics), and what each member received, as a check. At the end:
 Redis's `used_memory` per room, and one room's keys (encoding and `MEMORY USAGE`). The nodes'
 beats and sweeps run meanwhile (a few scripts a second), and are counted too.
 
@@ -30,6 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import websockets
 
@@ -67,6 +69,18 @@ def commandstats(port):
         fields = dict(item.split("=") for item in value.split(","))
         stats[name.removeprefix("cmdstat_")] = (int(fields["calls"]), int(fields["usec"]))
     return stats
+
+
+def node_counters(ports):
+    """Each node's pub/sub room events received and gaps repaired, from its /metrics."""
+    counts = []
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        found = dict(re.findall(r"^(chat_redis_(?:pubsub_events|gaps_repaired)_total) (\d+)",
+                                text, re.M))
+        counts.append((int(found.get("chat_redis_pubsub_events_total", 0)),
+                       int(found.get("chat_redis_gaps_repaired_total", 0))))
+    return counts
 
 
 async def wait_for_port(port):
@@ -147,9 +161,13 @@ async def run_phase(pairs, chats, phase):
                            for n, (_, host, guest) in enumerate(pairs)))
 
 
-def report_phase(phase, stats, cpu, seconds, sent):
+def report_phase(phase, stats, cpu, seconds, sent, heard):
     print(f"\n== {phase}: {sent} chats in {seconds:.1f} s; redis-server CPU "
           f"{cpu / sent * 1e6:.1f} us per chat")
+    events = " + ".join(f"{events / sent:.2f}" for events, _ in heard)
+    gaps = sum(repaired for _, repaired in heard)
+    print(f"  pub/sub room events received per chat, node 1 + node 2: {events}; "
+          f"gaps repaired: {gaps}")
     # A script's own time (evalsha) includes the commands it calls, which are listed too.
     print(f"  {'command':<16} {'calls/chat':>10} {'usec/chat':>10}")
     for name, (calls, usec) in sorted(stats.items(), key=lambda item: -item[1][1]):
@@ -201,13 +219,17 @@ async def measure(args, phases, redis_port, ports):
     print(f"{args.rooms} rooms ({where}), {args.chats} chats per room per phase")
     for phase in phases:
         redis_cli(redis_port, "CONFIG", "RESETSTAT")
+        heard = node_counters(ports)
         cpu = redis_cpu(redis_port)
         start = time.monotonic()
         await run_phase(pairs, args.chats, phase)
         seconds = time.monotonic() - start
         stats = commandstats(redis_port)
-        report_phase(phase, stats, redis_cpu(redis_port) - cpu, seconds,
-                     args.rooms * args.chats)
+        cpu = redis_cpu(redis_port) - cpu
+        heard = [(events - events_before, repaired - repaired_before)
+                 for (events, repaired), (events_before, repaired_before)
+                 in zip(node_counters(ports), heard)]
+        report_phase(phase, stats, cpu, seconds, args.rooms * args.chats, heard)
     # What each member received: every chat once and in order, and nothing unexpected.
     wrong = 0
     received = {}
