@@ -214,6 +214,56 @@ async fn typing_stops_before_what_ended_it(setup: &Setup) {
 }
 on_both_stores!(typing_stops_before_what_ended_it);
 
+/// A member who joins while the host is typing never hears `typing`, but is told
+/// `stop_typing` before the message the typing turned into, as any peer is.
+async fn a_joiner_hears_typing_end_before_the_message(setup: &Setup) {
+    let mut host = setup.named(0, "ada").await;
+    let code = host.create_room().await;
+    host.send(json!({"type": "typing"})).await;
+    let mut guest = setup.named(1, "bob").await;
+    guest.join(&code).await;
+    host.expect("peer_joined").await;
+    host.chat("typed while bob came").await;
+    assert_eq!(guest.expect("stop_typing").await["username"], "ada");
+    assert_eq!(
+        guest.expect("chat").await["content"],
+        "typed while bob came"
+    );
+    host.expect("chat").await;
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(a_joiner_hears_typing_end_before_the_message);
+
+/// A message that ends its sender's typing is one publish in Redis: the message itself tells
+/// the peer's node that the typing ended, with no `StopTyping` of its own.
+#[tokio::test]
+async fn a_typed_message_is_one_publish() {
+    let Some(Setup::Redis { redis, nodes, .. }) =
+        Setup::redis("a_typed_message_is_one_publish", 2, &[]).await
+    else {
+        return;
+    };
+    let (mut host, mut guest, _) =
+        pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
+    host.send(json!({"type": "typing"})).await;
+    guest.expect("typing").await;
+    redis.command(&["CONFIG", "RESETSTAT"]).await;
+    host.chat("done typing").await;
+    assert_eq!(guest.expect("stop_typing").await["username"], "ada");
+    guest.expect("chat").await;
+    host.expect("chat").await;
+    let stats = match redis.command(&["INFO", "commandstats"]).await {
+        Reply::Bulk(Some(stats)) => stats,
+        other => panic!("INFO answers with a string, not {other:?}"),
+    };
+    let publishes = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map(|calls| calls.parse::<u64>().expect("a count"));
+    assert_eq!(publishes, Some(1), "{stats}");
+}
+
 /// A joiner gets the conversation so far; once a member leaves, the next joiner gets nothing
 /// of what was said before.
 async fn history_for_joiners_and_its_end(setup: &Setup) {
@@ -427,6 +477,44 @@ async fn retry_ids_are_matched_whole(setup: &Setup) {
     guest.expect_nothing_pending().await;
 }
 on_both_stores!(retry_ids_are_matched_whole);
+
+/// The sender's last 100 `client_msg_id`s are remembered, and no more: a repeat of the 100th
+/// last is answered with its original, while the 101st last (and older) is a new message, which
+/// the peer receives, and counts from then on. 111 messages, so that Redis has dropped old
+/// entries from its buckets of recent ids.
+async fn exactly_the_last_100_ids_are_remembered(setup: &Setup) {
+    let (mut host, mut guest, _) = setup.pair("ada", "bob").await;
+    let mut sent = Vec::new();
+    for n in 0..111 {
+        host.send(json!({"type": "chat", "content": "x", "client_msg_id": format!("n-{n}")}))
+            .await;
+        let chat = host.expect("chat").await;
+        assert_eq!(guest.expect("chat").await, chat);
+        sent.push(chat);
+    }
+    // n-11 is the 100th last: a repeat.
+    host.send(json!({"type": "chat", "content": "x", "client_msg_id": "n-11"}))
+        .await;
+    assert_eq!(host.expect("chat").await, sent[11], "the 100th last, again");
+    guest.expect_nothing_pending().await;
+    // n-10 is the 101st last, and n-0 older still: new messages, one after the other.
+    let mut next = sent[110]["id"].as_u64().expect("id");
+    for old in ["n-10", "n-0"] {
+        host.send(json!({"type": "chat", "content": "x", "client_msg_id": old}))
+            .await;
+        let again = host.expect("chat").await;
+        next += 1;
+        assert_eq!(again["id"].as_u64(), Some(next), "{old} is a new message");
+        assert_eq!(guest.expect("chat").await, again);
+        sent.push(again);
+    }
+    // Used again, an id counts from its new use.
+    host.send(json!({"type": "chat", "content": "x", "client_msg_id": "n-10"}))
+        .await;
+    assert_eq!(host.expect("chat").await, sent[111], "n-10's new message");
+    guest.expect_nothing_pending().await;
+}
+on_both_stores!(exactly_the_last_100_ids_are_remembered);
 
 /// The name rule and the cap: a joiner with the host's name is refused, and a third is refused.
 async fn names_and_the_cap(setup: &Setup) {

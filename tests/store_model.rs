@@ -506,6 +506,8 @@ impl Stores {
                         conn,
                         tail,
                         client_msg_id,
+                        // Both ways, so that both stores are seen to carry it.
+                        ends_typing: self.said.is_multiple_of(3),
                     },
                 );
             }
@@ -1425,6 +1427,7 @@ fn a_chat_after_redis_went_back_draws_an_id_above_what_its_node_told() {
                     ",\"from\":\"ada\",\"content\":\"m{n}\",\"timestamp\":1764000000000}}"
                 )),
                 client_msg_id: None,
+                ends_typing: false,
             };
             for n in 1..=3 {
                 side.apply(chat(n));

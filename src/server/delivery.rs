@@ -82,7 +82,13 @@ impl ChatServer {
         let Some(connection) = self.connections.get_mut(&member) else {
             return;
         };
-        if let RoomEvent::Chat { id, frame, token } = event {
+        if let RoomEvent::Chat {
+            id,
+            frame,
+            token,
+            ends_typing,
+        } = event
+        {
             if *id <= connection.seen_chat {
                 return; // In its history or its `missed` already.
             }
@@ -94,10 +100,15 @@ impl ChatServer {
             } else {
                 *token == connection.token
             };
-            // The sender's node ends its typing before the message it turned into; this covers
-            // a sender whose node went away before it could.
+            // A typing member's stop is told before the message it turned into (the message says
+            // so: `ends_typing`), even to a peer that joined after the typing began, and so
+            // never heard it (as `say` does for `StopTyping`). A peer told of typing is told
+            // of its end all the same when the message does not say so: its sender's node went
+            // away before it could, or the message was recovered after a gap.
             let peer_was_typing = !own && std::mem::take(&mut connection.peer_typing);
-            if peer_was_typing && let Some(name) = chat_sender(frame) {
+            if (peer_was_typing || (!own && *ends_typing))
+                && let Some(name) = chat_sender(frame)
+            {
                 self.send(
                     member,
                     ServerMessage::StopTyping { username: &name }.encode(),
@@ -231,8 +242,8 @@ impl ChatServer {
     }
 }
 
-/// The sender's name of a `chat` frame, read back from its JSON. Only needed when a sender's
-/// node could not say that its typing ended, which is rare enough to parse for.
+/// The sender's name of a `chat` frame, read back from its JSON. Only needed for a message that
+/// ended its sender's typing, which a person's typing spells out at typing speed.
 pub(super) fn chat_sender(frame: &str) -> Option<crate::types::Username> {
     #[derive(serde::Deserialize)]
     struct From<'a> {

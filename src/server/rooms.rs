@@ -167,8 +167,9 @@ impl ChatServer {
                 ));
             }
         }
-        // The peer must see the typing indicator go away before the message it turned into.
-        self.end_typing(id);
+        // The peer must see the typing indicator go away before the message it turned into: the
+        // message says so itself (`ends_typing`), so that typing costs no step of its own.
+        let ends_typing = self.stop_typing_timer(id);
         let draft = ChatDraft {
             from: &from,
             content: &content,
@@ -182,8 +183,13 @@ impl ChatServer {
             conn: self.conn(id),
             tail: draft.tail(),
             client_msg_id,
+            ends_typing,
         };
-        self.perform(step, Then::Chatted { client: id });
+        let then = Then::Chatted {
+            client: id,
+            ends_typing,
+        };
+        self.perform(step, then);
         Ok(())
     }
 
@@ -224,19 +230,27 @@ impl ChatServer {
 
     /// If `id` is typing, stops its timer and tells the peer. Does nothing for an idle member.
     pub(super) fn end_typing(&mut self, id: ClientId) {
+        if self.stop_typing_timer(id) {
+            self.tell_typing_ended(id);
+        }
+    }
+
+    /// If `id` is typing, stops its timer without telling anyone (the caller does). Returns
+    /// whether it was typing.
+    fn stop_typing_timer(&mut self, id: ClientId) -> bool {
         let Some(key) = self
             .connections
             .get_mut(&id)
             .and_then(|connection| connection.typing.take())
         else {
-            return;
+            return false;
         };
         self.timers.cancel_typing(&key);
-        self.tell_typing_ended(id);
+        true
     }
 
     /// Tells `id`'s room that `id` stopped typing.
-    fn tell_typing_ended(&mut self, id: ClientId) {
+    pub(super) fn tell_typing_ended(&mut self, id: ClientId) {
         if let Ok((code, name)) = self.membership(id)
             && let Ok(connection) = self.connection(id)
         {

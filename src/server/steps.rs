@@ -45,8 +45,9 @@ pub(super) enum Then {
         token: SessionToken,
         code: RoomCode,
     },
-    /// `client` sent a chat message.
-    Chatted { client: ClientId },
+    /// `client` sent a chat message; `ends_typing` if it was typing until then (the message,
+    /// once stored, tells the peer so).
+    Chatted { client: ClientId, ends_typing: bool },
     /// `client` sent a read receipt.
     Read { client: ClientId },
     /// `client` left room `code`.
@@ -101,6 +102,26 @@ impl ChatServer {
     pub(super) fn conclude(&mut self, then: Then, outcome: Outcome) {
         match (then, outcome) {
             (Then::Nothing, _) => {}
+            (Then::Chatted { .. }, Outcome::Accepted { .. }) => {
+                self.metrics.messages_relayed.increment(1);
+            }
+            // Anything else stored no message to say that the sender's typing ended (a repeat,
+            // a seat gone or moved, the store out of reach): the room is told on its own, and
+            // the outcome handled as for any chat.
+            (
+                Then::Chatted {
+                    client,
+                    ends_typing: true,
+                },
+                outcome,
+            ) => {
+                self.tell_typing_ended(client);
+                let then = Then::Chatted {
+                    client,
+                    ends_typing: false,
+                };
+                self.conclude(then, outcome);
+            }
             (then, Outcome::Unavailable) => self.unavailable(then),
             (Then::Repaired { code }, Outcome::State(state)) => self.repaired(code, state),
             (Then::Filled { code }, Outcome::Frames(frames)) => self.filled(code, frames),
@@ -134,10 +155,7 @@ impl ChatServer {
                 }
                 self.refuse(client, &code.into());
             }
-            (Then::Chatted { .. }, Outcome::Accepted { .. }) => {
-                self.metrics.messages_relayed.increment(1);
-            }
-            (Then::Chatted { client }, Outcome::Duplicate { frame }) => {
+            (Then::Chatted { client, .. }, Outcome::Duplicate { frame }) => {
                 // A repeat of a message already stored (the client could not know it arrived):
                 // it gets the original back, and nothing is stored twice.
                 if let Some(frame) = frame {
@@ -186,7 +204,7 @@ impl ChatServer {
             (
                 Then::Named { client, .. }
                 | Then::Joined { client, .. }
-                | Then::Chatted { client }
+                | Then::Chatted { client, .. }
                 | Then::Read { client }
                 | Then::Left { client, .. },
                 Outcome::Moved,
@@ -194,7 +212,7 @@ impl ChatServer {
             // The seat is gone (it was given up while this node could not reach the store):
             // the client is to reconnect and see for itself.
             (
-                Then::Chatted { client } | Then::Read { client } | Then::Left { client, .. },
+                Then::Chatted { client, .. } | Then::Read { client } | Then::Left { client, .. },
                 Outcome::Gone,
             ) => self.close_connection_only(client, &Close::RESTART),
             (Then::Repaired { code } | Then::Filled { code }, outcome) => {
@@ -432,7 +450,7 @@ impl Then {
             Then::Named { client, .. }
             | Then::Created { client, .. }
             | Then::Joined { client, .. }
-            | Then::Chatted { client }
+            | Then::Chatted { client, .. }
             | Then::Read { client }
             | Then::Left { client, .. }
             | Then::TookSession { client, .. }

@@ -58,6 +58,13 @@ pub struct MemoryStore {
     metrics: Arc<Metrics>,
 }
 
+/// What a member says in a chat (the fields of [`Step::Chat`] about the message itself).
+struct Message {
+    tail: ChatTail,
+    client_msg_id: Option<Box<str>>,
+    ends_typing: bool,
+}
+
 impl MemoryStore {
     /// An empty store whose rooms keep at most `max_stored_bytes` together (`0`: no bound).
     pub fn new(max_stored_bytes: usize, metrics: Arc<Metrics>) -> Self {
@@ -103,7 +110,15 @@ impl MemoryStore {
                 conn,
                 tail,
                 client_msg_id,
-            } => self.chat(code, &token, conn, &tail, client_msg_id, notices),
+                ends_typing,
+            } => {
+                let message = Message {
+                    tail,
+                    client_msg_id,
+                    ends_typing,
+                };
+                self.chat(code, &token, conn, message, notices)
+            }
             Step::Read {
                 code,
                 token,
@@ -249,10 +264,14 @@ impl MemoryStore {
         code: RoomCode,
         token: &SessionToken,
         conn: Conn,
-        tail: &ChatTail,
-        client_msg_id: Option<Box<str>>,
+        message: Message,
         notices: &mut Vec<Notice>,
     ) -> Outcome {
+        let Message {
+            tail,
+            client_msg_id,
+            ends_typing,
+        } = message;
         if let Err(outcome) = self.check_live(code, token, conn) {
             return outcome;
         }
@@ -280,7 +299,13 @@ impl MemoryStore {
         }
         self.stored_bytes = self.stored_bytes.saturating_add_signed(grown);
         let token = *token;
-        notices.push(Notice::Room(code, RoomEvent::Chat { id, token, frame }));
+        let chat = RoomEvent::Chat {
+            id,
+            token,
+            frame,
+            ends_typing,
+        };
+        notices.push(Notice::Room(code, chat));
         self.keep_to_budget();
         Outcome::Accepted { id }
     }

@@ -118,7 +118,8 @@ pub enum Step {
     Join { code: RoomCode, member: Member },
     /// Append a message to room `code` with the room's next id. `tail` is the message's JSON
     /// after its id (see [`ChatTail`]). A repeat of a `client_msg_id` this member used for one
-    /// of its last [`RECENT_CLIENT_IDS`] messages is not stored again. → `Accepted`,
+    /// of its last [`RECENT_CLIENT_IDS`] messages is not stored again. `ends_typing`: the
+    /// sender was typing, and the message ends that (see [`RoomEvent::Chat`]). → `Accepted`,
     /// `Duplicate`, `Gone` or `Moved`.
     Chat {
         code: RoomCode,
@@ -126,6 +127,7 @@ pub enum Step {
         conn: Conn,
         tail: ChatTail,
         client_msg_id: Option<Box<str>>,
+        ends_typing: bool,
     },
     /// The member has read up to `up_to`. → `Done`, `Ignored` (not past its last receipt),
     /// `Future` (past the last message), `Gone` or `Moved`.
@@ -368,11 +370,15 @@ pub struct Peer {
 #[derive(Debug, Clone)]
 pub enum RoomEvent {
     /// A message was stored, with this id; `frame` is the `chat` frame both members receive.
-    /// `token` is its sender's.
+    /// `token` is its sender's. `ends_typing`: its sender was typing until it sent it, and the
+    /// peer is told `stop_typing` first. The message carries that news itself, rather than a
+    /// `StopTyping` of its own before it, which would cost every typed message a second trip
+    /// through the store (and through Redis, a second publish).
     Chat {
         id: u64,
         token: SessionToken,
         frame: Utf8Bytes,
+        ends_typing: bool,
     },
     /// A guest was seated.
     Joined {

@@ -363,10 +363,13 @@ impl ChatServer {
         for frame in frames {
             if let Some(id) = chat_id(&frame) {
                 told.chat = told.chat.max(id);
+                // Whether it ended its sender's typing is not kept: a member told that its
+                // peer was typing is told that this is over all the same (`delivery.rs`).
                 chats.push(RoomEvent::Chat {
                     id,
                     token: SessionToken::NOBODY,
                     frame,
+                    ends_typing: false,
                 });
             }
         }

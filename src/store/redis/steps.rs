@@ -65,7 +65,15 @@ pub async fn run(
             conn,
             tail,
             client_msg_id,
-        } => chat(at, code, token, conn, tail, client_msg_id, floors.chat).await?,
+            ends_typing,
+        } => {
+            let message = Message {
+                tail,
+                client_msg_id,
+                ends_typing,
+            };
+            chat(at, code, token, conn, message, floors.chat).await?
+        }
         Step::Read {
             code,
             token,
@@ -202,6 +210,13 @@ async fn join_room(
     Ok(Outcome::Joined(Box::new(joined)))
 }
 
+/// What a member says in a chat (the fields of [`Step::Chat`] about the message itself).
+struct Message {
+    tail: ChatTail,
+    client_msg_id: Option<Box<str>>,
+    ends_typing: bool,
+}
+
 /// Appends a message to room `code` with the room's next id (`room_chat.lua`), above
 /// `chat_floor`, the last id this node has told the room; a repeated `client_msg_id` is not
 /// stored again.
@@ -210,18 +225,18 @@ async fn chat(
     code: RoomCode,
     token: SessionToken,
     conn: Conn,
-    tail: ChatTail,
-    client_msg_id: Option<Box<str>>,
+    message: Message,
     chat_floor: u64,
 ) -> RedisResult<Outcome> {
     let value: Value = on_room(&at.scripts.room_chat, code)
         .arg(token)
         .arg(conn.encode())
-        .arg(tail.0)
-        .arg(client_msg_id.as_deref().unwrap_or(""))
+        .arg(message.tail.0)
+        .arg(message.client_msg_id.as_deref().unwrap_or(""))
         .arg(Room::MAX_STORED)
         .arg(Room::MAX_STORED_BYTES)
         .arg(chat_floor)
+        .arg(u8::from(message.ends_typing))
         .invoke_async(at.redis)
         .await?;
     let mut reply = Reply::new(value)?;

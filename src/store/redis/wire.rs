@@ -1,7 +1,8 @@
 //! A room's events as they travel over pub/sub between nodes.
 //!
 //! A chat is `C<id>|<token>|<frame>`: the frame both members receive, ready to send, after the
-//! message's id and its sender's session. Every other event is `E` and a JSON object, written
+//! message's id and its sender's session; `S` instead of `C` when the message ends its
+//! sender's typing (`ends_typing`). Every other event is `E` and a JSON object, written
 //! by the room's Lua scripts (counted events, with their number `s`) or by a node (typing):
 //! `{"k":"left","s":7,"t":"<token>","n":"ada","reason":"left"}`.
 
@@ -41,8 +42,14 @@ struct Event<'a> {
 /// events are published by the scripts that make them happen).
 pub fn encode(event: &RoomEvent) -> String {
     let (k, up_to, reason) = match event {
-        RoomEvent::Chat { id, token, frame } => {
-            return format!("C{id}|{}|{frame}", token.hex());
+        RoomEvent::Chat {
+            id,
+            token,
+            frame,
+            ends_typing,
+        } => {
+            let kind = if *ends_typing { 'S' } else { 'C' };
+            return format!("{kind}{id}|{}|{frame}", token.hex());
         }
         RoomEvent::Joined { .. } => ("joined", None, None),
         RoomEvent::Left { reason, .. } => (
@@ -83,13 +90,18 @@ pub fn encode(event: &RoomEvent) -> String {
 
 /// The event a payload carries, or `None` if it is not one (which no node publishes).
 pub fn decode(payload: &str) -> Option<RoomEvent> {
-    if let Some(chat) = payload.strip_prefix('C') {
+    let chat = payload
+        .strip_prefix('C')
+        .map(|chat| (chat, false))
+        .or_else(|| payload.strip_prefix('S').map(|chat| (chat, true)));
+    if let Some((chat, ends_typing)) = chat {
         let (id, rest) = chat.split_once('|')?;
         let (token, frame) = rest.split_once('|')?;
         return Some(RoomEvent::Chat {
             id: id.parse().ok()?,
             token: SessionToken::parse(token)?,
             frame: Utf8Bytes::from(frame),
+            ends_typing,
         });
     }
     let event: Event = serde_json::from_str(payload.strip_prefix('E')?).ok()?;
@@ -149,6 +161,13 @@ mod tests {
                 id: 42,
                 token,
                 frame: Utf8Bytes::from(r#"{"type":"chat","id":42,"from":"a|b","content":"x|y"}"#),
+                ends_typing: false,
+            },
+            RoomEvent::Chat {
+                id: 43,
+                token,
+                frame: Utf8Bytes::from(r#"{"type":"chat","id":43,"from":"a","content":"x"}"#),
+                ends_typing: true,
             },
             RoomEvent::Joined {
                 seq: 1,
@@ -204,6 +223,7 @@ mod tests {
             "",
             "C",
             "Cx|t|f",
+            "S1|t",
             "C1|t",
             "E{}",
             "E[1]",

@@ -4,9 +4,10 @@
 -- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
 -- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
 -- h held until (absent while its connection is up), f first id it may be given, r read up to,
--- k its recent client_msg_ids (see room_chat.lua), kn how many. The room's own fields: last
--- (its last chat id), lost (through which id its log has shed), vis (the first id a joiner
--- sees), ev (its last event number), bytes, enc, kc (its key check), run (see vouch).
+-- kn how many messages it sent with a client_msg_id and k0..k7 the recent ones (see
+-- room_chat.lua). The room's own fields: last (its last chat id), lost (through which id its
+-- log has shed), vis (the first id a joiner sees), ev (its last event number), bytes, enc, kc
+-- (its key check), run (see vouch).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -106,27 +107,37 @@ local function check(room, tok, conn)
 end
 
 -- `check`, and `GONE` too if the seat is held: its connection was given up for dead (its node
--- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the seat's
--- fields named in `...`, read in the same call (false where absent).
-local function check_live(room, tok, conn, ...)
-  local wanted = {...}
+-- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the room's
+-- fields named in `room_fields` and the seat's in `seat_fields`, read in the same call (false
+-- where absent).
+local function check_live_reading(room, tok, conn, room_fields, seat_fields)
   local fields = {'m1', 'm2', f(tok, 'c'), f(tok, 'h')}
-  for _, x in ipairs(wanted) do fields[#fields + 1] = f(tok, x) end
+  for _, x in ipairs(room_fields) do fields[#fields + 1] = x end
+  for _, x in ipairs(seat_fields) do fields[#fields + 1] = f(tok, x) end
   local s = redis.call('HMGET', room, unpack(fields))
   if s[1] ~= tok and s[2] ~= tok then return 'GONE' end
   if s[3] ~= conn then return 'MOVED' end
   if s[4] then return 'GONE' end
-  return false, unpack(s, 5, 4 + #wanted)
+  return false, unpack(s, 5, #fields)
 end
 
-local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'k', 'kn'}
+-- `check_live_reading`, with the seat's fields named in `...`.
+local function check_live(room, tok, conn, ...)
+  return check_live_reading(room, tok, conn, {}, {...})
+end
+
+-- Written out rather than built: the prelude runs before every script, every chat included.
+local SEAT_FIELDS = {'n', 'c', 'o', 'h', 'f', 'r', 'kn',
+  'k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7'}
 
 -- Takes `tok` out of the room: the member who stays is told and becomes the host, or the room's
 -- keys go if nobody stays.
 local function remove_member(room, log, ch, tok, reason)
   local a, b = seats(room)
   local name = redis.call('HGET', room, f(tok, 'n'))
-  for _, x in ipairs(SEAT_FIELDS) do redis.call('HDEL', room, f(tok, x)) end
+  local fields = {}
+  for _, x in ipairs(SEAT_FIELDS) do fields[#fields + 1] = f(tok, x) end
+  redis.call('HDEL', room, unpack(fields))
   local rest
   if a == tok then rest = b else rest = a end
   if not rest then
