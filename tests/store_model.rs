@@ -1497,6 +1497,7 @@ fn each_event_after_redis_went_back_is_numbered_above_what_its_node_told() {
                 conn,
                 tail: ChatTail(",\"from\":\"bob\",\"content\":\"hi\",\"timestamp\":1}".into()),
                 client_msg_id: None,
+                ends_typing: false,
             });
             let resumed_on = new_conn(1);
             let steps = [
