@@ -81,6 +81,15 @@ pub struct RedisMetrics {
     /// 1 while this node's heartbeat is recorded in Redis, so that the other nodes count it as
     /// alive (`chat_redis_node_live`).
     pub node_live: Gauge,
+    /// On a Redis Cluster: the masters this node listens to with sharded pub/sub
+    /// (`chat_redis_shard_connections`).
+    pub shard_connections: Gauge,
+    /// On a Redis Cluster: channels not listened to anywhere yet, their shard out of reach or
+    /// their slot moving (`chat_redis_homeless_channels`).
+    pub homeless_channels: Gauge,
+    /// On a Redis Cluster: rooms listened to again on another shard after their slot moved,
+    /// and repaired (`chat_redis_resubscribed_total`).
+    pub resubscribed: Counter,
 }
 
 impl Metrics {
@@ -162,6 +171,18 @@ impl Metrics {
             node_live: gauge(
                 "chat_redis_node_live",
                 "With --redis: 1 while this node's heartbeat is recorded, so others count it alive.",
+            ),
+            shard_connections: gauge(
+                "chat_redis_shard_connections",
+                "On a Redis Cluster: the masters this node listens to with sharded pub/sub.",
+            ),
+            homeless_channels: gauge(
+                "chat_redis_homeless_channels",
+                "On a Redis Cluster: channels not listened to anywhere yet (shard away, slot moving).",
+            ),
+            resubscribed: counter(
+                "chat_redis_resubscribed_total",
+                "On a Redis Cluster: rooms listened to again on another shard, and repaired.",
             ),
         };
 

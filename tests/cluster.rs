@@ -131,6 +131,7 @@ async fn rooms_on_every_shard_carry_every_message_once_and_in_order() {
         return;
     };
     let by_master = rooms_on_every_master(&cluster, &nodes, 2).await;
+    let before = cluster.stats().await;
     for room in by_master.into_iter().flatten() {
         let Room {
             mut host,
@@ -159,6 +160,16 @@ async fn rooms_on_every_shard_carry_every_message_once_and_in_order() {
         assert_eq!(missed, vec![format!("{code} while away")], "{resumed}");
         host.expect("peer_reconnected").await;
     }
+    // Every event went by sharded pub/sub: not one plain PUBLISH crossed the cluster's bus.
+    let after = cluster.stats().await;
+    assert_eq!(
+        after.publish_sent, before.publish_sent,
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.publishshard_sent > before.publishshard_sent,
+        "{after:?}"
+    );
 }
 
 /// A manual failover (`CLUSTER FAILOVER`) of the shard that holds a room, in the middle of its
@@ -239,4 +250,54 @@ async fn losing_the_master_of_the_beats_fences_no_node() {
     assert_eq!(ids, vec![1, 2]);
     host.expect_nothing_pending().await;
     guest.expect_nothing_pending().await;
+}
+
+/// A live migration of an active room's slot to another master. While the slot is MIGRATING
+/// with the room's keys still on their owner, the room works as before. Once its keys have
+/// moved (the owner answers `ASK`), its scripts run on the new master, whose `SPUBLISH` reaches
+/// no one yet (the nodes listen on the old owner): the messages are accepted, and arrive once
+/// the migration ends, when the old owner pushes `sunsubscribe`, each node listens on the new
+/// master and repairs the room. Every message reaches both members once and in order, and the
+/// room goes on on its new shard.
+#[tokio::test]
+async fn a_room_whose_slot_migrates_loses_nothing() {
+    let test = "a_room_whose_slot_migrates_loses_nothing";
+    let Some((_turn, cluster, nodes)) = two_nodes(test).await else {
+        return;
+    };
+    let mut by_master = rooms_on_every_master(&cluster, &nodes, 1).await;
+    let masters = cluster.masters().await;
+    let mut room = by_master[0].remove(0);
+    let slot = common::cluster::slot_of(&format!("chat:{{{}}}:room", room.code));
+    let mut ids = say_all(&mut room.host, &mut room.guest, &said("before", 1..=3)).await;
+    let migration = cluster.begin_migration(slot, masters[2]).await;
+    ids.extend(say_all(&mut room.host, &mut room.guest, &said("migrating", 1..=3)).await);
+    assert!(migration.move_keys().await >= 2, "the room's keys move");
+    let moving = said("moving", 1..=3);
+    for content in &moving {
+        room.host
+            .send(json!({"type": "chat", "content": content, "client_msg_id": content}))
+            .await;
+    }
+    migration.finish().await;
+    for content in &moving {
+        let echo = room.host.expect("chat").await;
+        let copy = room.guest.expect("chat").await;
+        assert_eq!(
+            (&echo["content"], &copy["content"]),
+            (&json!(content), &json!(content))
+        );
+        assert_eq!(echo["id"], copy["id"]);
+        ids.push(copy["id"].as_u64().expect("an id"));
+    }
+    ids.extend(say_all(&mut room.guest, &mut room.host, &said("moved", 1..=3)).await);
+    assert_eq!(ids, (1..=12).collect::<Vec<u64>>());
+    assert_eq!(
+        cluster
+            .master_of_key(&format!("chat:{{{}}}:room", room.code))
+            .await,
+        masters[2]
+    );
+    room.host.expect_nothing_pending().await;
+    room.guest.expect_nothing_pending().await;
 }

@@ -196,6 +196,12 @@ impl ChatServer {
             RedisEvent::Room(code, event) => self.heard(code, event),
             RedisEvent::Kick(client) => self.close_connection_only(client, &Close::TAKEN_OVER),
             RedisEvent::Resync => self.repair_all(),
+            RedisEvent::Moved(codes) => {
+                for code in codes {
+                    self.queue_repair(code);
+                }
+                self.start_repairs();
+            }
             RedisEvent::Link(true) => {
                 // Only the repairs that failed: events were lost only if the pub/sub connection
                 // was, and then the bus says so itself (`Resync`), once it listens again.

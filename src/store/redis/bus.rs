@@ -16,6 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::RedisEvent;
 use super::scripts::keys;
+use super::shards::{Heard, Shards};
+use super::target::Target;
 use super::wire;
 use crate::metrics::Metrics;
 use crate::store::NodeId;
@@ -78,14 +80,14 @@ impl Bus {
 /// left (or a new node id), given at the actor's pace, and the bus takes them even while Redis
 /// is away (answering `false` to a subscription at once).
 pub fn start(
-    servers: Vec<redis::Client>,
+    target: &Target,
     node: NodeId,
     events: mpsc::Sender<RedisEvent>,
     metrics: Arc<Metrics>,
 ) -> Bus {
     let (control, orders) = mpsc::unbounded_channel();
     let bus = Task {
-        servers,
+        servers: target.pubsub(),
         next: 0,
         node,
         rooms: HashSet::new(),
@@ -94,7 +96,11 @@ pub fn start(
         metrics,
         dropped: false,
     };
-    tokio::spawn(bus.run());
+    if target.is_cluster() {
+        tokio::spawn(bus.run_sharded());
+    } else {
+        tokio::spawn(bus.run());
+    }
     Bus { control }
 }
 
@@ -235,6 +241,66 @@ impl Task {
                 })
                 .await;
                 matches!(done, Ok(Ok(())))
+            }
+        }
+    }
+
+    /// On a Redis Cluster: each channel listened to on the master of its slot, with sharded
+    /// pub/sub (`shards.rs`), and moved there again when its slot moves; the rooms whose
+    /// channels moved are repaired. The node's control channel is sharded too.
+    async fn run_sharded(mut self) {
+        let (heard_by_shards, mut heard) = mpsc::channel(1024);
+        let mut shards = Shards::new(self.servers.clone(), heard_by_shards);
+        shards.subscribe(keys::node_control(self.node), None).await;
+        let mut tick = tokio::time::interval(PING_EVERY);
+        loop {
+            tokio::select! {
+                heard = heard.recv() => match heard {
+                    Some(Heard::Message { channel, payload }) => self.forward(&channel, &payload),
+                    Some(Heard::Homeless { channel }) => shards.homeless(channel),
+                    Some(Heard::Lost { master }) => shards.lost(master),
+                    None => return,
+                },
+                order = self.orders.recv() => {
+                    let Some(order) = order else { return };
+                    match order {
+                        Control::Subscribe(code, confirm) => {
+                            self.rooms.insert(code);
+                            shards.subscribe(keys::channel(code), Some(confirm)).await;
+                        }
+                        Control::Unsubscribe(code) => {
+                            self.rooms.remove(&code);
+                            shards.unsubscribe(&keys::channel(code)).await;
+                        }
+                        Control::Node(node) => {
+                            let old = std::mem::replace(&mut self.node, node);
+                            shards.unsubscribe(&keys::node_control(old)).await;
+                            shards.subscribe(keys::node_control(node), None).await;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.dropped && self.events.try_send(RedisEvent::Resync).is_ok() {
+                        self.dropped = false;
+                    }
+                    shards.ping().await;
+                    let moved: Vec<RoomCode> = shards
+                        .rehome()
+                        .await
+                        .iter()
+                        .filter_map(|channel| keys::channel_room(channel))
+                        .filter(|code| self.rooms.contains(code))
+                        .collect();
+                    let (masters, homeless) = shards.state();
+                    self.metrics.redis.shard_connections.set(masters as f64);
+                    self.metrics.redis.homeless_channels.set(homeless as f64);
+                    if !moved.is_empty() {
+                        self.metrics.redis.resubscribed.increment(moved.len() as u64);
+                        if self.events.send(RedisEvent::Moved(moved)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }

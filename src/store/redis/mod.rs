@@ -20,6 +20,7 @@ mod link;
 mod node;
 mod reap;
 pub mod scripts;
+mod shards;
 pub mod steps;
 mod sweep;
 mod target;
@@ -71,6 +72,10 @@ pub enum RedisEvent {
     /// Room events may have been lost (pub/sub reconnected, or events were dropped): every room
     /// is to be repaired from what Redis keeps.
     Resync,
+    /// On a Redis Cluster: these rooms' channels moved to another shard (a failover, a
+    /// migration, a lost connection) and are listened to there again; what was published
+    /// meanwhile is lost, and these rooms are to be repaired.
+    Moved(Vec<RoomCode>),
     /// The link to Redis went down (`false`) or came back (`true`).
     Link(bool),
     /// The node has nobody in room `code` any more (as node `NodeId`): the room is to be
@@ -169,8 +174,8 @@ impl RedisStore {
         let (events, received) = mpsc::channel(EVENT_QUEUE);
         let up = Arc::new(AtomicBool::new(false));
         let link = Arc::new(Link::new(target.clone(), Arc::clone(&up)));
-        let scripts = Arc::new(Scripts::new());
-        let bus = bus::start(target.pubsub(), node, events.clone(), Arc::clone(&metrics));
+        let scripts = Arc::new(Scripts::for_target(&target));
+        let bus = bus::start(&target, node, events.clone(), Arc::clone(&metrics));
         tokio::spawn(Arc::clone(&link).supervise(events.clone(), Arc::clone(&metrics)));
         let watch = node::Watch {
             target,
@@ -310,7 +315,7 @@ impl RedisStore {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             if let Some(mut redis) = shared.link.connection() {
-                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                let sent: redis::RedisResult<i64> = redis::cmd(shared.scripts.publish)
                     .arg(keys::node_control(conn.node))
                     .arg(conn.client.to_string())
                     .query_async(&mut redis)

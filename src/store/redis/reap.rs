@@ -173,7 +173,7 @@ impl Reaper {
             .map(|&code| {
                 let mut call = scripts::batched(
                     &self.scripts.room_reap,
-                    &[keys::room(code), keys::log(code), keys::channel(code)],
+                    &[keys::room(code), keys::log(code)],
                 );
                 call.arg(&dead_node)
                     .arg(millis(self.grace))

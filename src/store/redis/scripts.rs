@@ -151,13 +151,33 @@ pub struct Scripts {
     pub(super) node_room: Script,
     pub(super) grace_add: Script,
     pub(super) grace_claim: Script,
+    /// How a room's events are published: `PUBLISH`, or `SPUBLISH` on a Redis Cluster, where
+    /// a plain `PUBLISH` is broadcast to every node of the cluster.
+    pub(super) publish: &'static str,
 }
 
 impl Scripts {
+    /// The scripts for one `redis-server`.
     pub fn new() -> Self {
+        Self::publishing_with("PUBLISH")
+    }
+
+    /// The scripts for `target`: on a Redis Cluster, a room's events are published on its
+    /// shard alone (sharded pub/sub).
+    pub fn for_target(target: &super::Target) -> Self {
+        if target.is_cluster() {
+            Self::publishing_with("SPUBLISH")
+        } else {
+            Self::new()
+        }
+    }
+
+    fn publishing_with(publish: &'static str) -> Self {
         let prelude = include_str!("lua/prelude.lua");
-        let room = |body: &str| Script::new(&format!("{prelude}\n{body}"));
+        let room =
+            |body: &str| Script::new(&format!("local PUBLISH = '{publish}'\n{prelude}\n{body}"));
         Scripts {
+            publish,
             room_create: room(include_str!("lua/room_create.lua")),
             room_join: room(include_str!("lua/room_join.lua")),
             room_chat: room(include_str!("lua/room_chat.lua")),
@@ -210,10 +230,7 @@ impl ToRedisArgs for SessionToken {
 /// channel) in the order every such script takes them.
 pub(super) fn on_room(script: &Script, code: RoomCode) -> ScriptInvocation<'_> {
     let mut invocation = script.prepare_invoke();
-    invocation
-        .key(keys::room(code))
-        .key(keys::log(code))
-        .key(keys::channel(code));
+    invocation.key(keys::room(code)).key(keys::log(code));
     invocation
 }
 

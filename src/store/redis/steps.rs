@@ -268,7 +268,6 @@ async fn read(
         .scripts
         .room_read
         .key(keys::room(code))
-        .key(keys::channel(code))
         .arg(token)
         .arg(conn.encode())
         .arg(up_to)
@@ -558,7 +557,7 @@ async fn room_state(at: &mut At<'_>, code: RoomCode, floors: Floors) -> RedisRes
 
 /// Tells the nodes that hear room `code` of `event`, on its channel.
 async fn publish(at: &mut At<'_>, code: RoomCode, event: &RoomEvent) -> RedisResult<Outcome> {
-    let _: i64 = redis::cmd("PUBLISH")
+    let _: i64 = redis::cmd(at.scripts.publish)
         .arg(keys::channel(code))
         .arg(wire::encode(event))
         .query_async(at.redis)

@@ -90,7 +90,7 @@ impl Sweeper {
             .map(|(code, token, deadline)| {
                 let mut call = scripts::batched(
                     &self.scripts.room_expire,
-                    &[keys::room(code), keys::log(code), keys::channel(code)],
+                    &[keys::room(code), keys::log(code)],
                 );
                 call.arg(token).arg(deadline);
                 call

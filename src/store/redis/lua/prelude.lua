@@ -1,13 +1,22 @@
 -- Shared by every script of a room: prepended to each before it is loaded.
 --
--- A room is three keys with the hash tag {CODE}: `chat:{CODE}:room` (a hash: the counters and
--- the seats), `chat:{CODE}:log` (a list of `chat` frames, ids contiguous) and the channel
--- `chat:{CODE}:ch`. A seat's fields are named `<token>:<x>`: n name, c connection, o node,
+-- A room is two keys with the hash tag {CODE}: `chat:{CODE}:room` (a hash: the counters and
+-- the seats) and `chat:{CODE}:log` (a list of `chat` frames, ids contiguous), and the channel
+-- `chat:{CODE}:ch`. The channel is not passed as a key (see channel_of), and is published
+-- on with PUBLISH, or SPUBLISH on a Redis Cluster (the store sets `PUBLISH` to one or the
+-- other, above this prelude). A seat's fields are named `<token>:<x>`: n name, c connection, o node,
 -- h held until (absent while its connection is up), f first id it may be given, r read up to,
 -- kn how many messages it sent with a client_msg_id and k0..k7 the recent ones (see
 -- room_chat.lua). The room's own fields: last (its last chat id), lost (through which id its
 -- log has shed), vis (the first id a joiner sees), ev (its last event number), bytes, enc, kc
 -- (its key check), run (see vouch).
+
+-- A room's channel, from its room key. Not declared among a script's keys: while a room's slot
+-- migrates, Redis answers TRYAGAIN to a script that declares a key not yet moved, and a
+-- channel is never moved. In the room's slot, so SPUBLISH may publish on it from the script.
+local function channel_of(room)
+  return (string.gsub(room, ':room$', ':ch'))
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -38,7 +47,7 @@ local function event(room, ch, kind, tok, name, extra)
   local seq = redis.call('HINCRBY', room, 'ev', 1)
   local e = {k = kind, s = seq, t = tok, n = name}
   if extra then for key, value in pairs(extra) do e[key] = value end end
-  redis.call('PUBLISH', ch, 'E' .. cjson.encode(e))
+  redis.call(PUBLISH, ch, 'E' .. cjson.encode(e))
   return seq
 end
 

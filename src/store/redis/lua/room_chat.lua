@@ -3,14 +3,15 @@
 -- `floor` is the last id the sender's node has told in this room (see raise_chat); `ends_typing`
 -- (1 or 0) whether the sender was typing until now: the message is then published as `S`
 -- rather than `C`, and the peer's node tells `stop_typing` before it (see wire.rs).
--- KEYS room log ch; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes floor
+-- KEYS room log; ARGV tok conn tail client_msg_id('' for none) max_messages max_bytes floor
 --   ends_typing
 --   -> {'OK', id} | {'DUP', original frame or ''} | {'GONE'} | {'MOVED'}
 --
 -- Every chat runs this, so it makes few calls: one read of all it needs from the room's hash,
 -- the log's RPUSH, one write of the room's hash, the PUBLISH (and a trim's LPOPs). The script
 -- runs atomically, so reading a counter and writing it back is as safe as HINCRBY.
-local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
+local room, log = KEYS[1], KEYS[2]
+local ch = channel_of(room)
 local tok, cm = ARGV[1], ARGV[4]
 -- The sender's recent client_msg_ids: `kn` counts the messages it sent with one, and the n-th
 -- is an entry "\n<client_msg_id>\t<n>\t<message id>" at the end of one of eight bucket fields,
@@ -89,5 +90,5 @@ end
 redis.call('HSET', room, unpack(writes))
 local kind = 'C'
 if ARGV[8] == '1' then kind = 'S' end
-redis.call('PUBLISH', ch, kind .. id .. '|' .. tok .. '|' .. frame)
+redis.call(PUBLISH, ch, kind .. id .. '|' .. tok .. '|' .. frame)
 return {'OK', id}

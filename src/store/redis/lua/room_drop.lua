@@ -2,9 +2,10 @@
 -- Idempotent: a retry finds the deadline already set.
 -- `left`: how long the seat has until its deadline, by this shard's clock, so that the grace
 -- period is filed by it on its bucket's clock (one clock measures it: see grace_add.lua).
--- KEYS room log ch; ARGV tok conn grace keep event_floor
+-- KEYS room log; ARGV tok conn grace keep event_floor
 --   -> {'HELD', deadline, left} | {'LEFT'|'DELETED'} | {'GONE'|'MOVED'}
-local room, log, ch, tok = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local room, log, tok = KEYS[1], KEYS[2], ARGV[1]
+local ch = channel_of(room)
 local err = check(room, tok, ARGV[2])
 if err then return {err} end
 raise_events(room, tonumber(ARGV[5]))

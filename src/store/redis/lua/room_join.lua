@@ -1,9 +1,10 @@
 -- Seats a guest under the two-member cap and the name rule, and gives it the history a joiner
--- sees. KEYS room log ch; ARGV tok name conn node ttl history_len event_floor
+-- sees. KEYS room log; ARGV tok name conn node ttl history_len event_floor
 --   -> {'OK', host name, host connected (0|1), last, ev, encrypted, key_check or '',
 --       history frames...}
 --    | {'ROOM_NOT_FOUND'} | {'ROOM_FULL'} | {'USERNAME_TAKEN'}
-local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
+local room, log = KEYS[1], KEYS[2]
+local ch = channel_of(room)
 local tok, name = ARGV[1], ARGV[2]
 local a, b = seats(room)
 if not a then return {'ROOM_NOT_FOUND'} end

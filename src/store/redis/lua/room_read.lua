@@ -1,6 +1,7 @@
 -- A read receipt: receipts only move forward.
--- KEYS room ch; ARGV tok conn up_to event_floor -> {'OK'} | {'IGNORED'} | {'FUTURE', last} | {'GONE'} | {'MOVED'}
-local room, ch, tok = KEYS[1], KEYS[2], ARGV[1]
+-- KEYS room; ARGV tok conn up_to event_floor -> {'OK'} | {'IGNORED'} | {'FUTURE', last} | {'GONE'} | {'MOVED'}
+local room, tok = KEYS[1], ARGV[1]
+local ch = channel_of(room)
 local err = check_live(room, tok, ARGV[2])
 if err then return {err} end
 local up, last = tonumber(ARGV[3]), tonumber(redis.call('HGET', room, 'last'))

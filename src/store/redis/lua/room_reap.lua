@@ -1,9 +1,10 @@
 -- A node was found dead: the seats it held are held for a resume (or given up with grace 0),
 -- and the seats already held are returned too, so that their grace entries exist. With each,
 -- how long it has left by this shard's clock (see room_drop.lua).
--- KEYS room log ch; ARGV dead_node grace keep
+-- KEYS room log; ARGV dead_node grace keep
 --   -> {tok, deadline, left, ...} (deadline 0: given up)
-local room, log, ch = KEYS[1], KEYS[2], KEYS[3]
+local room, log = KEYS[1], KEYS[2]
+local ch = channel_of(room)
 local grace = tonumber(ARGV[2])
 local now = now_ms()
 local a, b = seats(room)

@@ -4,10 +4,11 @@
 -- that was behind) before any node that heard the room could raise it: its word is the floor
 -- (see raise_chat), so that no id it was given is given again. Once vouched for, a room takes
 -- no member's word, so a member cannot make its room forget its log at will.
--- KEYS room log ch; ARGV tok conn node last_id ttl event_floor
+-- KEYS room log; ARGV tok conn node last_id ttl event_floor
 --   -> {'OK', name, peer name or '', peer connected, peer read, last, ev, encrypted, key_check or '',
 --       previous conn or '', previous node or '', lost, missed frames...} | {'EXPIRED'}
-local room, log, ch, tok = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local room, log, tok = KEYS[1], KEYS[2], ARGV[1]
+local ch = channel_of(room)
 if not is_member(room, tok) then return {'EXPIRED'} end
 raise_events(room, tonumber(ARGV[6]))
 -- The largest id a client can hold exactly (2^53 - 1): beyond it, a number is not an id.
