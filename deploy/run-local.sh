@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs, on this machine, what a two-node deployment runs: Redis, two chat-server nodes sharing
-# it, and nginx (or HAProxy, with HAPROXY=1) spreading connections over them. Prints the address
-# to open; Ctrl-C stops everything. See deploy/README.md.
+# it, and nginx (or HAProxy, with HAPROXY=1) spreading connections over them. With CLUSTER=1,
+# Redis is a Redis Cluster of six redis-servers (three masters, each with a replica) and the
+# nodes are given its seeds. Prints the address to open; Ctrl-C stops everything. See
+# deploy/README.md.
 #
 # Ports can be changed: PORT (the balancer, 8080), NODE1_PORT (8081), NODE2_PORT (8082),
-# REDIS_PORT (6379). CHAT_SERVER=path runs that binary instead of building this one. Extra
+# REDIS_PORT (6379; with CLUSTER=1, the cluster's six ports start there). CHAT_SERVER=path runs that binary instead of building this one. Extra
 # arguments are passed to both nodes, e.g. `--resume-grace 10s`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +67,30 @@ wait_for_port() {
   exit 1
 }
 
-# Redis: one that already runs on the port is used as it is (Debian's package starts one on
-# 6379); otherwise a fresh one that keeps nothing on disk.
-if [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; then
+# Redis: with CLUSTER=1, a cluster of six fresh redis-servers, formed with redis-cli; otherwise
+# one that already runs on the port is used as it is (Debian's package starts one on 6379), or a
+# fresh one that keeps nothing on disk.
+if [ -n "${CLUSTER:-}" ]; then
+  cluster_nodes=()
+  seeds=()
+  for i in 0 1 2 3 4 5; do
+    p=$((redis_port + i))
+    mkdir -p "$run/redis-$p"
+    redis-server --bind 127.0.0.1 --port "$p" --dir "$run/redis-$p" --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file "$run/redis-$p/nodes.conf" \
+      --cluster-node-timeout 5000 >"$run/redis-$p.log" 2>&1 &
+    pids+=($!)
+    names[$!]="redis-server $p"
+    wait_for_port $! "$p" "redis-server $p" "$run/redis-$p.log"
+    cluster_nodes+=("127.0.0.1:$p")
+    if [ "$i" -lt 3 ]; then seeds+=("redis://127.0.0.1:$p/"); fi
+  done
+  redis-cli --cluster create "${cluster_nodes[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$run/cluster-create.log" 2>&1
+  until redis-cli -p "$redis_port" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+  redis_url=$(IFS=,; echo "${seeds[*]}")
+  echo "Redis Cluster: 127.0.0.1:$redis_port-$((redis_port + 5)) (logs: $run/redis-*.log)"
+elif [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; then
   echo "Redis:  using the one already running on 127.0.0.1:$redis_port"
 else
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$run" --save "" --appendonly no \
