@@ -7,6 +7,12 @@
 # node r + 1 mod 2. Each run gets a fresh redis-server and fresh nodes. Targets alternate run
 # after run, so that slow drifts in the machine's load hit all of them.
 #
+# With TARGETS including chat-server-cluster and node-cluster, the same two nodes run on a
+# local Redis Cluster of six redis-servers (three masters, each with a replica), and Redis CPU
+# is the masters' together: read from /proc around the whole chat-bench run (setup and warmup
+# included, so a little above what the window alone would give) and divided by the messages
+# delivered over the window and the warmup, counted at the window's rate.
+#
 # Usage: bench/multinode.sh                (RUNS=3)
 #        RUNS=1 DURATION=5s SCENARIOS=fixed bench/multinode.sh     a quick look
 # Output: bench/results/<date>-multinode/results.jsonl and summary.md.
@@ -56,8 +62,10 @@ fi
 
 PIDS=()
 REDIS_PID=
+CLUSTER_PIDS=()
+MASTER_PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}" $REDIS_PID; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}" $REDIS_PID "${CLUSTER_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
@@ -79,12 +87,56 @@ start_redis() {
   wait_for_port "$REDIS_PORT"
 }
 
+# A Redis Cluster of six redis-servers on REDIS_PORT..REDIS_PORT+5 (bus ports +10000): three
+# masters and their replicas, formed by redis-cli. Sets SEEDS (the masters' URLs) and MASTER_PIDS.
+start_cluster() {
+  local ports=() p
+  CLUSTER_PIDS=()
+  for i in 0 1 2 3 4 5; do
+    p=$((REDIS_PORT + i))
+    local dir="$OUT/cluster-$p"
+    rm -rf "$dir" && mkdir -p "$dir"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000 \
+      --logfile "$dir/redis.log" &
+    CLUSTER_PIDS+=($!)
+    ports+=("127.0.0.1:$p")
+    wait_for_port "$p"
+  done
+  redis-cli --cluster create "${ports[@]}" --cluster-replicas 1 --cluster-yes >"$OUT/cluster-create.log" 2>&1
+  until redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok; do sleep 0.1; done
+  SEEDS=
+  MASTER_PIDS=()
+  for i in 0 1 2 3 4 5; do
+    p=$((REDIS_PORT + i))
+    if [ "$(redis-cli -p "$p" role | head -1)" = master ]; then
+      SEEDS="${SEEDS:+$SEEDS,}redis://127.0.0.1:$p/"
+      MASTER_PIDS+=("${CLUSTER_PIDS[$i]}")
+    fi
+  done
+}
+
+# CPU seconds (user + system) the processes $@ have used so far.
+cpu_seconds() {
+  local ticks=0 pid fields
+  for pid in "$@"; do
+    read -ra fields <"/proc/$pid/stat"
+    ticks=$((ticks + fields[13] + fields[14]))
+  done
+  awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", ticks / hz }'
+}
+
 # Starts one node of target $1 on the next port; appends its pid to PIDS and its URL to URLS.
 start_node() {
   PORT=$((PORT + 1))
   local log="$OUT/$1-$PORT.log"
   local redis="redis://127.0.0.1:$REDIS_PORT/"
   case "$1" in
+    # shellcheck disable=SC2086
+    chat-server-cluster) RUST_LOG=warn "$SERVER_BIN" --bind "127.0.0.1:$PORT" --redis "$SEEDS" \
+      $CHAT_SERVER_FLAGS >"$log" 2>&1 & ;;
+    node-cluster) node "$NODE_DIR/server-redis.js" --bind "127.0.0.1:$PORT" --redis "$SEEDS" \
+      >"$log" 2>&1 & ;;
     # shellcheck disable=SC2086 # the flags are meant to split into words
     chat-server-redis) RUST_LOG=warn "$SERVER_BIN" --bind "127.0.0.1:$PORT" --redis "$redis" \
       $CHAT_SERVER_FLAGS >"$log" 2>&1 & ;;
@@ -110,8 +162,12 @@ stop_all() {
     kill -TERM "$REDIS_PID" 2>/dev/null || true
     wait "$REDIS_PID" 2>/dev/null || true
   fi
+  for pid in "${CLUSTER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   PIDS=()
   REDIS_PID=
+  CLUSTER_PIDS=()
+  MASTER_PIDS=()
 }
 
 # Runs one scenario ($1 = label, $2 = run, rest = chat-bench arguments) against $TARGET.
@@ -126,14 +182,29 @@ measure() {
       start_node "$TARGET"
       start_node "$TARGET"
       args+=(--redis-pid "$REDIS_PID") ;;
+    *-cluster)
+      start_cluster
+      start_node "$TARGET"
+      start_node "$TARGET"
+      ;;
     *) start_node "$TARGET" ;;
   esac
   # A node answers on its port before it has reached Redis; give it a moment to.
   sleep 1
   for i in "${!URLS[@]}"; do args+=(--url "${URLS[$i]}" --server-pid "${PIDS[$i]}"); done
-  local load status=0 report
+  local load status=0 report masters_before=0 masters_after=0
   load=$(cut -d' ' -f1 /proc/loadavg)
+  if [ ${#MASTER_PIDS[@]} -gt 0 ]; then masters_before=$(cpu_seconds "${MASTER_PIDS[@]}"); fi
   report=$("$BENCH_BIN" "${args[@]}" --json --quiet "$@") || status=$?
+  if [ ${#MASTER_PIDS[@]} -gt 0 ]; then
+    masters_after=$(cpu_seconds "${MASTER_PIDS[@]}")
+    local warmup_secs=${WARMUP%s}
+    report=$(jq -c --argjson cpu "$(awk -v a="$masters_after" -v b="$masters_before" 'BEGIN { printf "%.3f", a - b }')" \
+      --argjson warmup "$warmup_secs" \
+      '. + {redis: {cpu_secs: $cpu, cpu_us_per_message:
+        ($cpu * 1e6 / (.messages.delivered * (1 + $warmup / .messages.window_secs)))}}' \
+      <<<"$report")
+  fi
   stop_all
   if [ -z "$report" ]; then
     echo "   $label on $TARGET: chat-bench failed (exit $status)" >&2
@@ -182,6 +253,13 @@ done
   jq -c 'select(.target | endswith("-redis")) | .target |= rtrimstr("-redis")' "$RESULTS" |
     jq -rs --argjson quiet null -f bench/summarize.jq
   echo
+  if jq -e 'select(.target | endswith("-cluster"))' "$RESULTS" >/dev/null; then
+    echo "### Two nodes on a Redis Cluster of three masters (Redis CPU: the masters together)"
+    echo
+    jq -c 'select(.target | endswith("-cluster")) | .target |= rtrimstr("-cluster")' "$RESULTS" |
+      jq -rs --argjson quiet null -f bench/summarize.jq
+    echo
+  fi
   echo "### One process, in memory (chat-server, node server.js)"
   echo
   jq -c 'select(.target == "chat-server" or .target == "node")' "$RESULTS" |

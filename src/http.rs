@@ -321,7 +321,15 @@ fn route(request: Request<Incoming>, peer: SocketAddr, app: &Arc<App>) -> Respon
                     "cannot reach Redis\n",
                 )
             } else {
-                respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
+                // On a Redis Cluster, a master that does not answer costs the rooms of its
+                // slots only (until its replica takes over): the node serves the others.
+                let down = app.server.shards_down();
+                if down.is_empty() {
+                    respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
+                } else {
+                    let body = format!("ok, but these shards do not answer: {}\n", down.join(" "));
+                    respond(StatusCode::OK, "text/plain; charset=utf-8", body)
+                }
             }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => respond(

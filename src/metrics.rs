@@ -5,7 +5,9 @@
 //! Every metric is registered once, up front; the hot path only bumps an atomic.
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use strum::IntoEnumIterator;
 
@@ -29,6 +31,8 @@ pub struct RefusedByLimit {
 pub struct Metrics {
     /// Renders the exposition text.
     handle: PrometheusHandle,
+    /// Where metrics known only at run time are registered (one per Redis Cluster shard).
+    recorder: PrometheusRecorder,
     /// WebSocket connections open now (`chat_connections`).
     pub connections: Gauge,
     /// Rooms that exist now (`chat_rooms`).
@@ -221,7 +225,23 @@ impl Metrics {
             ),
             errors_sent,
             handle: recorder.handle(),
+            recorder,
         }
+    }
+
+    /// On a Redis Cluster: 1 while the master `shard` (its address) answers this node, 0 while
+    /// it does not (`chat_redis_shard_up{shard="…"}`). Registered the first time it is asked
+    /// for; the same gauge after that.
+    pub fn shard_up(&self, shard: &str) -> Gauge {
+        const NAME: &str = "chat_redis_shard_up";
+        self.recorder.describe_gauge(
+            NAME.into(),
+            None,
+            "On a Redis Cluster: 1 while this master answers the node, 0 while it does not.".into(),
+        );
+        let key = Key::from_parts(NAME, vec![Label::new("shard", shard.to_string())]);
+        let metadata = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+        self.recorder.register_gauge(&key, &metadata)
     }
 
     /// Counts one `error` message sent with `code`.

@@ -301,3 +301,48 @@ async fn a_room_whose_slot_migrates_loses_nothing() {
     room.host.expect_nothing_pending().await;
     room.guest.expect_nothing_pending().await;
 }
+
+/// One master killed: until its replica takes over, only the rooms of its slots are
+/// unavailable. The rooms on the other masters go on (each message accepted at the first try,
+/// and delivered), `/healthz` still says 200 and names the shard that does not answer, and
+/// `/metrics` has `chat_redis_shard_up{shard="…"} 0` for it. Once the replica has taken over,
+/// the dead master's room works again.
+#[tokio::test]
+async fn one_master_down_takes_only_its_rooms_away() {
+    let test = "one_master_down_takes_only_its_rooms_away";
+    let Some((_turn, mut cluster, nodes)) = two_nodes(test).await else {
+        return;
+    };
+    let mut by_master = rooms_on_every_master(&cluster, &nodes, 1).await;
+    let masters = cluster.masters().await;
+    let dead = masters[0];
+    let replica = cluster.kill_master_now(dead).await;
+    // Until the node notices (its next check, within a second), /healthz and the metric.
+    let shard = dead.to_string();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let metric = format!("chat_redis_shard_up{{shard=\"{shard}\"}}");
+        if nodes[0].metric(&metric).await == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node notices the master is down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = nodes[0].healthz_text().await;
+    // The replica may already have taken over, and the node seen it: then the shard is up.
+    assert_eq!(status, 200, "{body}");
+    for other in by_master[1..].iter_mut().flatten() {
+        let content = format!("{} while a master is down", other.code);
+        other.host.chat(&content).await;
+        let echo = other.host.recv().await;
+        assert_eq!(echo["type"], "chat", "accepted at the first try: {echo}");
+        assert_eq!(other.guest.expect("chat").await["content"], content);
+    }
+    cluster.promoted(replica).await;
+    let room = &mut by_master[0][0];
+    let ids = say_all(&mut room.host, &mut room.guest, &said("after", 1..=2)).await;
+    assert_eq!(ids, vec![1, 2]);
+}

@@ -137,6 +137,8 @@ pub struct ChatServerHandle {
     commands: mpsc::Sender<ServerCommand>,
     /// With `--redis`: whether the link to Redis is up.
     store_up: Option<Arc<AtomicBool>>,
+    /// With `--redis` on a Redis Cluster: the masters that do not answer.
+    shards_down: Option<Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl ChatServerHandle {
@@ -147,6 +149,16 @@ impl ChatServerHandle {
         self.store_up
             .as_ref()
             .is_none_or(|up| up.load(Ordering::Relaxed))
+    }
+
+    /// With `--redis` on a Redis Cluster: the masters (their addresses) that do not answer
+    /// this node. The rooms of their slots are unavailable until replicas take over; the node
+    /// serves the others, so `/healthz` names them but still says 200.
+    pub fn shards_down(&self) -> Vec<String> {
+        self.shards_down
+            .as_ref()
+            .and_then(|down| down.lock().ok().map(|down| down.clone()))
+            .unwrap_or_default()
     }
 
     /// Sends one command, waiting while the actor's queue is full. Fails only if the actor has
@@ -224,12 +236,13 @@ impl ChatServer {
             ),
         );
         let node = NodeId::random();
-        let (store, store_events, store_up) = match &config.redis {
+        let (store, store_events, store_up, shards_down) = match &config.redis {
             None => (
                 Store::Memory(MemoryStore::new(
                     config.max_stored_bytes,
                     Arc::clone(&metrics),
                 )),
+                None,
                 None,
                 None,
             ),
@@ -241,7 +254,13 @@ impl ChatServer {
                     Arc::clone(&metrics),
                 );
                 let up = store.reachable();
-                (Store::Redis(Box::new(store)), Some(events), Some(up))
+                let down = store.shards_down();
+                (
+                    Store::Redis(Box::new(store)),
+                    Some(events),
+                    Some(up),
+                    Some(down),
+                )
             }
         };
         let server = ChatServer {
@@ -272,6 +291,7 @@ impl ChatServer {
             ChatServerHandle {
                 commands: commands_tx,
                 store_up,
+                shards_down,
             },
         )
     }

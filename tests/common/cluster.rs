@@ -331,6 +331,15 @@ impl RedisCluster {
     /// to its replica is lost, as in production: use `WAIT` where a test needs it kept. The
     /// dead node can be brought back with [`RedisCluster::restart`].
     pub async fn kill_master(&mut self, addr: SocketAddr) -> SocketAddr {
+        let replica = self.kill_master_now(addr).await;
+        self.promoted(replica).await;
+        replica
+    }
+
+    /// [`RedisCluster::kill_master`] without waiting: returns as soon as the master is dead,
+    /// with the address of the replica that will take over, for a test that acts in between;
+    /// [`RedisCluster::promoted`] waits for it.
+    pub async fn kill_master_now(&mut self, addr: SocketAddr) -> SocketAddr {
         let view = self.view().await;
         let master = view.entry_at(addr);
         assert!(master.is_master, "{addr} is not a master");
@@ -343,12 +352,16 @@ impl RedisCluster {
             .find(|node| node.addr() == addr)
             .expect("the master is one of the cluster's nodes")
             .kill();
-        self.settle_with(
-            &format!("{} takes over from the killed {addr}", replica.addr),
-            |view| view.not_yet_master(&replica.id),
-        )
-        .await;
         replica.addr
+    }
+
+    /// Returns once `replica` has taken over as a master and the cluster has settled.
+    pub async fn promoted(&self, replica: SocketAddr) {
+        let id = self.node_at(replica).id.clone();
+        self.settle_with(&format!("{replica} takes over as master"), |view| {
+            view.not_yet_master(&id)
+        })
+        .await;
     }
 
     /// Starts the node at `addr` again after [`RedisCluster::kill_master`], on the same ports

@@ -454,6 +454,12 @@ impl Node {
         self.http_get("/healthz").await.0
     }
 
+    /// `/healthz`: its status and its body.
+    pub async fn healthz_text(&self) -> (u16, String) {
+        let (status, _, body) = self.http_get("/healthz").await;
+        (status, body)
+    }
+
     /// The `/metrics` exposition text.
     pub async fn metrics(&self) -> String {
         self.http_get("/metrics").await.2

@@ -37,16 +37,42 @@ pub struct Link {
     serving: Arc<AtomicBool>,
     /// Wakes the supervisor early: a step just failed.
     trouble: Notify,
+    /// On a Redis Cluster: the masters that did not answer the last check, for `/healthz`.
+    /// Their rooms' steps fail (`UNAVAILABLE`) until their replicas take over; the others go on.
+    shards_down: Arc<Mutex<Vec<String>>>,
 }
 
 impl Link {
+    /// Notes which masters of a cluster answered ([`Commands::check`]).
+    fn note_shards(&self, shards: &[(String, bool)], metrics: &Metrics) {
+        let mut down = Vec::new();
+        for (shard, up) in shards {
+            metrics.shard_up(shard).set(if *up { 1.0 } else { 0.0 });
+            if !up {
+                down.push(shard.clone());
+            }
+        }
+        if let Ok(mut shards_down) = self.shards_down.lock() {
+            if *shards_down != down && !down.is_empty() {
+                warn!(shards = ?down, "masters of the cluster do not answer: their rooms are unavailable");
+            }
+            *shards_down = down;
+        }
+    }
+
     pub fn new(target: Target, serving: Arc<AtomicBool>) -> Self {
         Link {
             target,
             current: Mutex::new(None),
             serving,
             trouble: Notify::new(),
+            shards_down: Arc::default(),
         }
+    }
+
+    /// The masters of a cluster that did not answer the last check (shared, kept up to date).
+    pub fn shards_down(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.shards_down)
     }
 
     /// The connection, if the link is up. A clone shares the one socket.
@@ -103,11 +129,12 @@ impl Link {
                     () = tokio::time::sleep(PING_EVERY) => {}
                     () = self.trouble.notified() => {}
                 }
-                let ping: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut connection).await;
-                if let Err(err) = ping {
-                    warn!(cause = %err, "lost the link to Redis");
-                    break;
+                match connection.check(ANSWER_TIMEOUT).await {
+                    Ok(shards) => self.note_shards(&shards, &metrics),
+                    Err(err) => {
+                        warn!(cause = %err, "lost the link to Redis");
+                        break;
+                    }
                 }
             }
             self.set(None);

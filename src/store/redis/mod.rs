@@ -213,6 +213,11 @@ impl RedisStore {
         Arc::clone(&self.up)
     }
 
+    /// On a Redis Cluster: the masters that did not answer the link's last check.
+    pub fn shards_down(&self) -> Arc<std::sync::Mutex<Vec<String>>> {
+        self.shared.link.shards_down()
+    }
+
     /// Runs `step` once the steps before it in its lane are done; its outcome comes back as
     /// [`RedisEvent::Done`] with `op`. `floors`: how far the node has told the step's room.
     pub fn submit(&mut self, op: u64, step: Step, floors: Floors) {

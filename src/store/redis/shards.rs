@@ -493,7 +493,7 @@ impl Shards {
 }
 
 /// One range of `CLUSTER SLOTS`: `[first, last, [ip, port, id], replicas…]`.
-fn slot_range(range: &Value) -> Option<(u16, u16, SocketAddr)> {
+pub(super) fn slot_range(range: &Value) -> Option<(u16, u16, SocketAddr)> {
     let Value::Array(parts) = range else {
         return None;
     };

@@ -16,7 +16,8 @@ use futures_util::future;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, RedisFuture, RedisResult, Value};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 
 /// One `redis-server`, or a Redis Cluster.
 #[derive(Clone)]
@@ -151,6 +152,40 @@ impl fmt::Debug for Commands {
 }
 
 impl Commands {
+    /// Whether Redis answers: the one server, or on a cluster each master in turn, so that one
+    /// master down costs only the rooms of its slots, not the whole node (a cluster's `PING`
+    /// goes to every node, and would fail with any one). Returns each master and whether it
+    /// answered within `timeout` (none for the one server); `Err` if nothing answers.
+    pub async fn check(&mut self, timeout: Duration) -> RedisResult<Vec<(String, bool)>> {
+        let ping = redis::cmd("PING");
+        match self {
+            Commands::One(connection) => {
+                answered(timeout, ping.query_async::<Value>(connection)).await?;
+                Ok(Vec::new())
+            }
+            Commands::Cluster(connection) => {
+                let masters = masters(connection, timeout).await?;
+                let mut answers = Vec::new();
+                for master in masters {
+                    let to_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: master.ip().to_string(),
+                        port: master.port(),
+                    });
+                    let pinged = connection.route_command(ping.clone(), to_master);
+                    let up = answered(timeout, pinged).await.is_ok();
+                    answers.push((master.to_string(), up));
+                }
+                if answers.iter().all(|(_, up)| !up) {
+                    return Err(RedisError::from((
+                        ErrorKind::Io,
+                        "no master of the cluster answers",
+                    )));
+                }
+                Ok(answers)
+            }
+        }
+    }
+
     /// Sends `calls`, each on its own, and returns their replies in order: to one server in one
     /// pipeline (one round trip); to a cluster all at once, each to the shard of its first key,
     /// since a pipeline must stay within one slot there.
@@ -172,6 +207,46 @@ impl Commands {
             }
         }
     }
+}
+
+/// The cluster's masters, as any node that answers says (`CLUSTER SLOTS`, a few tries: a node
+/// picked at random may be the one that is down).
+async fn masters(
+    connection: &mut ClusterConnection,
+    timeout: Duration,
+) -> RedisResult<Vec<std::net::SocketAddr>> {
+    let mut last = None;
+    for _ in 0..3 {
+        let asked = connection.route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        );
+        match answered(timeout, asked).await {
+            Ok(Value::Array(ranges)) => {
+                let mut masters: Vec<_> = ranges
+                    .iter()
+                    .filter_map(super::shards::slot_range)
+                    .map(|(_, _, master)| master)
+                    .collect();
+                masters.sort();
+                masters.dedup();
+                return Ok(masters);
+            }
+            Ok(_) => {}
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no slot map"))))
+}
+
+/// `asked`'s answer, or an error if it takes longer than `timeout`.
+async fn answered(
+    timeout: Duration,
+    asked: impl Future<Output = RedisResult<Value>>,
+) -> RedisResult<Value> {
+    tokio::time::timeout(timeout, asked)
+        .await
+        .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "no answer in time"))))
 }
 
 impl ConnectionLike for Commands {
