@@ -94,6 +94,9 @@ pub struct RedisMetrics {
     /// On a Redis Cluster: rooms listened to again on another shard after their slot moved,
     /// and repaired (`chat_redis_resubscribed_total`).
     pub resubscribed: Counter,
+    /// On a Redis Cluster: a master's pub/sub connection that left a ping unanswered, and was
+    /// given up (`chat_redis_probe_timeouts_total`).
+    pub probe_timeouts: Counter,
 }
 
 impl Metrics {
@@ -187,6 +190,10 @@ impl Metrics {
             resubscribed: counter(
                 "chat_redis_resubscribed_total",
                 "On a Redis Cluster: rooms listened to again on another shard, and repaired.",
+            ),
+            probe_timeouts: counter(
+                "chat_redis_probe_timeouts_total",
+                "On a Redis Cluster: a master's pub/sub connection that left a ping unanswered.",
             ),
         };
 

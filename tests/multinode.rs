@@ -3,8 +3,9 @@
 //! different nodes, and checks what each client receives.
 //!
 //! The first tests are one set of rules run against both stores: each runs once on a server
-//! that keeps everything in memory and once on two nodes sharing Redis, so that a rule cannot
-//! drift between the two. The rest only exist with several nodes: races between nodes, a node
+//! that keeps everything in memory, once on two nodes sharing Redis, and once on two nodes on a
+//! Redis Cluster of three masters (`tests/common/cluster.rs`), so that a rule cannot drift
+//! between them. The rest only exist with several nodes: races between nodes, a node
 //! killed or restarted, Redis out of reach, and what Redis keeps.
 //!
 //! Without `redis-server` these tests fail under CI and say they skipped elsewhere.
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
+use common::cluster::RedisCluster;
 use common::redis::{Node, RedisLink, RedisServer, Reply, nodes, redis_available};
 use common::{PATIENCE, TestClient, TestServer, pair_at};
 
@@ -31,6 +33,14 @@ enum Setup {
         nodes: Vec<Node>,
         /// One multi-node test at a time: each runs several processes, and their timing
         /// (heartbeats, liveness) is what many of them check.
+        _turn: MutexGuard<'static, ()>,
+    },
+    /// Nodes on a local Redis Cluster of three masters and their replicas
+    /// (`tests/common/cluster.rs`), given its seeds.
+    Cluster {
+        nodes: Vec<Node>,
+        /// Declared after the nodes, so that they stop first.
+        _cluster: RedisCluster,
         _turn: MutexGuard<'static, ()>,
     },
 }
@@ -74,11 +84,32 @@ impl Setup {
         })
     }
 
+    /// `n` nodes on a Redis Cluster of their own, with `--resume-grace` [`GRACE`]; `None`
+    /// where `redis-server` is missing (outside CI).
+    async fn cluster(test: &str, n: usize) -> Option<Self> {
+        if !redis_available(test) {
+            return None;
+        }
+        let turn = TURN.lock().await;
+        let cluster = RedisCluster::start().await;
+        let nodes = nodes(n, &cluster.seeds().await, &["--resume-grace", GRACE]);
+        for node in &nodes {
+            linked(node).await;
+        }
+        Some(Setup::Cluster {
+            nodes,
+            _cluster: cluster,
+            _turn: turn,
+        })
+    }
+
     /// The WebSocket URL of node `i` (any `i`: they are taken in turn).
     fn url(&self, i: usize) -> String {
         match self {
             Setup::Memory(server) => server.ws_url(),
-            Setup::Redis { nodes, .. } => nodes[i % nodes.len()].ws_url(),
+            Setup::Redis { nodes, .. } | Setup::Cluster { nodes, .. } => {
+                nodes[i % nodes.len()].ws_url()
+            }
         }
     }
 
@@ -111,7 +142,7 @@ async fn node(args: &[&str]) -> Node {
     node
 }
 
-/// Runs a scenario once on each store.
+/// Runs a scenario once on each store: in memory, on one Redis, and on a Redis Cluster.
 macro_rules! on_both_stores {
     ($scenario:ident) => {
         mod $scenario {
@@ -126,6 +157,17 @@ macro_rules! on_both_stores {
             async fn on_two_nodes_sharing_redis() {
                 let test = concat!(stringify!($scenario), "::on_two_nodes_sharing_redis");
                 if let Some(setup) = Setup::redis(test, 2, &[]).await {
+                    super::$scenario(&setup).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn on_two_nodes_sharing_a_redis_cluster() {
+                let test = concat!(
+                    stringify!($scenario),
+                    "::on_two_nodes_sharing_a_redis_cluster"
+                );
+                if let Some(setup) = Setup::cluster(test, 2).await {
                     super::$scenario(&setup).await;
                 }
             }

@@ -283,7 +283,8 @@ impl Task {
                     if self.dropped && self.events.try_send(RedisEvent::Resync).is_ok() {
                         self.dropped = false;
                     }
-                    shards.ping().await;
+                    let silent = shards.ping().await;
+                    self.metrics.redis.probe_timeouts.increment(silent as u64);
                     let moved: Vec<RoomCode> = shards
                         .rehome()
                         .await

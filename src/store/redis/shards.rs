@@ -397,18 +397,21 @@ impl Shards {
         }
     }
 
-    /// Pings every connection; one that left the last ping unanswered is lost.
-    pub async fn ping(&mut self) {
+    /// Pings every connection; one that left the last ping unanswered is lost. Returns how many
+    /// were.
+    pub async fn ping(&mut self) -> usize {
         let mut silent = Vec::new();
         for (master, link) in &mut self.links {
             if !link.ping().await {
                 silent.push(*master);
             }
         }
+        let silent_ones = silent.len();
         for master in silent {
             warn!(%master, "a shard's pub/sub connection stopped answering");
             self.lost(master);
         }
+        silent_ones
     }
 
     /// Finds the homeless channels a home: reads the slot map again and subscribes each on
