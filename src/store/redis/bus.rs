@@ -258,7 +258,7 @@ impl Task {
                 heard = heard.recv() => match heard {
                     Some(Heard::Message { channel, payload }) => self.forward(&channel, &payload),
                     Some(Heard::Homeless { channel }) => shards.homeless(channel),
-                    Some(Heard::Lost { master }) => shards.lost(master),
+                    Some(Heard::Lost { master, link }) => shards.ended(master, link),
                     None => return,
                 },
                 order = self.orders.recv() => {

@@ -67,8 +67,9 @@ pub enum Heard {
     /// The channel is no longer listened to there: its slot moved, or the subscription was
     /// refused.
     Homeless { channel: String },
-    /// The connection to the master at this address ended: every channel on it is homeless.
-    Lost { master: SocketAddr },
+    /// The connection `link` to the master at this address ended: every channel on it is
+    /// homeless (unless a newer connection to that master has taken over).
+    Lost { master: SocketAddr, link: u64 },
 }
 
 /// What a connection waits for, in the order its requests were sent: Redis answers them in
@@ -87,6 +88,9 @@ enum Expect {
 /// One connection to one master, for sharded pub/sub. Its reader runs as a task of its own;
 /// requests are written here.
 struct ShardLink {
+    /// Which connection this is: a connection given up may still report its end after a
+    /// new one to the same master was made.
+    id: u64,
     writer: OwnedWriteHalf,
     expected: Arc<Mutex<VecDeque<Expect>>>,
     /// Pings sent and not yet answered: more than one at a tick means it stopped answering.
@@ -94,7 +98,11 @@ struct ShardLink {
 }
 
 impl ShardLink {
-    async fn connect(master: SocketAddr, heard: mpsc::Sender<Heard>) -> std::io::Result<Self> {
+    async fn connect(
+        master: SocketAddr,
+        id: u64,
+        heard: mpsc::Sender<Heard>,
+    ) -> std::io::Result<Self> {
         let stream = tokio::time::timeout(ANSWER_TIMEOUT, TcpStream::connect(master))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -104,12 +112,14 @@ impl ShardLink {
         let unanswered = Arc::new(Mutex::new(0));
         tokio::spawn(read(
             master,
+            id,
             BufReader::new(reader),
             Arc::clone(&expected),
             Arc::clone(&unanswered),
             heard,
         ));
         Ok(ShardLink {
+            id,
             writer,
             expected,
             unanswered,
@@ -169,6 +179,7 @@ impl ShardLink {
 /// Reads one connection's frames until it ends.
 async fn read(
     master: SocketAddr,
+    link: u64,
     mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     expected: Arc<Mutex<VecDeque<Expect>>>,
     unanswered: Arc<Mutex<u32>>,
@@ -253,7 +264,7 @@ async fn read(
             }
         }
     }
-    let _ = heard.send(Heard::Lost { master }).await;
+    let _ = heard.send(Heard::Lost { master, link }).await;
 }
 
 /// A RESP2 frame, as a subscribed connection receives them: arrays of bulk strings and
@@ -316,6 +327,8 @@ pub struct Shards {
     home: HashMap<String, SocketAddr>,
     homeless: HashSet<String>,
     heard: mpsc::Sender<Heard>,
+    /// The id of the next connection made.
+    next_link: u64,
 }
 
 impl Shards {
@@ -327,6 +340,7 @@ impl Shards {
             home: HashMap::new(),
             homeless: HashSet::new(),
             heard,
+            next_link: 0,
         }
     }
 
@@ -380,8 +394,16 @@ impl Shards {
         }
     }
 
-    /// The connection to `master` ended: its channels are homeless.
-    pub fn lost(&mut self, master: SocketAddr) {
+    /// The connection `link` to `master` ended: its channels are homeless. Nothing, if a newer
+    /// connection to `master` has been made since.
+    pub fn ended(&mut self, master: SocketAddr, link: u64) {
+        if self.links.get(&master).is_some_and(|current| current.id == link) {
+            self.lost(master);
+        }
+    }
+
+    /// The connection to `master` is given up: its channels are homeless.
+    fn lost(&mut self, master: SocketAddr) {
         if self.links.remove(&master).is_some() {
             warn!(%master, "lost a shard's pub/sub connection");
         }
@@ -479,7 +501,8 @@ impl Shards {
     /// The connection to `master`, made if there is none.
     async fn link(&mut self, master: SocketAddr) -> Option<&mut ShardLink> {
         if !self.links.contains_key(&master) {
-            match ShardLink::connect(master, self.heard.clone()).await {
+            self.next_link += 1;
+            match ShardLink::connect(master, self.next_link, self.heard.clone()).await {
                 Ok(link) => {
                     self.links.insert(master, link);
                 }
