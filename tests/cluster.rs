@@ -11,11 +11,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
 use common::cluster::RedisCluster;
-use common::redis::{Node, nodes, redis_available};
+use common::redis::{Node, nodes, redis_available, send_until_accepted};
 use common::{PATIENCE, TestClient, pair_at};
 
 /// One test at a time: each starts six `redis-server`s and two nodes.
@@ -83,24 +83,6 @@ async fn rooms_on_every_master(
         }
     }
     by_master
-}
-
-/// Sends `content` with a `client_msg_id` of its own, and again while the node answers
-/// `UNAVAILABLE` (the room's shard is changing hands), as the web client does; returns the
-/// echo.
-async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {
-    let chat = json!({"type": "chat", "content": content, "client_msg_id": content});
-    let deadline = Instant::now() + 3 * PATIENCE;
-    loop {
-        client.send(chat.clone()).await;
-        let answer = client.recv().await;
-        if answer["type"] == "chat" {
-            return answer;
-        }
-        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
-        assert!(Instant::now() < deadline, "the room is served again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Each of `contents`, sent by `from` (until accepted), reaches `to` once and in order, with

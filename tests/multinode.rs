@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
 use common::cluster::RedisCluster;
-use common::redis::{Node, RedisLink, RedisServer, Reply, nodes, redis_available};
+use common::redis::{
+    Node, RedisLink, RedisServer, Reply, nodes, redis_available, send_until_accepted,
+};
 use common::{PATIENCE, TestClient, TestServer, pair_at};
 
 /// The resume grace period the tests give: short, so that a test waits it out quickly.
@@ -1338,21 +1340,6 @@ async fn resume_until_answered(node: &Node, request: Value) -> (TestClient, Valu
         let answer = client.recv().await;
         if answer["type"] == "resumed" {
             return (client, answer);
-        }
-        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sends `content` with a `client_msg_id` of its own, and again while the node answers
-/// `UNAVAILABLE` (it is reconnecting to Redis), as the web client does; returns the echo.
-async fn send_until_accepted(client: &mut TestClient, content: &str) -> Value {
-    let chat = json!({"type": "chat", "content": content, "client_msg_id": content});
-    loop {
-        client.send(chat.clone()).await;
-        let answer = client.recv().await;
-        if answer["type"] == "chat" {
-            return answer;
         }
         assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -682,3 +682,21 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Sends `content` as a chat with a `client_msg_id` of its own, and again while the node
+/// answers `UNAVAILABLE` (it is reconnecting to Redis, or the room's shard is changing hands),
+/// as the web client does, for at most three patience periods; returns the echo.
+pub async fn send_until_accepted(client: &mut TestClient, content: &str) -> serde_json::Value {
+    let chat = serde_json::json!({"type": "chat", "content": content, "client_msg_id": content});
+    let deadline = Instant::now() + 3 * PATIENCE;
+    loop {
+        client.send(chat.clone()).await;
+        let answer = client.recv().await;
+        if answer["type"] == "chat" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        assert!(Instant::now() < deadline, "the room is served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

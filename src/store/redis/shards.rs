@@ -397,7 +397,11 @@ impl Shards {
     /// The connection `link` to `master` ended: its channels are homeless. Nothing, if a newer
     /// connection to `master` has been made since.
     pub fn ended(&mut self, master: SocketAddr, link: u64) {
-        if self.links.get(&master).is_some_and(|current| current.id == link) {
+        if self
+            .links
+            .get(&master)
+            .is_some_and(|current| current.id == link)
+        {
             self.lost(master);
         }
     }
