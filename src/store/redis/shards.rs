@@ -352,14 +352,7 @@ impl Shards {
     /// Listens to `channel` on its slot's master; answers `confirm` once Redis has (or
     /// `false`). A channel that cannot be placed now waits for a home, unconfirmed.
     pub async fn subscribe(&mut self, channel: String, confirm: Option<oneshot::Sender<bool>>) {
-        let Some(master) = self.master_of(&channel).await else {
-            if let Some(confirm) = confirm {
-                let _ = confirm.send(false);
-            }
-            self.homeless.insert(channel);
-            return;
-        };
-        let Some(link) = self.link(master).await else {
+        let Some((master, link)) = self.place(&channel).await else {
             if let Some(confirm) = confirm {
                 let _ = confirm.send(false);
             }
@@ -469,6 +462,12 @@ impl Shards {
             );
         }
         placed
+    }
+
+    /// The master of `channel`'s slot and the connection to it, if both can be had now.
+    async fn place(&mut self, channel: &str) -> Option<(SocketAddr, &mut ShardLink)> {
+        let master = self.master_of(channel).await?;
+        Some((master, self.link(master).await?))
     }
 
     /// The master that owns `channel`'s slot, reading the slot map if it is not known.

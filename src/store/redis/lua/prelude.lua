@@ -85,16 +85,15 @@ local function this_run()
   return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 end
 
--- A room's counters are vouched for in this run of Redis (field `run`) once a node that hears
--- it has raised them to what it told (a repair, `room_state.lua`), or the room was made in
--- this run. Until then its history may have gone back, and a member's word for how far it has
+-- Vouches for a room's counters in this run of Redis (field `run`), and says whether they
+-- already were. A room is vouched for once a node that hears it has raised them to what it
+-- told (a repair, `room_state.lua`), or once it is made in this run. Until then its history may have gone back, and a member's word for how far it has
 -- read is the best floor there is (`room_resume.lua`); once vouched for, it is not needed.
 local function vouch(room)
-  redis.call('HSET', room, 'run', this_run())
-end
-
-local function vouched(room)
-  return redis.call('HGET', room, 'run') == this_run()
+  local run = this_run()
+  local before = redis.call('HGET', room, 'run')
+  redis.call('HSET', room, 'run', run)
+  return before == run
 end
 
 -- Gives `key` at least `ms` more to live.

@@ -13,9 +13,8 @@ if not is_member(room, tok) then return {'EXPIRED'} end
 raise_events(room, tonumber(ARGV[6]))
 -- The largest id a client can hold exactly (2^53 - 1): beyond it, a number is not an id.
 local read = math.min(tonumber(ARGV[4]), 9007199254740991)
-if read > tonumber(redis.call('HGET', room, 'last')) and not vouched(room) then
+if read > tonumber(redis.call('HGET', room, 'last')) and not vouch(room) then
   raise_chat(room, log, read)
-  vouch(room)
 end
 local s = redis.call('HMGET', room, f(tok, 'c'), f(tok, 'o'), f(tok, 'h'), f(tok, 'n'), f(tok, 'f'))
 local prev_conn, prev_node = s[1], s[2]
