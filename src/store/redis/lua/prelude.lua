@@ -11,11 +11,12 @@
 -- log has shed), vis (the first id a joiner sees), ev (its last event number), bytes, enc, kc
 -- (its key check), run (see vouch).
 
--- A room's channel, from its room key. Not declared among a script's keys: while a room's slot
--- migrates, Redis answers TRYAGAIN to a script that declares a key not yet moved, and a
--- channel is never moved. In the room's slot, so SPUBLISH may publish on it from the script.
+-- A room's channel, from its room key: `chat:{CODE}:room` less `room`, and `ch`. Not declared
+-- among a script's keys: while a room's slot migrates, Redis answers TRYAGAIN to a script that
+-- declares a key not yet moved, and a channel is never moved. In the room's slot, so SPUBLISH
+-- may publish on it from the script.
 local function channel_of(room)
-  return (string.gsub(room, ':room$', ':ch'))
+  return string.sub(room, 1, -5) .. 'ch'
 end
 
 local function now_ms()
@@ -115,23 +116,15 @@ local function check(room, tok, conn)
 end
 
 -- `check`, and `GONE` too if the seat is held: its connection was given up for dead (its node
--- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the room's
--- fields named in `room_fields` and the seat's in `seat_fields`, read in the same call (false
--- where absent).
-local function check_live_reading(room, tok, conn, room_fields, seat_fields)
-  local fields = {'m1', 'm2', f(tok, 'c'), f(tok, 'h')}
-  for _, x in ipairs(room_fields) do fields[#fields + 1] = x end
-  for _, x in ipairs(seat_fields) do fields[#fields + 1] = f(tok, x) end
-  local s = redis.call('HMGET', room, unpack(fields))
+-- was reaped), and speaks for the seat no more; it is to reconnect and resume. Then the fields
+-- named in `...` (the room's, or the seat's as `f(tok, x)`), read in the same call (false where
+-- absent). One HMGET, its field names passed on as they are: every chat runs this.
+local function check_live(room, tok, conn, ...)
+  local s = redis.call('HMGET', room, 'm1', 'm2', f(tok, 'c'), f(tok, 'h'), ...)
   if s[1] ~= tok and s[2] ~= tok then return 'GONE' end
   if s[3] ~= conn then return 'MOVED' end
   if s[4] then return 'GONE' end
-  return false, unpack(s, 5, #fields)
-end
-
--- `check_live_reading`, with the seat's fields named in `...`.
-local function check_live(room, tok, conn, ...)
-  return check_live_reading(room, tok, conn, {}, {...})
+  return false, unpack(s, 5)
 end
 
 -- Written out rather than built: the prelude runs before every script, every chat included.

@@ -25,11 +25,11 @@ local tok, cm = ARGV[1], ARGV[4]
 local KEEP = 100
 local err, last, bytes, sent, bucket, entry, field
 if cm == '' then
-  err, last, bytes = check_live_reading(room, tok, ARGV[2], {'last', 'bytes'}, {})
+  err, last, bytes = check_live(room, tok, ARGV[2], 'last', 'bytes')
 else
   field = 'k' .. tonumber(string.sub(redis.sha1hex(cm), 1, 2), 16) % 8
   err, last, bytes, sent, bucket =
-    check_live_reading(room, tok, ARGV[2], {'last', 'bytes'}, {'kn', field})
+    check_live(room, tok, ARGV[2], 'last', 'bytes', f(tok, 'kn'), f(tok, field))
 end
 if err then return {err} end
 last, bytes, sent = tonumber(last), tonumber(bytes) or 0, tonumber(sent) or 0
@@ -69,25 +69,30 @@ while length > max_messages or bytes > max_bytes do
   lost = id - length + 1
   length = length - 1
 end
-local writes = {'last', id, 'bytes', bytes}
-if lost then
-  writes[#writes + 1] = 'lost'
-  writes[#writes + 1] = lost
-end
-if entry then
-  sent = sent + 1
-  -- The entries no longer among the last 100 go: they are the bucket's first.
-  local n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
-  while n and n <= sent - KEEP do
-    bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
-    n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+if not (lost or entry) then
+  -- A plain chat in a room within its bounds, as nearly every chat is: written out.
+  redis.call('HSET', room, 'last', id, 'bytes', bytes)
+else
+  local writes = {'last', id, 'bytes', bytes}
+  if lost then
+    writes[#writes + 1] = 'lost'
+    writes[#writes + 1] = lost
   end
-  writes[#writes + 1] = f(tok, field)
-  writes[#writes + 1] = bucket .. entry .. sent .. '\t' .. id
-  writes[#writes + 1] = f(tok, 'kn')
-  writes[#writes + 1] = sent
+  if entry then
+    sent = sent + 1
+    -- The entries no longer among the last 100 go: they are the bucket's first.
+    local n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+    while n and n <= sent - KEEP do
+      bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
+      n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+    end
+    writes[#writes + 1] = f(tok, field)
+    writes[#writes + 1] = bucket .. entry .. sent .. '\t' .. id
+    writes[#writes + 1] = f(tok, 'kn')
+    writes[#writes + 1] = sent
+  end
+  redis.call('HSET', room, unpack(writes))
 end
-redis.call('HSET', room, unpack(writes))
 local kind = 'C'
 if ARGV[8] == '1' then kind = 'S' end
 redis.call(PUBLISH, ch, kind .. id .. '|' .. tok .. '|' .. frame)
