@@ -97,6 +97,12 @@ pub struct RedisMetrics {
     /// On a Redis Cluster: a master's pub/sub connection that left a ping unanswered, and was
     /// given up (`chat_redis_probe_timeouts_total`).
     pub probe_timeouts: Counter,
+    /// Batches of chats, read receipts and typing sent to Redis together
+    /// (`chat_redis_batches_total`; see `store/redis/batch.rs`).
+    pub batches: Counter,
+    /// The steps those batches carried (`chat_redis_batched_steps_total`): divided by the
+    /// batches, how many went together on average.
+    pub batched_steps: Counter,
 }
 
 impl Metrics {
@@ -194,6 +200,14 @@ impl Metrics {
             probe_timeouts: counter(
                 "chat_redis_probe_timeouts_total",
                 "On a Redis Cluster: a master's pub/sub connection that left a ping unanswered.",
+            ),
+            batches: counter(
+                "chat_redis_batches_total",
+                "With --redis: batches of chats, read receipts and typing sent to Redis together.",
+            ),
+            batched_steps: counter(
+                "chat_redis_batched_steps_total",
+                "With --redis: the steps those batches carried.",
             ),
         };
 

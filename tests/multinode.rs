@@ -86,15 +86,17 @@ impl Setup {
         })
     }
 
-    /// `n` nodes on a Redis Cluster of their own, with `--resume-grace` [`GRACE`]; `None`
-    /// where `redis-server` is missing (outside CI).
-    async fn cluster(test: &str, n: usize) -> Option<Self> {
+    /// `n` nodes on a Redis Cluster of their own, with `--resume-grace` [`GRACE`] and `args`;
+    /// `None` where `redis-server` is missing (outside CI).
+    async fn cluster(test: &str, n: usize, args: &[&str]) -> Option<Self> {
         if !redis_available(test) {
             return None;
         }
         let turn = TURN.lock().await;
         let cluster = RedisCluster::start().await;
-        let nodes = nodes(n, &cluster.seeds().await, &["--resume-grace", GRACE]);
+        let mut all = vec!["--resume-grace", GRACE];
+        all.extend_from_slice(args);
+        let nodes = nodes(n, &cluster.seeds().await, &all);
         for node in &nodes {
             linked(node).await;
         }
@@ -112,6 +114,14 @@ impl Setup {
             Setup::Redis { nodes, .. } | Setup::Cluster { nodes, .. } => {
                 nodes[i % nodes.len()].ws_url()
             }
+        }
+    }
+
+    /// The nodes (none in memory).
+    fn nodes(&self) -> &[Node] {
+        match self {
+            Setup::Memory(_) => &[],
+            Setup::Redis { nodes, .. } | Setup::Cluster { nodes, .. } => nodes,
         }
     }
 
@@ -169,7 +179,7 @@ macro_rules! on_both_stores {
                     stringify!($scenario),
                     "::on_two_nodes_sharing_a_redis_cluster"
                 );
-                if let Some(setup) = Setup::cluster(test, 2).await {
+                if let Some(setup) = Setup::cluster(test, 2, &[]).await {
                     super::$scenario(&setup).await;
                 }
             }
@@ -233,6 +243,76 @@ async fn one_order_per_room(setup: &Setup) {
     guest.expect_nothing_pending().await;
 }
 on_both_stores!(one_order_per_room);
+
+/// How many rooms chat at once in the batching test: enough that their steps meet in Redis.
+const BUSY_ROOMS: usize = 400;
+/// How many messages each member of each room sends there, all at once.
+const BUSY_EACH: usize = 4;
+/// Every test client comes from 127.0.0.1, and sends at once.
+const BUSY_FLAGS: &[&str] = &["--max-connections-per-ip", "0", "--rate-limit", "0"];
+
+/// Many rooms spanning two nodes, every member sending at once: each member receives every
+/// message of its room once and in order, and the nodes sent the steps to Redis in batches
+/// (`store/redis/batch.rs`), several steps to a batch, not one.
+async fn many_rooms_chatting_at_once_go_to_redis_in_batches(setup: &Setup) {
+    let mut rooms = Vec::with_capacity(BUSY_ROOMS);
+    for r in 0..BUSY_ROOMS {
+        let (host, guest, _) = setup.pair(&format!("h{r}"), &format!("g{r}")).await;
+        rooms.push((host, guest));
+    }
+    for (host, guest) in &mut rooms {
+        for i in 0..BUSY_EACH {
+            host.chat(&format!("h {i}")).await;
+            guest.chat(&format!("g {i}")).await;
+        }
+    }
+    for (host, guest) in &mut rooms {
+        let seen_by_host = read_chats(host, 2 * BUSY_EACH).await;
+        let seen_by_guest = read_chats(guest, 2 * BUSY_EACH).await;
+        assert_eq!(seen_by_host, seen_by_guest, "both see one order");
+        let ids: Vec<u64> = seen_by_host.iter().map(|(id, ..)| *id).collect();
+        assert_eq!(ids, (1..=2 * BUSY_EACH as u64).collect::<Vec<_>>());
+        for (prefix, from_host) in [("h", true), ("g", false)] {
+            let said: Vec<&str> = seen_by_host
+                .iter()
+                .filter(|(_, from, _)| from.starts_with('h') == from_host)
+                .map(|(.., content)| content.as_str())
+                .collect();
+            let expected: Vec<String> = (0..BUSY_EACH).map(|i| format!("{prefix} {i}")).collect();
+            assert_eq!(said, expected, "each message once, in the order sent");
+        }
+    }
+    let (mut batches, mut steps) = (0.0, 0.0);
+    for node in setup.nodes() {
+        batches += node.metric("chat_redis_batches_total").await.unwrap_or(0.0);
+        steps += node
+            .metric("chat_redis_batched_steps_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    let chats = (BUSY_ROOMS * 2 * BUSY_EACH) as f64;
+    assert!(steps >= chats, "every chat went in a batch: {steps} steps");
+    assert!(
+        steps >= 2.0 * batches,
+        "{steps} steps in {batches} batches: the steps of different rooms went together"
+    );
+}
+
+#[tokio::test]
+async fn many_rooms_chatting_at_once_go_to_one_redis_in_batches() {
+    let test = "many_rooms_chatting_at_once_go_to_one_redis_in_batches";
+    if let Some(setup) = Setup::redis(test, 2, BUSY_FLAGS).await {
+        many_rooms_chatting_at_once_go_to_redis_in_batches(&setup).await;
+    }
+}
+
+#[tokio::test]
+async fn many_rooms_chatting_at_once_go_to_a_redis_cluster_in_batches() {
+    let test = "many_rooms_chatting_at_once_go_to_a_redis_cluster_in_batches";
+    if let Some(setup) = Setup::cluster(test, 2, BUSY_FLAGS).await {
+        many_rooms_chatting_at_once_go_to_redis_in_batches(&setup).await;
+    }
+}
 
 /// Typing reaches the peer; the peer sees it stop before the message it turned into, and
 /// before the typist leaves.

@@ -9,11 +9,13 @@
 //! the step runs in a task of its own, and its outcome comes back to the actor as a
 //! [`RedisEvent::Done`]. Steps run in lanes: those of one room (or, outside rooms, of one
 //! session) run one after another, in the order they were submitted, while the steps of
-//! different rooms are in flight together, pipelined on one connection (`link.rs`).
+//! different rooms are in flight together, pipelined on one connection (`link.rs`). The steps
+//! of the hot path (chats, read receipts, typing) go in batches (`batch.rs`).
 //!
 //! Nodes watch over each other (`node.rs`): a node that stops beating is reaped by the others
 //! (`reap.rs`), and every node sweeps the grace periods that have ended (`sweep.rs`).
 
+mod batch;
 mod bus;
 mod failpoint;
 mod link;
@@ -153,6 +155,8 @@ pub struct RedisStore {
     shared: Arc<Shared>,
     /// The lanes with a step in flight, and the steps waiting behind it.
     lanes: FastMap<Lane, VecDeque<(u64, Step, Floors)>>,
+    /// Where the steps of the hot path wait for their batch (`batch.rs`).
+    batch: mpsc::UnboundedSender<batch::Job>,
     /// Rooms where this node has nobody any more, to unlist from its rooms once their lane is
     /// done: a member's drop may still be in flight there, and until it has filed the seat's
     /// grace period, the room must stay listed for a reap, should the node die meanwhile.
@@ -197,8 +201,10 @@ impl RedisStore {
             events,
             metrics,
         });
+        let batch = batch::start(Arc::clone(&shared));
         let store = RedisStore {
             shared,
+            batch,
             lanes: FastMap::default(),
             unlist: FastMap::default(),
             up,
@@ -255,18 +261,18 @@ impl RedisStore {
     }
 
     fn spawn(&self, op: u64, lane: Lane, step: Step, floors: Floors) {
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            let (outcome, notices) = shared.run(step, floors).await;
-            let done = RedisEvent::Done {
-                op,
-                lane,
-                outcome,
-                notices,
-            };
-            // Only fails once the actor has stopped.
-            let _ = shared.events.send(done).await;
-        });
+        let job = batch::Job {
+            op,
+            lane,
+            step,
+            floors,
+        };
+        if batch::is_batched(&job.step) {
+            // Only fails once the batching task has stopped, with the runtime.
+            let _ = self.batch.send(job);
+        } else {
+            tokio::spawn(Arc::clone(&self.shared).perform(job));
+        }
     }
 
     /// The node has no member in room `code` any more: it stops listening there, and will
@@ -372,6 +378,25 @@ impl RedisStore {
 }
 
 impl Shared {
+    /// Runs a step and reports its outcome to the actor.
+    async fn perform(self: Arc<Self>, job: batch::Job) {
+        let batch::Job {
+            op,
+            lane,
+            step,
+            floors,
+        } = job;
+        let (outcome, notices) = self.run(step, floors).await;
+        let done = RedisEvent::Done {
+            op,
+            lane,
+            outcome,
+            notices,
+        };
+        // Only fails once the actor has stopped.
+        let _ = self.events.send(done).await;
+    }
+
     /// Runs one step, timing it; a step that fails or gets no answer in time is `Unavailable`.
     async fn run(&self, step: Step, floors: Floors) -> (Outcome, Vec<Notice>) {
         let entering = match &step {
