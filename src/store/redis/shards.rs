@@ -436,16 +436,34 @@ impl Shards {
     /// Finds the homeless channels a home: reads the slot map again and subscribes each on
     /// its master. Returns the channels that Redis confirmed: what was published on them
     /// while they were homeless is lost, and their rooms are to be repaired.
+    ///
+    /// The slot map is read once, and each master that cannot be reached is tried once: while a
+    /// master is down and its replica not yet promoted, its rooms' channels (hundreds, on a busy
+    /// node) stay homeless at the cost of one `CLUSTER SLOTS` and one refused connection a
+    /// tick, not one of each per channel, which would keep the bus from passing on the other
+    /// rooms' events.
     pub async fn rehome(&mut self) -> Vec<String> {
         if self.homeless.is_empty() {
             return Vec::new();
         }
-        self.owners.clear();
+        let Some(owners) = self.read_slots().await else {
+            return Vec::new();
+        };
+        self.owners = owners;
         let homeless: Vec<String> = self.homeless.drain().collect();
+        let mut unreachable = HashSet::new();
         let mut waiting = Vec::new();
         for channel in homeless {
+            let master = self.master_of(&channel).await;
+            if master.is_none_or(|master| unreachable.contains(&master)) {
+                self.homeless.insert(channel);
+                continue;
+            }
             let (confirm, confirmed) = oneshot::channel();
             self.subscribe(channel.clone(), Some(confirm)).await;
+            if self.homeless.contains(&channel) {
+                unreachable.extend(master);
+            }
             waiting.push((channel, confirmed));
         }
         let mut placed = Vec::new();
@@ -510,9 +528,9 @@ impl Shards {
                     self.links.insert(master, link);
                 }
                 Err(err) => {
+                    // The slot map may be stale: the channel waits for a home, and the next
+                    // `rehome` reads the map again.
                     warn!(%master, cause = %err, "cannot reach a shard for pub/sub");
-                    // The slot map may be stale: read again next time.
-                    self.owners.clear();
                     return None;
                 }
             }
