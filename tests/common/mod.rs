@@ -457,6 +457,10 @@ impl ServerProcess {
         let (line_tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // `CHAT_TEST_ECHO=1 cargo test … -- --nocapture` shows what the nodes logged.
+                if std::env::var_os("CHAT_TEST_ECHO").is_some() {
+                    eprintln!("NODE {line}");
+                }
                 // Keep draining even when nobody listens any more.
                 let _ = line_tx.send(line);
             }

@@ -21,6 +21,7 @@ mod failpoint;
 mod link;
 mod node;
 mod reap;
+mod router;
 pub mod scripts;
 mod shards;
 pub mod steps;

@@ -3,30 +3,28 @@
 //! cluster; one seed is a cluster if its server says so (`cluster_enabled:1` in `INFO
 //! cluster`), which the node asks once as it starts ([`Target::resolve`]).
 //!
-//! Steps run on [`Commands`]: one multiplexed connection to the one server, or the `redis`
-//! crate's cluster connection, which routes each command by its first key's slot, follows
-//! `MOVED` and `ASK`, and loads a script again where a shard answers `NOSCRIPT` (as a replica
-//! promoted by a failover does). Each room's keys carry its code as their hash tag, so every
-//! script of a room runs on the one shard that holds the room.
+//! Steps run on [`Commands`]: one multiplexed connection to the one server, or, on a cluster,
+//! this node's own [`Router`] (`router.rs`), which routes each command by its first key's slot
+//! over a connection per master, follows `MOVED` and `ASK`, and loads a script again where a
+//! shard answers `NOSCRIPT` (as a replica promoted by a failover does). Each room's keys carry
+//! its code as their hash tag, so every script of a room runs on the one shard that holds the
+//! room.
 
 use std::fmt;
 use std::time::Duration;
 
 use futures_util::future;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::{ClusterClient, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
+
+use super::router::Router;
 
 /// One `redis-server`, or a Redis Cluster.
 #[derive(Clone)]
 pub enum Target {
     One(redis::Client),
     Cluster {
-        /// Boxed: it is large, and a `Target` is mostly the one server.
-        client: Box<ClusterClient>,
-        /// The seeds as given: the bus subscribes through one of them.
+        /// The seeds as given: where the node first asks for the slot map.
         seeds: Vec<redis::Client>,
     },
 }
@@ -62,12 +60,7 @@ impl Target {
     }
 
     fn cluster(seeds: Vec<redis::Client>) -> Result<Target, String> {
-        let infos = seeds.iter().map(|seed| seed.get_connection_info().clone());
-        let client = ClusterClient::new(infos).map_err(|err| err.to_string())?;
-        Ok(Target::Cluster {
-            client: Box::new(client),
-            seeds,
-        })
+        Ok(Target::Cluster { seeds })
     }
 
     /// One URL whose server is a node of a cluster is taken as a cluster's seed. A server that
@@ -114,12 +107,9 @@ impl Target {
                     .await?;
                 Ok(Commands::One(connection))
             }
-            Target::Cluster { client, .. } => {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
-                let connection = client.get_async_connection_with_config(config).await?;
-                Ok(Commands::Cluster(connection))
+            Target::Cluster { seeds } => {
+                let router = Router::connect(seeds.clone(), timeout).await?;
+                Ok(Commands::Cluster(router))
             }
         }
     }
@@ -129,7 +119,7 @@ impl Target {
     pub fn pubsub(&self) -> Vec<redis::Client> {
         match self {
             Target::One(client) => vec![client.clone()],
-            Target::Cluster { seeds, .. } => seeds.clone(),
+            Target::Cluster { seeds } => seeds.clone(),
         }
     }
 }
@@ -139,7 +129,7 @@ impl Target {
 #[derive(Clone)]
 pub enum Commands {
     One(MultiplexedConnection),
-    Cluster(ClusterConnection),
+    Cluster(Router),
 }
 
 impl fmt::Debug for Commands {
@@ -163,15 +153,18 @@ impl Commands {
                 answered(timeout, ping.query_async::<Value>(connection)).await?;
                 Ok(Vec::new())
             }
-            Commands::Cluster(connection) => {
-                let masters = masters(connection, timeout).await?;
+            Commands::Cluster(router) => {
+                // The map first: a failover may have made a replica a master.
+                let _ = answered(timeout, async {
+                    router.refresh_slots().await.map(|()| Value::Nil)
+                })
+                .await;
                 let mut answers = Vec::new();
-                for master in masters {
-                    let to_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host: master.ip().to_string(),
-                        port: master.port(),
-                    });
-                    let pinged = connection.route_command(ping.clone(), to_master);
+                for master in router.masters() {
+                    let pinged = async {
+                        let mut connection = router.connection_to(master).await?;
+                        ping.query_async::<Value>(&mut connection).await
+                    };
                     let up = answered(timeout, pinged).await.is_ok();
                     answers.push((master.to_string(), up));
                 }
@@ -207,36 +200,6 @@ impl Commands {
             }
         }
     }
-}
-
-/// The cluster's masters, as any node that answers says (`CLUSTER SLOTS`, a few tries: a node
-/// picked at random may be the one that is down).
-async fn masters(
-    connection: &mut ClusterConnection,
-    timeout: Duration,
-) -> RedisResult<Vec<std::net::SocketAddr>> {
-    let mut last = None;
-    for _ in 0..3 {
-        let asked = connection.route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        );
-        match answered(timeout, asked).await {
-            Ok(Value::Array(ranges)) => {
-                let mut masters: Vec<_> = ranges
-                    .iter()
-                    .filter_map(super::shards::slot_range)
-                    .map(|(_, _, master)| master)
-                    .collect();
-                masters.sort();
-                masters.dedup();
-                return Ok(masters);
-            }
-            Ok(_) => {}
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no slot map"))))
 }
 
 /// `asked`'s answer, or an error if it takes longer than `timeout`.
