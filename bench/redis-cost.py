@@ -27,34 +27,12 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 
-import websockets
-
-SERVER = os.environ.get("CHAT_SERVER", "target/release/chat-server")
-FLAGS = ["--rate-limit", "0", "--max-connections", "0", "--max-connections-per-ip", "0",
-         "--max-failed-joins", "0"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_cli(port, *args):
-    return subprocess.run(["redis-cli", "-p", str(port), *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-def info(port, section):
-    """One section of Redis's INFO, as a dict of its lines."""
-    lines = redis_cli(port, "INFO", section).splitlines()
-    return dict(line.split(":", 1) for line in lines if ":" in line)
+from benchlib import FLAGS, SERVER, free_port, info, redis_cli, set_up_room, wait_for_port
 
 
 def redis_cpu(port):
@@ -81,64 +59,6 @@ def node_counters(ports):
         counts.append((int(found.get("chat_redis_pubsub_events_total", 0)),
                        int(found.get("chat_redis_gaps_repaired_total", 0))))
     return counts
-
-
-async def wait_for_port(port):
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-class Member:
-    """One client: what it received, counted by type, and the chats by id."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.counts = {}
-        self.chats = []
-
-    async def expect(self, kind):
-        while True:
-            message = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
-            self.counts[message["type"]] = self.counts.get(message["type"], 0) + 1
-            if message["type"] == "chat":
-                self.chats.append(message["id"])
-            if message["type"] == kind:
-                return message
-            if message["type"] == "error":
-                raise SystemExit(f"expected {kind}, got {message}")
-
-    async def send(self, message):
-        await self.ws.send(json.dumps(message))
-
-
-async def connect(port):
-    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None,
-                                  ping_interval=None)
-    member = Member(ws)
-    await member.expect("connected")
-    return member
-
-
-async def set_up_room(n, host_port, guest_port, slots):
-    async with slots:
-        host = await connect(host_port)
-        await host.send({"type": "set_username", "username": f"h{n}"})
-        await host.expect("username_set")
-        await host.send({"type": "create_room"})
-        code = (await host.expect("room_created"))["room_code"]
-        guest = await connect(guest_port)
-        await guest.send({"type": "set_username", "username": f"g{n}"})
-        await guest.expect("username_set")
-        await guest.send({"type": "join_room", "room_code": code})
-        await guest.expect("room_joined")
-        await host.expect("peer_joined")
-        return code, host, guest
 
 
 async def converse(n, host, guest, chats, phase):
