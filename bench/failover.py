@@ -8,7 +8,7 @@ guest on the other. Then:
 1. Memory: the masters' `used_memory`, summed, before the rooms, after them, and after each
    room holds CHATS messages of 64 bytes: bytes per room, and per stored message.
 2. A failover: every host sends a chat every INTERVAL seconds, and the master that holds the
-   most rooms is killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER
+   most rooms (or, with --beats, the one of the nodes' beats) is killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER
    FAILOVER`). For each room on that master: how long after the kill its host's chats were
    accepted again (their echo came back); for the rooms on the other masters, the longest pause
    between two accepted chats. Every guest must receive every chat its host had accepted, once
@@ -19,7 +19,7 @@ Redis's default (`yes`, --full-coverage here), every master refuses every comman
 moment a master is marked failed until its replica takes over.
 
 Usage: bench/failover.py [--rooms 300] [--timeout 1000] [--interval 0.5] [--manual]
-                         [--full-coverage]
+                         [--beats] [--full-coverage]
 Needs: a chat-server build (CHAT_SERVER, target/release/chat-server by default), redis-server
 and redis-cli 7, Python's `websockets`.
 """
@@ -164,9 +164,12 @@ async def measure(args, servers, node_ports):
     for n, (code, _, _) in enumerate(pairs):
         slot = int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", f"chat:{{{code}}}:room"))
         where[n] = owner_of(owners, slot)
-    victim = max(owners, key=lambda master: list(where.values()).count(master))
+    beats = owner_of(owners, int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", "chat:{nodes}:live")))
+    victim = beats if args.beats else max(owners, key=lambda m: list(where.values()).count(m))
     hit = [n for n, master in where.items() if master == victim]
     spared = [n for n in where if n not in hit]
+    print(f"the nodes' beats (chat:{{nodes}}:live) are on 127.0.0.1:{beats}"
+          f"{', the master killed' if beats == victim else ''}")
     print(f"the master 127.0.0.1:{victim} holds {len(hit)} of the rooms; "
           f"cluster-node-timeout {args.timeout} ms, cluster-require-full-coverage "
           f"{'yes' if args.full_coverage else 'no'}; a chat every {args.interval} s per room")
@@ -249,6 +252,8 @@ def main():
                         help="seconds between a host's chats (all rooms: at most ~2,000 a "
                              "second, which one Python process can send and read)")
     parser.add_argument("--manual", action="store_true", help="CLUSTER FAILOVER, not SIGKILL")
+    parser.add_argument("--beats", action="store_true",
+                        help="kill the master of the nodes' beats, not the one with most rooms")
     parser.add_argument("--full-coverage", action="store_true",
                         help="cluster-require-full-coverage yes (Redis's default): while a "
                              "master is down, every master refuses every command")
