@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ struct Inner {
     slots: Mutex<Vec<(u16, u16, SocketAddr)>>,
     /// The connection to each master, made when first needed.
     connections: Mutex<HashMap<SocketAddr, MultiplexedConnection>>,
+    /// A reading of the slot map is under way in the background: hundreds of commands failing
+    /// on a dead master ask for one, and one at a time is enough.
+    refreshing: AtomicBool,
 }
 
 impl Router {
@@ -63,6 +67,7 @@ impl Router {
                 timeout,
                 slots: Mutex::new(Vec::new()),
                 connections: Mutex::new(HashMap::new()),
+                refreshing: AtomicBool::new(false),
             }),
         };
         router.refresh_slots().await?;
@@ -153,20 +158,26 @@ impl Router {
     /// (a failover may have moved its slots).
     fn forget(&self, master: SocketAddr) {
         lock(&self.inner.connections).remove(&master);
-        let router = self.clone();
-        tokio::spawn(async move {
-            if let Err(err) = router.refresh_slots().await {
-                debug!(cause = %err, "could not read the cluster's slot map");
-            }
-        });
+        self.refresh_in_background();
     }
 
     /// `slot` is `master`'s now (a `MOVED`): noted at once, and the map read again.
     fn moved(&self, slot: u16, master: SocketAddr) {
         lock(&self.inner.slots).insert(0, (slot, slot, master));
+        self.refresh_in_background();
+    }
+
+    /// Reads the slot map again in a task of its own, unless one is doing so already.
+    fn refresh_in_background(&self) {
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let router = self.clone();
         tokio::spawn(async move {
-            let _ = router.refresh_slots().await;
+            if let Err(err) = router.refresh_slots().await {
+                debug!(cause = %err, "could not read the cluster's slot map");
+            }
+            router.inner.refreshing.store(false, Ordering::Release);
         });
     }
 
