@@ -47,6 +47,8 @@ import time
 
 import websockets
 
+from benchlib import wait_for_port
+
 # CHAT_SERVER=target/debug/chat-server for a smoke test of the script itself.
 SERVER = os.environ.get("CHAT_SERVER", "target/release/chat-server")
 FLAGS = ["--rate-limit", "0", "--max-connections", "0", "--max-connections-per-ip", "0",
@@ -77,17 +79,6 @@ def redis_cli(port, *args):
     out = subprocess.run(["redis-cli", "-p", str(port), *args], check=True,
                          capture_output=True, text=True).stdout
     return out.strip()
-
-
-async def wait_for_port(port):
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 async def expect(ws, kind):

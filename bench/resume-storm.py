@@ -25,6 +25,8 @@ import time
 
 import websockets
 
+from benchlib import wait_for_port
+
 ROOMS = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 RUNS = 3
 SERVER = "target/release/chat-server"
@@ -44,17 +46,6 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-async def wait_for_port(port):
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 async def expect(ws, kind):
