@@ -87,26 +87,27 @@ impl Router {
 
     /// Reads the slot map again: from the masters known, then the seeds; the first to answer.
     pub async fn refresh_slots(&self) -> RedisResult<()> {
-        let mut asked = Vec::new();
+        let mut slots = None;
         for master in self.masters() {
-            asked.push(self.slots_from_master(master).await);
-        }
-        for seed in &self.inner.seeds {
-            if asked.iter().any(|answer| answer.is_ok()) {
+            slots = self.slots_from_master(master).await.ok();
+            if slots.is_some() {
                 break;
             }
-            asked.push(self.slots_from_seed(seed).await);
         }
-        match asked.into_iter().find_map(Result::ok) {
-            Some(slots) => {
-                *lock(&self.inner.slots) = slots;
-                Ok(())
+        for seed in &self.inner.seeds {
+            if slots.is_some() {
+                break;
             }
-            None => Err(RedisError::from((
+            slots = self.slots_from_seed(seed).await.ok();
+        }
+        let slots = slots.ok_or_else(|| {
+            RedisError::from((
                 ErrorKind::Io,
                 "no node of the cluster said where its slots are",
-            ))),
-        }
+            ))
+        })?;
+        *lock(&self.inner.slots) = slots;
+        Ok(())
     }
 
     async fn slots_from_master(

@@ -69,30 +69,25 @@ while length > max_messages or bytes > max_bytes do
   lost = id - length + 1
   length = length - 1
 end
-if not (lost or entry) then
-  -- A plain chat in a room within its bounds, as nearly every chat is: written out.
-  redis.call('HSET', room, 'last', id, 'bytes', bytes)
-else
-  local writes = {'last', id, 'bytes', bytes}
-  if lost then
-    writes[#writes + 1] = 'lost'
-    writes[#writes + 1] = lost
-  end
-  if entry then
-    sent = sent + 1
-    -- The entries no longer among the last 100 go: they are the bucket's first.
-    local n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
-    while n and n <= sent - KEEP do
-      bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
-      n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
-    end
-    writes[#writes + 1] = f(tok, field)
-    writes[#writes + 1] = bucket .. entry .. sent .. '\t' .. id
-    writes[#writes + 1] = f(tok, 'kn')
-    writes[#writes + 1] = sent
-  end
-  redis.call('HSET', room, unpack(writes))
+local writes = {'last', id, 'bytes', bytes}
+if lost then
+  writes[#writes + 1] = 'lost'
+  writes[#writes + 1] = lost
 end
+if entry then
+  sent = sent + 1
+  -- The entries no longer among the last 100 go: they are the bucket's first.
+  local n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+  while n and n <= sent - KEEP do
+    bucket = string.sub(bucket, (string.find(bucket, '\n', 2, true) or #bucket + 1))
+    n = tonumber(string.match(bucket, '^\n[^\t]*\t(%d+)\t'))
+  end
+  writes[#writes + 1] = f(tok, field)
+  writes[#writes + 1] = bucket .. entry .. sent .. '\t' .. id
+  writes[#writes + 1] = f(tok, 'kn')
+  writes[#writes + 1] = sent
+end
+redis.call('HSET', room, unpack(writes))
 local kind = 'C'
 if ARGV[8] == '1' then kind = 'S' end
 redis.call(PUBLISH, ch, kind .. id .. '|' .. tok .. '|' .. frame)
