@@ -138,6 +138,10 @@ impl ClusterNode {
             // A replica's first sync starts at once instead of after five seconds.
             "--repl-diskless-sync-delay",
             "0",
+            // As docs/scaling.md advises: a master that fails takes only its own slots down
+            // until its replica takes over, not (`yes`, the default) the whole cluster.
+            "--cluster-require-full-coverage",
+            "no",
         ];
         launch_with(port, dir.path(), &cluster_args).await
     }

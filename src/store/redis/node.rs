@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::RedisResult;
+use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::RedisEvent;
 use super::bus::Bus;
@@ -177,7 +177,7 @@ impl Beats {
             // A beat with no answer within an interval counts as missed; one still waiting
             // when the node must let go waits no more.
             let beat = tokio::select! {
-                beat = tokio::time::timeout(BEAT_EVERY, self.beat(&mut connection)) => beat,
+                beat = tokio::time::timeout(BEAT_EVERY, self.beat(&mut connection, vouched)) => beat,
                 () = until(let_go_at) => {
                     vouched = None;
                     if !self.let_go().await {
@@ -216,8 +216,13 @@ impl Beats {
     }
 
     /// Records a beat, on the beats' connection (made first if there is none). `Ok(false)`:
-    /// the node was found dead meanwhile.
-    async fn beat(&self, connection: &mut Option<Commands>) -> RedisResult<bool> {
+    /// the node was found dead meanwhile. `vouched`: when the last beat that Redis recorded was
+    /// sent.
+    async fn beat(
+        &self,
+        connection: &mut Option<Commands>,
+        vouched: Option<Instant>,
+    ) -> RedisResult<bool> {
         let redis = match connection {
             Some(redis) => redis,
             None => {
@@ -231,16 +236,34 @@ impl Beats {
         };
         let node = self.node();
         // Two scripts, since a node's own keys and the live set are in different slots.
-        let alive: i64 = self
-            .scripts
-            .node_alive
-            .key(keys::node_rooms(node))
-            .key(keys::node_dead(node))
-            .arg(millis(scripts::ROOM_TTL))
-            .invoke_async(redis)
-            .await?;
-        if alive == 0 {
-            return Ok(false);
+        let check = async {
+            self.scripts
+                .node_alive
+                .key(keys::node_rooms(node))
+                .key(keys::node_dead(node))
+                .arg(millis(scripts::ROOM_TTL))
+                .invoke_async::<i64>(redis)
+                .await
+        };
+        // Half the beat's time at most: the other half is the live set's.
+        let alive = tokio::time::timeout(BEAT_EVERY / 2, check).await;
+        match alive {
+            Ok(Ok(0)) => return Ok(false),
+            Ok(Ok(_)) => {}
+            // On a Redis Cluster, the master of the node's own slot may be down while the one
+            // of the live set answers. The check can wait for its replica: the others count
+            // a node dead only DEAD_AFTER past its last recorded beat, so one recorded less
+            // than LET_GO_AFTER ago means that no one can have found it dead yet.
+            _ if vouched.is_some_and(|sent| sent.elapsed() < LET_GO_AFTER) => {
+                debug!("the node's own slot does not answer: beating without its check");
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "the node's own slot did not answer in time",
+                )));
+            }
         }
         let _: i64 = self
             .scripts

@@ -14,7 +14,7 @@ use super::target::Commands;
 use redis::RedisResult;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::RedisEvent;
 use super::link::Link;
@@ -47,6 +47,9 @@ impl Sweeper {
     pub async fn run(self) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Said once while sweeps keep failing (a master of a cluster down fails a bucket's
+        // every sweep, four times a second), and again once they have all gone through.
+        let mut failing = false;
         loop {
             tick.tick().await;
             if self.events.is_closed() {
@@ -55,18 +58,26 @@ impl Sweeper {
             let Some(mut redis) = self.link.connection() else {
                 continue;
             };
+            let mut failed = false;
             for bucket in 0..keys::GRACE_BUCKETS {
                 loop {
                     match self.sweep(&mut redis, bucket).await {
                         Ok(true) => tokio::time::sleep(SWEEP_PACE).await,
                         Ok(false) => break,
                         Err(err) => {
-                            warn!(cause = %err, "could not sweep grace periods");
+                            if !failing {
+                                warn!(cause = %err, bucket, "could not sweep grace periods");
+                            }
+                            failed = true;
                             break;
                         }
                     }
                 }
             }
+            if failing && !failed {
+                info!("sweeping grace periods again");
+            }
+            failing = failed;
         }
     }
 
