@@ -5,8 +5,11 @@
 //! The first tests are one set of rules run against both stores: each runs once on a server
 //! that keeps everything in memory, once on two nodes sharing Redis, and once on two nodes on a
 //! Redis Cluster of three masters (`tests/common/cluster.rs`), so that a rule cannot drift
-//! between them. The rest only exist with several nodes: races between nodes, a node
-//! killed or restarted, Redis out of reach, and what Redis keeps.
+//! between them. The rest only exist with several nodes. Races between nodes and a node
+//! killed or restarted run twice, on three nodes: once on one Redis, once on a Redis Cluster.
+//! Redis out of reach, Redis restarted or losing writes, and what Redis keeps run on one Redis;
+//! their counterparts on a cluster (a master killed, failed over, migrated) are in
+//! `tests/cluster.rs`.
 //!
 //! Without `redis-server` these tests fail under CI and say they skipped elsewhere.
 
@@ -27,7 +30,8 @@ use common::{PATIENCE, TestClient, TestServer, pair_at};
 /// The resume grace period the tests give: short, so that a test waits it out quickly.
 const GRACE: &str = "2s";
 
-/// Where the members of a room connect: one in-memory server, or nodes on one Redis.
+/// Where the members of a room connect: one in-memory server, nodes on one Redis, or nodes on a
+/// Redis Cluster.
 enum Setup {
     Memory(TestServer),
     Redis {
@@ -42,7 +46,7 @@ enum Setup {
     Cluster {
         nodes: Vec<Node>,
         /// Declared after the nodes, so that they stop first.
-        _cluster: RedisCluster,
+        cluster: RedisCluster,
         _turn: MutexGuard<'static, ()>,
     },
 }
@@ -102,7 +106,7 @@ impl Setup {
         }
         Some(Setup::Cluster {
             nodes,
-            _cluster: cluster,
+            cluster,
             _turn: turn,
         })
     }
@@ -122,6 +126,27 @@ impl Setup {
         match self {
             Setup::Memory(_) => &[],
             Setup::Redis { nodes, .. } | Setup::Cluster { nodes, .. } => nodes,
+        }
+    }
+
+    /// The nodes, to stop or kill them (none in memory).
+    fn nodes_mut(&mut self) -> &mut [Node] {
+        match self {
+            Setup::Memory(_) => &mut [],
+            Setup::Redis { nodes, .. } | Setup::Cluster { nodes, .. } => nodes,
+        }
+    }
+
+    /// Runs one command about `key` on the Redis that holds it: the one Redis, or the master
+    /// of the key's slot.
+    async fn command(&self, key: &str, args: &[&str]) -> Reply {
+        match self {
+            Setup::Memory(_) => panic!("no Redis in memory"),
+            Setup::Redis { redis, .. } => redis.command(args).await,
+            Setup::Cluster { cluster, .. } => {
+                let master = cluster.master_of_key(key).await;
+                cluster.command(master, args).await
+            }
         }
     }
 
@@ -181,6 +206,32 @@ macro_rules! on_both_stores {
                 );
                 if let Some(setup) = Setup::cluster(test, 2, &[]).await {
                     super::$scenario(&setup).await;
+                }
+            }
+        }
+    };
+}
+
+/// Runs a scenario of three nodes (each started with `args`) once on one Redis and once on a
+/// Redis Cluster.
+macro_rules! on_redis_and_cluster {
+    ($scenario:ident, $args:expr) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_one_redis() {
+                let test = concat!(stringify!($scenario), "::on_one_redis");
+                if let Some(mut setup) = Setup::redis(test, 3, $args).await {
+                    super::$scenario(&mut setup).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn on_a_redis_cluster() {
+                let test = concat!(stringify!($scenario), "::on_a_redis_cluster");
+                if let Some(mut setup) = Setup::cluster(test, 3, $args).await {
+                    super::$scenario(&mut setup).await;
                 }
             }
         }
@@ -735,12 +786,8 @@ async fn three_nodes(
 
 /// A room code is never issued twice, whichever node creates it: hosts on three nodes create
 /// rooms at once, and every code is different and joinable.
-#[tokio::test]
-async fn codes_are_never_issued_twice() {
-    let Some((_redis, nodes, _turn)) = three_nodes("codes_are_never_issued_twice", &[]).await
-    else {
-        return;
-    };
+async fn codes_are_never_issued_twice(setup: &mut Setup) {
+    let nodes = setup.nodes();
     let mut creators = Vec::new();
     for i in 0..60 {
         let url = nodes[i % 3].ws_url();
@@ -767,15 +814,12 @@ async fn codes_are_never_issued_twice() {
     }
 }
 
+on_redis_and_cluster!(codes_are_never_issued_twice, &[]);
+
 /// Two guests who join the same room at the same moment through different nodes: exactly one
 /// `room_joined` and one `ROOM_FULL`, every time.
-#[tokio::test]
-async fn a_join_race_seats_one() {
-    let limits_off = ["--max-failed-joins", "0"];
-    let Some((_redis, nodes, _turn)) = three_nodes("a_join_race_seats_one", &limits_off).await
-    else {
-        return;
-    };
+async fn a_join_race_seats_one(setup: &mut Setup) {
+    let nodes = setup.nodes();
     for round in 0..25 {
         let mut host = TestClient::connect(&nodes[0].ws_url()).await;
         host.set_username("host").await;
@@ -805,16 +849,13 @@ async fn a_join_race_seats_one() {
     }
 }
 
+on_redis_and_cluster!(a_join_race_seats_one, &["--max-failed-joins", "0"]);
+
 /// The name rule under a race: a guest with the host's name and another guest join at once
 /// through different nodes. The first is never seated (`USERNAME_TAKEN`, or `ROOM_FULL` if the
 /// other was seated first), and the second always is.
-#[tokio::test]
-async fn a_name_race_seats_one() {
-    let limits_off = ["--max-failed-joins", "0"];
-    let Some((_redis, nodes, _turn)) = three_nodes("a_name_race_seats_one", &limits_off).await
-    else {
-        return;
-    };
+async fn a_name_race_seats_one(setup: &mut Setup) {
+    let nodes = setup.nodes();
     for round in 0..10 {
         let mut host = TestClient::connect(&nodes[0].ws_url()).await;
         host.set_username("same").await;
@@ -836,16 +877,13 @@ async fn a_name_race_seats_one() {
     }
 }
 
+on_redis_and_cluster!(a_name_race_seats_one, &["--max-failed-joins", "0"]);
+
 /// A node killed with SIGKILL: its member's peer on a surviving node gets `peer_disconnected`
 /// within the documented bound (node liveness: silent for 5 s, noticed within a beat), then
 /// `peer_left` when the grace period ends.
-#[tokio::test]
-async fn a_killed_node_s_members_are_let_go() {
-    let Some((redis, mut nodes, _turn)) =
-        three_nodes("a_killed_node_s_members_are_let_go", &[]).await
-    else {
-        return;
-    };
+async fn a_killed_node_s_members_are_let_go(setup: &mut Setup) {
+    let nodes = setup.nodes_mut();
     let (mut host, guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigkill();
@@ -862,22 +900,22 @@ async fn a_killed_node_s_members_are_let_go() {
     // The dead member's session runs out with its seat (the grace period and a minute), not an
     // hour later as a connected session would.
     let session = format!("chat:sess:{{{}}}", guest.session_token);
-    let ttl = redis.command(&["PTTL", &session]).await.into_integer();
+    let ttl = setup
+        .command(&session, &["PTTL", &session])
+        .await
+        .into_integer();
     assert!(
         ttl == -2 || (0..=62_000).contains(&ttl),
         "{session} lives {ttl} ms more"
     );
 }
 
+on_redis_and_cluster!(a_killed_node_s_members_are_let_go, &[]);
+
 /// A node killed with SIGKILL, whose client resumes on a surviving node: no accepted message is
 /// lost, and its peer sees it reconnect.
-#[tokio::test]
-async fn a_killed_node_s_members_resume_elsewhere() {
-    let Some((_redis, mut nodes, _turn)) =
-        three_nodes("a_killed_node_s_members_resume_elsewhere", &[]).await
-    else {
-        return;
-    };
+async fn a_killed_node_s_members_resume_elsewhere(setup: &mut Setup) {
+    let nodes = setup.nodes_mut();
     let (mut host, mut guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     guest.chat("sent before the crash").await;
@@ -901,16 +939,13 @@ async fn a_killed_node_s_members_resume_elsewhere() {
     assert_eq!(host.expect("chat").await["content"], "back");
 }
 
+on_redis_and_cluster!(a_killed_node_s_members_resume_elsewhere, &[]);
+
 /// A rolling restart: SIGTERM closes the node's connections with 1012 and keeps their seats;
 /// the client resumes on another node; its peer sees at most `peer_disconnected` and
 /// `peer_reconnected`, and misses nothing.
-#[tokio::test]
-async fn a_rolling_restart_loses_nothing() {
-    let Some((_redis, mut nodes, _turn)) =
-        three_nodes("a_rolling_restart_loses_nothing", &[]).await
-    else {
-        return;
-    };
+async fn a_rolling_restart_loses_nothing(setup: &mut Setup) {
+    let nodes = setup.nodes_mut();
     let (mut host, mut guest, _code) =
         pair_at(&nodes[0].ws_url(), &nodes[1].ws_url(), "ada", "bob").await;
     nodes[1].sigterm();
@@ -929,6 +964,8 @@ async fn a_rolling_restart_loses_nothing() {
     assert_eq!(host.expect("peer_reconnected").await["username"], "bob");
     host.expect_nothing_pending().await;
 }
+
+on_redis_and_cluster!(a_rolling_restart_loses_nothing, &[]);
 
 /// Two nodes on one Redis, one of them (`cut_off`) reaching it through a link the test can cut.
 struct CutOff {
