@@ -8,7 +8,7 @@ guest on the other. Then:
 1. Memory: the masters' `used_memory`, summed, before the rooms, after them, and after each
    room holds CHATS messages of 64 bytes: bytes per room, and per stored message.
 2. A failover: every host sends a chat every INTERVAL seconds, and the master that holds the
-   most rooms (or, with --beats, the one of the nodes' beats) is killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER
+   most rooms (or, with --beats, the one of the first of the three boards the nodes beat on) is killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER
    FAILOVER`). For each room on that master: how long after the kill its host's chats were
    accepted again (their echo came back); for the rooms on the other masters, the longest pause
    between two accepted chats. Every guest must receive every chat its host had accepted, once
@@ -164,11 +164,11 @@ async def measure(args, servers, node_ports):
     for n, (code, _, _) in enumerate(pairs):
         slot = int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", f"chat:{{{code}}}:room"))
         where[n] = owner_of(owners, slot)
-    beats = owner_of(owners, int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", "chat:{nodes}:live")))
+    beats = owner_of(owners, int(redis_cli(ports[0], "CLUSTER", "KEYSLOT", "chat:{board:0}:live")))
     victim = beats if args.beats else max(owners, key=lambda m: list(where.values()).count(m))
     hit = [n for n, master in where.items() if master == victim]
     spared = [n for n in where if n not in hit]
-    print(f"the nodes' beats (chat:{{nodes}}:live) are on 127.0.0.1:{beats}"
+    print(f"the first board of the nodes' beats (chat:{{board:0}}:live) is on 127.0.0.1:{beats}"
           f"{', the master killed' if beats == victim else ''}")
     print(f"the master 127.0.0.1:{victim} holds {len(hit)} of the rooms; "
           f"cluster-node-timeout {args.timeout} ms, cluster-require-full-coverage "
@@ -253,7 +253,7 @@ def main():
                              "second, which one Python process can send and read)")
     parser.add_argument("--manual", action="store_true", help="CLUSTER FAILOVER, not SIGKILL")
     parser.add_argument("--beats", action="store_true",
-                        help="kill the master of the nodes' beats, not the one with most rooms")
+                        help="kill the master of the first board of beats, not the one with most rooms")
     parser.add_argument("--full-coverage", action="store_true",
                         help="cluster-require-full-coverage yes (Redis's default): while a "
                              "master is down, every master refuses every command")

@@ -304,7 +304,7 @@ async fn healthy(node: &Node) {
 async fn only_live_nodes(redis: &RedisServer, live: i64) {
     let deadline = Instant::now() + 4 * PATIENCE;
     while redis
-        .command(&["ZCARD", "chat:{nodes}:live"])
+        .command(&["ZCARD", "chat:{board:0}:live"])
         .await
         .into_integer()
         > live

@@ -212,7 +212,7 @@ async fn slot_of_agrees_with_cluster_keyslot() {
         "foo{}{bar}",
         "foo{{bar}}zap",
         "foo{bar}{zap}",
-        "chat:{nodes}:live",
+        "chat:{board:0}:live",
         "chat:sess:{00ff}",
         "é{ü}",
     ]

@@ -359,6 +359,17 @@ impl RedisCluster {
         replica.addr
     }
 
+    /// Kills the node at `addr` with SIGKILL, whatever it is, and leaves it dead. After a
+    /// master's replica, the master's slots have no one to take them over: they are lost until
+    /// one of the two is restarted.
+    pub fn kill(&mut self, addr: SocketAddr) {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
+            .kill();
+    }
+
     /// Returns once `replica` has taken over as a master and the cluster has settled.
     pub async fn promoted(&self, replica: SocketAddr) {
         let id = self.node_at(replica).id.clone();

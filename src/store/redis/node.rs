@@ -9,6 +9,11 @@
 //! the reaper and the sweeper learn from it, through a [`watch`] channel, what the node is
 //! ([`Standing`]): its id, and since when its beats are recorded.
 //!
+//! A node beats on three boards (`keys::BOARDS`), each in a slot of its own: a beat counts once
+//! a majority of them recorded it, and a node is dead once a majority finds it silent. Any two
+//! majorities share a board, and on a Redis Cluster no one master is one that every node
+//! needs.
+//!
 //! Time is Redis's (`TIME` in the scripts), so nodes whose clocks disagree still agree on who
 //! is dead. And a node judges others only once its own beats have been recorded for
 //! [`DEAD_AFTER`] on one connection: after a Redis restart, every beat looks old, and a node
@@ -28,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use redis::{ErrorKind, RedisError, RedisResult};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -49,6 +55,10 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long after its last beat a node's beats count as broken off: its next beat starts a new
 /// run, and until then it judges no one (`node_beat.lua`, `node_dead.lua`).
 pub const BEAT_GAP: Duration = Duration::from_secs(2);
+
+/// How long a beat waits for each board's answer (after the node's own check, which waits
+/// half a second at most): a board whose master does not answer costs the beat no more.
+const BOARD_WITHIN: Duration = Duration::from_millis(400);
 
 /// How long a node may be silent before the others count it dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
@@ -235,7 +245,7 @@ impl Beats {
             }
         };
         let node = self.node();
-        // Two scripts, since a node's own keys and the live set are in different slots.
+        // A script in the node's own slot, then one on each board (each in a slot of its own).
         let check = async {
             self.scripts
                 .node_alive
@@ -245,13 +255,13 @@ impl Beats {
                 .invoke_async::<i64>(redis)
                 .await
         };
-        // Half the beat's time at most: the other half is the live set's.
+        // Half the beat's time at most: the other half is the boards'.
         let alive = tokio::time::timeout(BEAT_EVERY / 2, check).await;
         match alive {
             Ok(Ok(0)) => return Ok(false),
             Ok(Ok(_)) => {}
-            // On a Redis Cluster, the master of the node's own slot may be down while the one
-            // of the live set answers. The check can wait for its replica: the others count
+            // On a Redis Cluster, the master of the node's own slot may be down while the
+            // boards answer. The check can wait for its replica: the others count
             // a node dead only DEAD_AFTER past its last recorded beat, so one recorded less
             // than LET_GO_AFTER ago means that no one can have found it dead yet.
             _ if vouched.is_some_and(|sent| sent.elapsed() < LET_GO_AFTER) => {
@@ -265,17 +275,47 @@ impl Beats {
                 )));
             }
         }
-        let _: i64 = self
-            .scripts
-            .node_beat
-            .key(keys::LIVE)
-            .key(keys::SINCE)
-            .arg(node.to_string())
-            .arg(millis(scripts::ROOM_TTL))
-            .arg(millis(BEAT_GAP))
-            .invoke_async(redis)
-            .await?;
-        Ok(true)
+        // On every board at once: the beat counts once a majority of them recorded it.
+        let boards = (0..keys::BOARDS).map(|board| {
+            let mut redis = redis.clone();
+            async move {
+                let beat = async {
+                    self.scripts
+                        .node_beat
+                        .key(keys::live(board))
+                        .key(keys::since(board))
+                        .arg(node.to_string())
+                        .arg(millis(scripts::ROOM_TTL))
+                        .arg(millis(BEAT_GAP))
+                        .invoke_async::<i64>(&mut redis)
+                        .await
+                };
+                tokio::time::timeout(BOARD_WITHIN, beat).await
+            }
+        });
+        let mut recorded = 0;
+        let mut failures = Vec::new();
+        for (board, answer) in join_all(boards).await.into_iter().enumerate() {
+            match answer {
+                Ok(Ok(_)) => recorded += 1,
+                Ok(Err(err)) => failures.push(format!("board {board}: {err}")),
+                Err(_) => failures.push(format!("board {board}: no answer in time")),
+            }
+        }
+        if recorded >= keys::MAJORITY {
+            if !failures.is_empty() {
+                debug!(
+                    ?failures,
+                    "a beat was recorded on a majority of the boards only"
+                );
+            }
+            return Ok(true);
+        }
+        Err(RedisError::from((
+            ErrorKind::Io,
+            "a beat was recorded on fewer than a majority of the boards",
+            failures.join("; "),
+        )))
     }
 
     /// A beat sent at `sent` was recorded.

@@ -10,14 +10,15 @@
 //! that loses its lease, or stops being alive itself, stops, and the next node to notice takes
 //! the dead node over (every step of a reap may run twice).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::target::Commands;
-use redis::{RedisResult, Value};
+use redis::{ErrorKind, RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::RedisEvent;
 use super::failpoint;
@@ -78,24 +79,61 @@ impl Reaper {
         }
     }
 
-    /// Reaps every node but `me` that has been silent for [`DEAD_AFTER`].
+    /// Reaps every node but `me` that has been silent for [`DEAD_AFTER`] on a majority of the
+    /// boards (`keys::BOARDS`). A board that does not answer finds no one dead.
     async fn reap_the_dead(&self, redis: &mut Commands, me: NodeId) -> RedisResult<()> {
-        let dead: Vec<String> = self
+        let mut votes: HashMap<NodeId, usize> = HashMap::new();
+        let mut failures = 0;
+        for board in 0..keys::BOARDS {
+            match self.silent_on(redis, me, board).await {
+                Ok(silent) => {
+                    for node in silent {
+                        *votes.entry(node).or_default() += 1;
+                    }
+                }
+                Err(err) => {
+                    debug!(board, cause = %err, "a board of beats does not answer");
+                    failures += 1;
+                }
+            }
+        }
+        if failures > keys::BOARDS - keys::MAJORITY {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "fewer than a majority of the boards of beats answer",
+            )));
+        }
+        let dead = votes
+            .into_iter()
+            .filter(|&(node, count)| node != me && count >= keys::MAJORITY);
+        for (dead, _) in dead {
+            self.reap(redis, me, dead).await?;
+        }
+        Ok(())
+    }
+
+    /// The nodes silent for [`DEAD_AFTER`] on board `board`, as `me` may judge them there
+    /// (`node_dead.lua`).
+    async fn silent_on(
+        &self,
+        redis: &mut Commands,
+        me: NodeId,
+        board: usize,
+    ) -> RedisResult<Vec<NodeId>> {
+        let silent: Vec<String> = self
             .scripts
             .node_dead
-            .key(keys::LIVE)
-            .key(keys::SINCE)
+            .key(keys::live(board))
+            .key(keys::since(board))
             .arg(millis(DEAD_AFTER))
             .arg(me.to_string())
             .arg(millis(BEAT_GAP))
             .invoke_async(redis)
             .await?;
-        for dead in dead.iter().filter_map(|node| NodeId::parse(node)) {
-            if dead != me {
-                self.reap(redis, me, dead).await?;
-            }
-        }
-        Ok(())
+        Ok(silent
+            .iter()
+            .filter_map(|node| NodeId::parse(node))
+            .collect())
     }
 
     /// Reaps one dead node, unless another node is doing it.
@@ -145,14 +183,21 @@ impl Reaper {
             .key(keys::node_reaper(dead))
             .invoke_async(redis)
             .await?;
-        let _: i64 = self
-            .scripts
-            .node_unlist
-            .key(keys::LIVE)
-            .key(keys::SINCE)
-            .arg(dead.to_string())
-            .invoke_async(redis)
-            .await?;
+        for board in 0..keys::BOARDS {
+            let unlisted: RedisResult<i64> = self
+                .scripts
+                .node_unlist
+                .key(keys::live(board))
+                .key(keys::since(board))
+                .arg(dead.to_string())
+                .invoke_async(redis)
+                .await;
+            // A board that does not answer keeps the dead node's last beat, a vote that no
+            // majority joins: the other boards forgot it.
+            if let Err(err) = unlisted {
+                debug!(board, cause = %err, "could not take a reaped node off a board");
+            }
+        }
         let seconds = started.elapsed().as_secs_f64();
         info!(node = %dead, rooms = rooms.len(), seconds, "reaped a dead node");
         Ok(())

@@ -72,12 +72,28 @@ pub mod keys {
         format!("chat:sess:{{{}}}", token.hex())
     }
 
-    /// The nodes that beat, by the time of their last beat (a sorted set).
-    pub const LIVE: &str = "chat:{nodes}:live";
+    /// How many boards the nodes beat on. A node beats on every board; a beat counts once a
+    /// majority of the boards recorded it, and a node is dead once a majority finds it silent.
+    /// Any two majorities share a board, so a node that counts itself alive cannot be found
+    /// dead; and on a Redis Cluster the boards sit in slots of their own (`{board:N}`, in
+    /// the first, second and last third of the slots, so on three masters or more, each on
+    /// its own master), so that no one master is needed for the nodes to vouch for themselves.
+    pub const BOARDS: usize = 3;
 
-    /// When each node's unbroken run of beats began (a hash), so that a node judges others
-    /// only once its own beats have been recorded for long enough.
-    pub const SINCE: &str = "chat:{nodes}:since";
+    /// How many boards make a majority.
+    pub const MAJORITY: usize = BOARDS / 2 + 1;
+
+    /// The nodes that beat on board `board`, by the time of their last beat there (a sorted
+    /// set).
+    pub fn live(board: usize) -> String {
+        format!("chat:{{board:{board}}}:live")
+    }
+
+    /// When each node's unbroken run of beats on board `board` began (a hash), so that a node
+    /// judges others only once its own beats have been recorded there for long enough.
+    pub fn since(board: usize) -> String {
+        format!("chat:{{board:{board}}}:since")
+    }
 
     /// How many sorted sets the held seats' deadlines are spread over, each in a slot of its
     /// own, so that on a Redis Cluster no one shard files and sweeps every grace period.
