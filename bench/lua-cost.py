@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""What each part of a chat's script costs Redis, measured inside Redis (issue 19, point 6).
+
+A load test's figure for Redis (CPU per delivered message) mixes the script with the network,
+pub/sub and, on a 2-core machine, the cost of sharing the cores with the nodes and chat-bench.
+This takes the script alone: it starts a redis-server of its own, seeds one room (two seats),
+and runs `room_chat.lua` (with `prelude.lua`, as the store loads it) ITERATIONS times in a loop
+inside one `EVAL`, timed by Redis's own clock. Then the same with the body cut short at each
+of its steps, and single calls for reference. Each variant runs RUNS times; the table gives the
+fastest run (the one least disturbed by the rest of the machine) and the median.
+
+What it does not count: the `EVALSHA` itself (looking the script up, making its `KEYS` and
+`ARGV`, running the prelude's definitions), which the loop pays once; `bench/redis-cost.py`
+counts whole chats.
+
+Usage: bench/lua-cost.py [--iterations 10000] [--runs 6]
+Needs: redis-server and redis-cli.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+from benchlib import free_port, redis_cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.path.join(HERE, "..", "src", "store", "redis", "lua")
+ROOM, LOG = "chat:{ABC123}:room", "chat:{ABC123}:log"
+# ARGV of room_chat.lua: tok conn tail client_msg_id max_messages max_bytes floor ends_typing.
+TAIL = ',"from":"ada","content":"hello there, how are you doing today?","timestamp":1700000000000}'
+ARGV = ["TOKA", "CONNA", TAIL, "", "200", "1000000", "0", "0"]
+
+
+def read(name):
+    with open(os.path.join(LUA, name)) as f:
+        return f.read()
+
+
+def cut_before(body, marker):
+    """The body up to `marker` (a line of room_chat.lua), then a plain answer."""
+    at = body.find(marker)
+    if at < 0:
+        raise SystemExit(f"lua-cost.py: room_chat.lua no longer has {marker!r}: update the cuts")
+    return body[:at] + "\nreturn {'OK', 1}\n"
+
+
+def variants(body):
+    return [
+        ("nothing (the loop itself)", "return {'OK', 1}"),
+        ("one HGET", "redis.call('HGET', KEYS[1], 'last') return 1"),
+        ("one HMGET of 6 fields",
+         "redis.call('HMGET', KEYS[1], 'm1', 'm2', 'TOKA:c', 'TOKA:h', 'last', 'bytes') return 1"),
+        ("one HSET of 2 fields", "redis.call('HSET', KEYS[1], 'x', '1', 'y', '2') return 1"),
+        ("one PUBLISH (no subscriber)", "redis.call(PUBLISH, 'elsewhere', '" + "x" * 120 + "') return 1"),
+        ("chat: the check (HMGET)", cut_before(body, "local id = last + 1")),
+        ("chat: + the log (RPUSH, LPOP)", cut_before(body, "local writes = {'last', id, 'bytes', bytes}")),
+        ("chat: + the room's counters (HSET)", cut_before(body, "local kind = 'C'")),
+        ("chat: all of it (+ PUBLISH)", body),
+    ]
+
+
+def loop(prelude, inner, iterations):
+    return (f"local PUBLISH = 'PUBLISH'\n{prelude}\nlocal function chat()\n{inner}\nend\n"
+            "local t0 = redis.call('TIME')\n"
+            f"for _ = 1, {iterations} do chat() end\n"
+            "local t1 = redis.call('TIME')\n"
+            "return (tonumber(t1[1]) - tonumber(t0[1])) * 1000000 + tonumber(t1[2]) - tonumber(t0[2])\n")
+
+
+def seed(port):
+    redis_cli(port, "FLUSHALL")
+    redis_cli(port, "HSET", ROOM, "m1", "TOKA", "m2", "TOKB", "TOKA:c", "CONNA", "TOKB:c", "CONNB",
+              "last", "0", "bytes", "0", "ev", "0")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=6)
+    args = parser.parse_args()
+    prelude, body = read("prelude.lua"), read("room_chat.lua")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly",
+                                  "no", "--dir", scratch, "--lua-time-limit", "60000"],
+                                 stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    redis_cli(port, "PING")
+                    break
+                except subprocess.CalledProcessError:
+                    time.sleep(0.05)
+            cases = variants(body)
+            times = {name: [] for name, _ in cases}
+            for _ in range(args.runs):  # Runs interleaved, so that a slow spell hits all cases.
+                for name, inner in cases:
+                    seed(port)
+                    micros = int(redis_cli(port, "EVAL", loop(prelude, inner, args.iterations), "2",
+                                           ROOM, LOG, *ARGV))
+                    times[name].append(micros / args.iterations)
+            print(f"µs per iteration, {args.iterations} iterations a run, {args.runs} runs: "
+                  "fastest run, median")
+            for name, _ in cases:
+                print(f"  {name:40s} {min(times[name]):6.2f}  {statistics.median(times[name]):6.2f}")
+        finally:
+            redis.kill()
+            redis.wait()
+
+
+if __name__ == "__main__":
+    main()
