@@ -8,8 +8,8 @@ guest on the other. Then:
 1. Memory: the masters' `used_memory`, summed, before the rooms, after them, and after each
    room holds CHATS messages of 64 bytes: bytes per room, and per stored message.
 2. A failover: every host sends a chat every INTERVAL seconds, and the master that holds the
-   most rooms (or, with --beats, the one of the first of the three boards the nodes beat on) is killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER
-   FAILOVER`). For each room on that master: how long after the kill its host's chats were
+   most rooms (or, with --beats, the one of the first of the three boards the nodes beat on) is
+   killed with SIGKILL (or, with --manual, its replica takes over with `CLUSTER FAILOVER`). For each room on that master: how long after the kill its host's chats were
    accepted again (their echo came back); for the rooms on the other masters, the longest pause
    between two accepted chats. Every guest must receive every chat its host had accepted, once
    and in order: the script counts those lost or repeated, and exits with 1 if there are any.
