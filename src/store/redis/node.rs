@@ -246,6 +246,22 @@ impl Beats {
         };
         let node = self.node();
         // A script in the node's own slot, then one on each board (each in a slot of its own).
+        if !self.not_fenced(redis, node, vouched).await? {
+            return Ok(false);
+        }
+        self.beat_on_boards(redis, node).await?;
+        Ok(true)
+    }
+
+    /// Whether `node` may carry on: `node_alive.lua`, in the node's own slot, says whether the
+    /// others found it dead (and fenced it) while its beats were not recorded. `vouched`: when
+    /// the last beat that Redis recorded was sent.
+    async fn not_fenced(
+        &self,
+        redis: &mut Commands,
+        node: NodeId,
+        vouched: Option<Instant>,
+    ) -> RedisResult<bool> {
         let check = async {
             self.scripts
                 .node_alive
@@ -256,26 +272,27 @@ impl Beats {
                 .await
         };
         // Half the beat's time at most: the other half is the boards'.
-        let alive = tokio::time::timeout(BEAT_EVERY / 2, check).await;
-        match alive {
-            Ok(Ok(0)) => return Ok(false),
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(BEAT_EVERY / 2, check).await {
+            Ok(Ok(alive)) => Ok(alive != 0),
             // On a Redis Cluster, the master of the node's own slot may be down while the
-            // boards answer. The check can wait for its replica: the others count
-            // a node dead only DEAD_AFTER past its last recorded beat, so one recorded less
-            // than LET_GO_AFTER ago means that no one can have found it dead yet.
+            // boards answer. The check can wait for its replica: the others count a node dead
+            // only DEAD_AFTER past its last recorded beat, so one recorded less than
+            // LET_GO_AFTER ago means that no one can have found it dead yet.
             _ if vouched.is_some_and(|sent| sent.elapsed() < LET_GO_AFTER) => {
                 debug!("the node's own slot does not answer: beating without its check");
+                Ok(true)
             }
-            Ok(Err(err)) => return Err(err),
-            Err(_) => {
-                return Err(RedisError::from((
-                    ErrorKind::Io,
-                    "the node's own slot did not answer in time",
-                )));
-            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(RedisError::from((
+                ErrorKind::Io,
+                "the node's own slot did not answer in time",
+            ))),
         }
-        // On every board at once: the beat counts once a majority of them recorded it.
+    }
+
+    /// Records a beat of `node` on every board at once; `Ok` once a majority of them recorded
+    /// it.
+    async fn beat_on_boards(&self, redis: &Commands, node: NodeId) -> RedisResult<()> {
         let boards = (0..keys::BOARDS).map(|board| {
             let mut redis = redis.clone();
             async move {
@@ -302,20 +319,20 @@ impl Beats {
                 Err(_) => failures.push(format!("board {board}: no answer in time")),
             }
         }
-        if recorded >= keys::MAJORITY {
-            if !failures.is_empty() {
-                debug!(
-                    ?failures,
-                    "a beat was recorded on a majority of the boards only"
-                );
-            }
-            return Ok(true);
+        if recorded < keys::MAJORITY {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "a beat was recorded on fewer than a majority of the boards",
+                failures.join("; "),
+            )));
         }
-        Err(RedisError::from((
-            ErrorKind::Io,
-            "a beat was recorded on fewer than a majority of the boards",
-            failures.join("; "),
-        )))
+        if !failures.is_empty() {
+            debug!(
+                ?failures,
+                "a beat was recorded on a majority of the boards only"
+            );
+        }
+        Ok(())
     }
 
     /// A beat sent at `sent` was recorded.
