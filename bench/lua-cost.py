@@ -9,12 +9,15 @@ inside one `EVAL`, timed by Redis's own clock. Then the same with the body cut s
 of its steps, and single calls for reference. Each variant runs RUNS times; the table gives the
 fastest run (the one least disturbed by the rest of the machine) and the median.
 
-What it does not count: the `EVALSHA` itself (looking the script up, making its `KEYS` and
-`ARGV`, running the prelude's definitions), which the loop pays once; `bench/redis-cost.py`
-counts whole chats.
+What the loop pays once is the call itself: looking the script up, making its `KEYS` and
+`ARGV`, and running the prelude's definitions. A second table measures that, call by call:
+`redis-benchmark` sends CALLS calls of a script that does nothing (`return 1`), with and
+without the prelude, and of a Redis Function that does nothing in a library that defines the
+prelude once (`FCALL`), and the table gives redis-server's CPU per call (user + system, from
+/proc), the least of RUNS runs and the median. `bench/redis-cost.py` counts whole chats.
 
-Usage: bench/lua-cost.py [--iterations 10000] [--runs 6]
-Needs: redis-server and redis-cli.
+Usage: bench/lua-cost.py [--iterations 10000] [--runs 6] [--calls 300000]
+Needs: redis-server, redis-cli and redis-benchmark (Redis 7: functions).
 """
 
 import argparse
@@ -70,6 +73,38 @@ def loop(prelude, inner, iterations):
             "return (tonumber(t1[1]) - tonumber(t0[1])) * 1000000 + tonumber(t1[2]) - tonumber(t0[2])\n")
 
 
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of stat
+
+
+def per_call(port, pid, prelude, calls, runs):
+    """redis-server's CPU per call of a script that does nothing, three ways (see above)."""
+    bare = redis_cli(port, "SCRIPT", "LOAD", "return 1")
+    with_prelude = redis_cli(port, "SCRIPT", "LOAD", f"local PUBLISH = 'PUBLISH'\n{prelude}\nreturn 1")
+    library = ("#!lua name=luacost\nlocal PUBLISH = 'PUBLISH'\n" + prelude +
+               "\nredis.register_function('nothing', function(keys, args) return 1 end)\n")
+    redis_cli(port, "FUNCTION", "LOAD", "REPLACE", library)
+    cases = [
+        ("EVALSHA of `return 1`", ["EVALSHA", bare, "1", ROOM]),
+        ("EVALSHA of the prelude and `return 1`", ["EVALSHA", with_prelude, "1", ROOM]),
+        ("FCALL of a function that returns 1", ["FCALL", "nothing", "1", ROOM]),
+    ]
+    hz = os.sysconf("SC_CLK_TCK")
+    times = {name: [] for name, _ in cases}
+    for _ in range(runs):
+        for name, command in cases:
+            before = cpu_ticks(pid)
+            subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(calls), "-c", "1",
+                            "-P", "100", "-q", *command], check=True, stdout=subprocess.DEVNULL)
+            times[name].append((cpu_ticks(pid) - before) / hz * 1e6 / calls)
+    print(f"µs of redis-server CPU per call, {calls} calls a run (pipelined 100 deep), {runs} "
+          "runs: least, median")
+    for name, _ in cases:
+        print(f"  {name:40s} {min(times[name]):6.2f}  {statistics.median(times[name]):6.2f}")
+
+
 def seed(port):
     redis_cli(port, "FLUSHALL")
     redis_cli(port, "HSET", ROOM, "m1", "TOKA", "m2", "TOKB", "TOKA:c", "CONNA", "TOKB:c", "CONNB",
@@ -80,6 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--calls", type=int, default=300000)
     args = parser.parse_args()
     prelude, body = read("prelude.lua"), read("room_chat.lua")
     port = free_port()
@@ -106,6 +142,7 @@ def main():
                   "fastest run, median")
             for name, _ in cases:
                 print(f"  {name:40s} {min(times[name]):6.2f}  {statistics.median(times[name]):6.2f}")
+            per_call(port, redis.pid, prelude, args.calls, args.runs)
         finally:
             redis.kill()
             redis.wait()
