@@ -11,8 +11,9 @@ fastest run (the one least disturbed by the rest of the machine) and the median.
 
 What the loop pays once is the call itself: looking the script up, making its `KEYS` and
 `ARGV`, and running the prelude's definitions. A second table measures that, call by call:
-`redis-benchmark` sends CALLS calls of a script that does nothing (`return 1`), with and
-without the prelude, and of a Redis Function that does nothing in a library that defines the
+`redis-benchmark` sends CALLS calls of a script that does nothing (`return 1`), without the
+prelude, with all of it, and with the part of it that `room_chat.lua` is given (the definitions
+it uses, as `src/store/redis/prelude.rs` picks them), and of a Redis Function that does nothing in a library that defines the
 prelude once (`FCALL`), and the table gives redis-server's CPU per call (user + system, from
 /proc), the least of RUNS runs and the median. `bench/redis-cost.py` counts whole chats.
 
@@ -22,6 +23,7 @@ Needs: redis-server, redis-cli and redis-benchmark (Redis 7: functions).
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -73,22 +75,53 @@ def loop(prelude, inner, iterations):
             "return (tonumber(t1[1]) - tonumber(t0[1])) * 1000000 + tonumber(t1[2]) - tonumber(t0[2])\n")
 
 
+def chat_prelude(prelude, body):
+    """The prelude's definitions that `body` uses, as `src/store/redis/prelude.rs` picks them
+    (its rules, written again here: a definition is a top-level `local`, with the comment
+    lines above it; names in lines that are comments do not count)."""
+    lines = prelude.splitlines(keepends=True)
+    starts = []
+    for at, line in enumerate(lines):
+        found = re.match(r"local (?:function )?(\w+)\s*[(=]", line)
+        if found:
+            first = at
+            while first > 0 and lines[first - 1].startswith("--"):
+                first -= 1
+            starts.append((first, found.group(1)))
+    ends = [first for first, _ in starts[1:]] + [len(lines)]
+    definitions = [(name, "".join(lines[first:end])) for (first, name), end in zip(starts, ends)]
+
+    def names(text):
+        return {word for line in text.splitlines() if not line.lstrip().startswith("--")
+                for word in re.findall(r"\w+", line)}
+
+    needed, used = names(body), []
+    for name, text in reversed(definitions):
+        if name in needed:
+            used.insert(0, text)
+            needed |= names(text)
+    return "".join(used)
+
+
 def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of stat
 
 
-def per_call(port, pid, prelude, calls, runs):
-    """redis-server's CPU per call of a script that does nothing, three ways (see above)."""
+def per_call(port, pid, prelude, body, calls, runs):
+    """redis-server's CPU per call of a script that does nothing, four ways (see above)."""
     bare = redis_cli(port, "SCRIPT", "LOAD", "return 1")
     with_prelude = redis_cli(port, "SCRIPT", "LOAD", f"local PUBLISH = 'PUBLISH'\n{prelude}\nreturn 1")
+    with_chats = redis_cli(port, "SCRIPT", "LOAD",
+                           f"local PUBLISH = 'PUBLISH'\n{chat_prelude(prelude, body)}\nreturn 1")
     library = ("#!lua name=luacost\nlocal PUBLISH = 'PUBLISH'\n" + prelude +
                "\nredis.register_function('nothing', function(keys, args) return 1 end)\n")
     redis_cli(port, "FUNCTION", "LOAD", "REPLACE", library)
     cases = [
         ("EVALSHA of `return 1`", ["EVALSHA", bare, "1", ROOM]),
         ("EVALSHA of the prelude and `return 1`", ["EVALSHA", with_prelude, "1", ROOM]),
+        ("EVALSHA of a chat's part of it, `return 1`", ["EVALSHA", with_chats, "1", ROOM]),
         ("FCALL of a function that returns 1", ["FCALL", "nothing", "1", ROOM]),
     ]
     hz = os.sysconf("SC_CLK_TCK")
@@ -142,7 +175,7 @@ def main():
                   "fastest run, median")
             for name, _ in cases:
                 print(f"  {name:40s} {min(times[name]):6.2f}  {statistics.median(times[name]):6.2f}")
-            per_call(port, redis.pid, prelude, args.calls, args.runs)
+            per_call(port, redis.pid, prelude, body, args.calls, args.runs)
         finally:
             redis.kill()
             redis.wait()

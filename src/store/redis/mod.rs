@@ -20,6 +20,7 @@ mod bus;
 mod failpoint;
 mod link;
 mod node;
+mod prelude;
 mod reap;
 mod router;
 pub mod scripts;

@@ -1,6 +1,7 @@
 //! The steps of the store as Lua scripts: one script per atomic step, kept as `.lua` files beside
 //! this one and run with EVALSHA (the `redis` crate loads a script the first time Redis does not
-//! know it, after a restart say). The scripts of a room share `prelude.lua`.
+//! know it, after a restart say). The scripts of a room share `prelude.lua`, each given the
+//! definitions it uses (`prelude.rs`).
 //!
 //! Each room's keys carry the hash tag `{CODE}`, so that a Redis Cluster would keep them on one
 //! shard, where a script may touch them together. A step that also touches the node's list of
@@ -16,6 +17,7 @@
 
 use std::time::Duration;
 
+use super::prelude;
 use super::target::Commands;
 use redis::{
     Cmd, ErrorKind, RedisResult, RedisWrite, Script, ScriptInvocation, ServerErrorKind,
@@ -189,9 +191,9 @@ impl Scripts {
     }
 
     fn publishing_with(publish: &'static str) -> Self {
+        let header = format!("local PUBLISH = '{publish}'\n");
         let prelude = include_str!("lua/prelude.lua");
-        let room =
-            |body: &str| Script::new(&format!("local PUBLISH = '{publish}'\n{prelude}\n{body}"));
+        let room = |body: &str| Script::new(&prelude::for_script(&header, prelude, body));
         Scripts {
             publish,
             room_create: room(include_str!("lua/room_create.lua")),

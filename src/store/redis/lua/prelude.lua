@@ -1,4 +1,5 @@
--- Shared by every script of a room: prepended to each before it is loaded.
+-- Shared by every script of a room: each is given the definitions below that it uses, and those
+-- that they use, before it is loaded (prelude.rs). This comment goes to none of them.
 --
 -- A room is two keys with the hash tag {CODE}: `chat:{CODE}:room` (a hash: the counters and
 -- the seats) and `chat:{CODE}:log` (a list of `chat` frames, ids contiguous), and the channel
