@@ -135,7 +135,14 @@ mod tests {
             assert!(defines(&script, used), "{used}");
         }
         // `check` and `seats` are named in check_live's comment only.
-        for unused in ["remove_member", "SEAT_FIELDS", "event", "vouch", "check", "seats"] {
+        for unused in [
+            "remove_member",
+            "SEAT_FIELDS",
+            "event",
+            "vouch",
+            "check",
+            "seats",
+        ] {
             assert!(!defines(&script, unused), "{unused}");
         }
         assert!(script.starts_with("local PUBLISH = 'PUBLISH'\n"));
