@@ -78,8 +78,9 @@ pub mod keys {
     /// majority of the boards recorded it, and a node is dead once a majority finds it silent.
     /// Any two majorities share a board, so a node that counts itself alive cannot be found
     /// dead; and on a Redis Cluster the boards sit in slots of their own (`{board:N}`, in
-    /// the first, second and last third of the slots, so on three masters or more, each on
-    /// its own master), so that no one master is needed for the nodes to vouch for themselves.
+    /// the first, second and last third of the slots: on three masters or more that hold even
+    /// ranges of slots, each on its own master), so that no one master is needed for the nodes
+    /// to vouch for themselves.
     pub const BOARDS: usize = 3;
 
     /// How many boards make a majority.
