@@ -299,8 +299,8 @@ async fn healthy(node: &Node) {
     }
 }
 
-/// Waits until `live` nodes are left in the live set: every dead node was reaped to the end
-/// (`node_forget.lua` takes it out once its rooms are done).
+/// Waits until `live` nodes are left on the first board of beats: every dead node was reaped to
+/// the end (`node_unlist.lua` takes it off every board once its rooms are done).
 async fn only_live_nodes(redis: &RedisServer, live: i64) {
     let deadline = Instant::now() + 4 * PATIENCE;
     while redis
